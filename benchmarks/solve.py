@@ -1,0 +1,177 @@
+"""Benchmark: batched compiled solve (pkpd) vs a per-subject scipy LSODA loop.
+
+1,000 subjects of a 2-compartment oral model (depot, central, peripheral; lag and F), 10 oral
+doses q12h and 20 observations each, random individual parameters (fixed seed). Both integrate
+piecewise between doses (exact bolus jumps) at the same tolerances; the script checks that they
+agree and prints a markdown table (append it to benchmarks/RESULTS.md with --write).
+
+    python benchmarks/solve.py [--subjects 1000] [--repeats 5] [--scipy-subjects N] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import diffrax  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy  # noqa: E402
+from scipy.integrate import solve_ivp  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "solve"))
+
+from handmodels import two_cmt  # noqa: E402
+
+from pkpd.events import DoseRecords, build_event_table  # noqa: E402
+from pkpd.solve import Solver, solve  # noqa: E402
+
+RTOL, ATOL = 1e-6, 1e-9
+N_DOSES, II, N_OBS, DOSE = 10, 12.0, 20, 100.0
+
+
+def make_problem(n: int, seed: int = 20240611):
+    """Event table, observation times and individual parameters for ``n`` subjects."""
+    model = two_cmt(analytic=False)
+    rng = np.random.default_rng(seed)
+    typical = np.asarray(model.typical_values)
+    p = np.tile(typical, (n, 1))
+    omega = {"CL": 0.3, "V": 0.25, "Q": 0.3, "V2": 0.3, "ka": 0.4, "tlag": 0.3, "F": 0.1}
+    for name, sd in omega.items():
+        i = model.parameter_index(name)
+        p[:, i] *= np.exp(rng.normal(0.0, sd, n))
+    p[:, model.parameter_index("F")] = np.minimum(p[:, model.parameter_index("F")], 1.0)
+    rec = DoseRecords(
+        time=np.array([0.0]),
+        amount=np.array([DOSE]),
+        cmt=np.array([model.dose_targets["oral"]]),
+        rate=np.zeros(1),
+        duration=np.zeros(1),
+        ii=np.array([II]),
+        addl=np.array([N_DOSES - 1]),
+        evid=np.array([1]),
+        seq=np.array([2.0]),
+    )
+    events = build_event_table([rec] * n)
+    base = np.linspace(0.25, N_DOSES * II - 0.5, N_OBS)
+    obs_time = np.sort(base + rng.uniform(-0.2, 0.2, (n, N_OBS)), axis=1)
+    obs_seq = np.full(obs_time.shape, 3.0)
+    return model, events, obs_time, obs_seq, p
+
+
+def scipy_subject(p: np.ndarray, obs_time: np.ndarray, method: str = "LSODA") -> np.ndarray:
+    """Piecewise LSODA for one subject: integrate between doses, add each bolus (with lag, F)."""
+    CL, V, Q, V2, ka, tlag, F = p[:7]
+    k10, k12, k21 = CL / V, Q / V, Q / V2
+
+    def rhs(t, y):
+        return [
+            -ka * y[0],
+            ka * y[0] - (k10 + k12) * y[1] + k21 * y[2],
+            k12 * y[1] - k21 * y[2],
+        ]
+
+    dose_times = np.arange(N_DOSES) * II + tlag
+    bounds = np.concatenate([[0.0], dose_times, [max(obs_time[-1], dose_times[-1])]])
+    y = np.zeros(3)
+    out = np.zeros((len(obs_time), 3))
+    for k in range(len(bounds) - 1):
+        a, b = bounds[k], bounds[k + 1]
+        sel = (obs_time >= a) & (obs_time < b) if k < len(bounds) - 2 else obs_time >= a
+        if b > a:
+            sol = solve_ivp(
+                rhs,
+                (a, b),
+                y,
+                method=method,
+                rtol=RTOL,
+                atol=ATOL,
+                t_eval=np.union1d(obs_time[sel], [b]),
+            )
+            out[sel] = sol.y.T[: int(sel.sum())]
+            y = sol.y[:, -1]
+        if k < N_DOSES:
+            y = y.copy()
+            y[0] += F * DOSE
+    return out
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subjects", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--scipy-subjects", type=int, default=None, help="default: all subjects")
+    ap.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
+    args = ap.parse_args(argv)
+
+    n = args.subjects
+    model, events, obs_time, obs_seq, p = make_problem(n)
+    solver = Solver("tsit5", rtol=RTOL, atol=ATOL)
+
+    t0 = time.perf_counter()
+    res = solve(model, events, obs_time, obs_seq, p, solver)
+    jax.block_until_ready(res.y)
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        res = solve(model, events, obs_time, obs_seq, p, solver)
+        jax.block_until_ready(res.y)
+        runs.append(time.perf_counter() - t0)
+    steady = min(runs)
+    assert bool(res.ok.all()), "pkpd solve failed for some subjects"
+
+    m = args.scipy_subjects or n
+    t0 = time.perf_counter()
+    ref = np.stack([scipy_subject(p[i], obs_time[i]) for i in range(m)])
+    scipy_time = (time.perf_counter() - t0) * n / m
+    y = np.asarray(res.y[:m])
+    central = slice(1, 2)
+    floor = 1e-6 * np.abs(ref[..., central]).max()
+    rel = np.abs(y[..., central] - ref[..., central]) / (np.abs(ref[..., central]) + floor)
+    speedup = scipy_time / steady
+
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
+    devices = ", ".join(str(d) for d in jax.devices())
+    extrap = "" if m == n else f" (timed on {m}, scaled)"
+    table = "\n".join(
+        [
+            f"### solve benchmark, {stamp}",
+            "",
+            f"{n} subjects x 2-cmt oral, {N_DOSES} doses q{II:g}h, {N_OBS} observations; "
+            f"rtol {RTOL:g}, atol {ATOL:g}",
+            "",
+            "| item | value |",
+            "|---|---|",
+            f"| machine | {machine}, {os.cpu_count()} CPUs, {platform.system()}, JAX {devices} |",
+            f"| versions | python {platform.python_version()}, jax {jax.__version__}, "
+            f"diffrax {diffrax.__version__}, numpy {np.__version__}, scipy {scipy.__version__} |",
+            f"| pkpd first call (trace + compile + run) | {first:.2f} s |",
+            f"| pkpd steady state (best of {args.repeats}) | {steady * 1e3:.1f} ms |",
+            f"| pkpd throughput | {n / steady * 60:,.0f} subjects/min |",
+            f"| scipy solve_ivp LSODA loop{extrap} | {scipy_time:.2f} s |",
+            f"| speedup (steady state) | {speedup:.0f}x |",
+            f"| max relative difference, central amount | {rel.max():.2e} |",
+            "",
+        ]
+    )
+    print(table)
+    if args.write:
+        with open(Path(__file__).with_name("RESULTS.md"), "a") as fh:
+            fh.write(table + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    main()
