@@ -119,13 +119,15 @@ def simulate_cmd(
     ),
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-8,
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-10,
-    grid: Annotated[str | None, typer.Option(help="Plot grid START:STOP:STEP (model time).")] = None,
+    grid: Annotated[
+        str | None, typer.Option(help="Plot grid START:STOP:STEP (model time).")
+    ] = None,
     time_unit: Annotated[
         str | None, typer.Option(help="Time unit of the dataset (default: the model's).")
     ] = None,
 ) -> None:
     """Simulate a model over a dataset's dosing history at typical parameter values."""
-    from pkpd.solve import Solver, simulate
+    from pkpd.solve import Solver
 
     spec = _load_model(model)
     compiled = spec.compile()
@@ -134,25 +136,22 @@ def simulate_cmd(
     unknown = sorted(set(params) - set(compiled.parameters))
     if unknown:
         _fail(f"unknown parameter(s) {unknown}; the model has {list(compiled.parameters)}")
-    theta = np.array(compiled.typical_values, dtype=float)
-    for name, value in params.items():
-        theta[compiled.parameter_index(name)] = value
     cfg = Solver(method=solver, rtol=rtol, atol=atol)
-    result = _run_simulation(compiled, cohort, theta, cfg, out, plot, grid)
+    result = _run_simulation(compiled, cohort, params, cfg, out, plot, grid)
     typer.echo(result)
 
 
-def _run_simulation(compiled, cohort, theta, cfg, out: Path, plot: Path | None, grid: str | None):
+def _run_simulation(compiled, cohort, params, cfg, out: Path, plot: Path | None, grid: str | None):
     from pkpd.errors import DatasetError, SolverError
     from pkpd.plots import plot_individual
     from pkpd.solve import simulate
     from pkpd.summary import residual_table
 
     try:
-        sim = simulate(compiled, cohort, params=theta, solver=cfg)
+        sim = simulate(compiled, cohort, params=params, solver=cfg)
     except (SolverError, DatasetError) as exc:
         _fail(str(exc))
-    table = sim_to_table(sim)
+    table = sim_to_table(sim, cohort)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     lines = [f"wrote {len(table)} predictions for {cohort.n_subjects} subjects to {out}"]
@@ -160,40 +159,50 @@ def _run_simulation(compiled, cohort, theta, cfg, out: Path, plot: Path | None, 
     lines.append("residuals (DV - PRED) at typical values:")
     lines.append(summary.to_string(float_format=lambda v: f"{v:.3g}"))
     if plot is not None:
-        tmax = float(np.nanmax(sim["time"].values)) if sim["time"].size else 1.0
+        tmax = float(np.nanmax(sim["obs_time"].values)) if sim["obs_time"].size else 1.0
         times = _parse_grid(grid, tmax)
-        dense = simulate(compiled, cohort, params=theta, solver=cfg, times=times)
+        dense = simulate(compiled, cohort, params=params, solver=cfg, times=times)
         endpoint = compiled.endpoints[0]
-        obs = sim.rename({"pred": "_pred"})
-        plot_individual(obs, dense, endpoint, plot,
+        curves = dense["pred_grid"].sel(endpoint=endpoint).to_dataset(name=endpoint)
+        curves[endpoint].attrs["unit"] = compiled.endpoint_units[0]
+        curves["time"].attrs["unit"] = compiled.time_unit
+        observed = sim.assign(
+            time=sim["obs_time"],
+            dv=(("subject", "obs"), np.asarray(cohort.ds["obs_dv"].values, dtype=float)),
+            mask=sim["obs_mask"] & (sim["obs_endpoint"] == endpoint),
+        )
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_individual(observed, curves, endpoint, plot,
                         title=f"{compiled.name}: typical-value predictions")
         lines.append(f"wrote plot to {plot}")
     return "\n".join(lines)
 
 
-def sim_to_table(sim):
+def sim_to_table(sim, cohort):
     """Flatten a simulation at the observations to a NONMEM-style table (ID, TIME, DVID, DV, PRED).
 
     Parameters
     ----------
     sim : xarray.Dataset
         Output of `pkpd.solve.simulate` without a grid.
+    cohort : Cohort
+        The simulated cohort (for the observed DV).
 
     Returns
     -------
     pandas.DataFrame
-        One row per real observation, in cohort order.
+        One row per real observation, in cohort order; TIME in the model's time unit.
     """
     import pandas as pd
 
-    mask = sim["mask"].values.astype(bool)
+    mask = sim["obs_mask"].values.astype(bool)
     ids = np.broadcast_to(sim["subject"].values[:, None], mask.shape)
     return pd.DataFrame(
         {
             "ID": ids[mask],
-            "TIME": sim["time"].values[mask],
-            "DVID": sim["endpoint"].values[mask],
-            "DV": sim["dv"].values[mask],
+            "TIME": sim["obs_time"].values[mask],
+            "ENDPOINT": sim["obs_endpoint"].values[mask],
+            "DV": np.asarray(cohort.ds["obs_dv"].values, dtype=float)[mask],
             "PRED": sim["pred"].values[mask],
         }
     )
@@ -212,15 +221,13 @@ def demo_cmd(
     spec = _load_model("pk_1cmt_oral")
     compiled = spec.compile()
     cohort = _load_data("theophylline", None)
-    theta = np.array(compiled.typical_values, dtype=float)
-    for name, value in {"ka": 1.59, "CL": 2.74, "V": 31.7}.items():
-        theta[compiled.parameter_index(name)] = value
+    params = {"ka": 1.59, "CL": 2.74, "V": 31.7}
     from pkpd.solve import Solver
 
     typer.echo(f"{cohort}\n")
     typer.echo("model pk_1cmt_oral at the published nlmixr2 SAEM typical values "
                "(ka 1.59 /h, CL 2.74 L/h, V 31.7 L)")
-    result = _run_simulation(compiled, cohort, theta, Solver(method="tsit5"),
+    result = _run_simulation(compiled, cohort, params, Solver(method="tsit5"),
                              out / "theophylline_predictions.csv",
                              out / "theophylline_predictions.png", "0:25:0.1")
     typer.echo(result)

@@ -99,6 +99,7 @@ class SolverError(PkpdError, RuntimeError):
     def __init__(self, message: str, subjects: list, reasons: list[str]):
         self.subjects = list(subjects)
         self.reasons = list(reasons)
-        detail = "; ".join(f"subject {s}: {r}" for s, r in zip(subjects[:20], reasons[:20]))
+        pairs = zip(subjects[:20], reasons[:20], strict=False)
+        detail = "; ".join(f"subject {s}: {r}" for s, r in pairs)
         more = f" (and {len(subjects) - 20} more)" if len(subjects) > 20 else ""
         super().__init__(f"{message}: {detail}{more}")

@@ -149,14 +149,14 @@ def expand_subject(rec: DoseRecords) -> dict[str, np.ndarray]:
         t, kind, amt, cmt, rate, dur, seq = r
         idx = len(out["time"])
         for key, val in zip(("time", "kind", "amount", "cmt", "rate", "duration", "seq"),
-                            (t, kind, amt, cmt, rate, dur, seq)):
+                            (t, kind, amt, cmt, rate, dur, seq), strict=True):
             out[key].append(val)
         out["link"].append(-1)
         if kind == INFUSION_START:
             # The end event's real time is computed by the solver (it depends on lag and F).
             out["link"][idx] = idx + 1
             for key, val in zip(("time", "kind", "amount", "cmt", "rate", "duration", "seq"),
-                                (t, INFUSION_END, amt, cmt, rate, dur, seq)):
+                                (t, INFUSION_END, amt, cmt, rate, dur, seq), strict=True):
                 out[key].append(val)
             out["link"].append(idx)
     dtypes = {"kind": np.int8, "cmt": np.int32, "link": np.int32}

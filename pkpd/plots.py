@@ -56,7 +56,7 @@ def plot_individual(
                              sharex=True)
     unit = grid[endpoint].attrs.get("unit", "")
     time_unit = grid["time"].attrs.get("unit", "")
-    for ax, sid in zip(axes.flat, subjects):
+    for ax, sid in zip(axes.flat, subjects, strict=False):
         o = obs.sel(subject=sid)
         m = o["mask"].values.astype(bool) & np.isfinite(o["dv"].values)
         ax.plot(o["time"].values[m], o["dv"].values[m], "o", ms=3.5, color="k", label="observed")

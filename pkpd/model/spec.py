@@ -1,0 +1,420 @@
+"""The model specification: what a model file says, checked and in symbolic form.
+
+A `ModelSpec` is built by `pkpd.model.load_model` from one or more TOML files (see
+``docs/model-files.md``). Every equation has already been parsed, unit-checked and converted to
+the model's units; every item remembers the file and line it came from. `ModelSpec.compile`
+gives the JAX functions the solver integrates; `ModelSpec.describe` and `ModelSpec.to_latex`
+render it for people.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import sympy as sp
+
+from pkpd.model.priors import Prior
+
+#: Residual error models of continuous observations and the sigma roles each needs.
+ERROR_MODELS: dict[str, tuple[str, ...]] = {
+    "additive": ("sigma",),
+    "proportional": ("sigma_prop",),
+    "combined": ("sigma", "sigma_prop"),
+    "lognormal": ("sigma",),
+    "ordinal": (),
+    "none": (),
+}
+
+#: Covariate effect forms: p *= f(cov).
+COVARIATE_FORMS = ("power", "exp", "linear", "factor")
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where an item of a model file was written."""
+
+    file: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}, line {self.line}" if self.line else self.file
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """An ODE state.
+
+    Attributes
+    ----------
+    name, unit : str
+        Name and unit (an amount or count, e.g. ``mg``, ``cells``; or a concentration).
+    initial : sympy.Expr
+        Initial value (converted to ``unit``), may use parameters and covariates.
+    initial_raw : sympy.Expr
+        The initial value as written.
+    description : str
+        What the state is.
+    where : Where
+        File and line.
+    """
+
+    name: str
+    unit: str
+    initial: sp.Expr
+    initial_raw: sp.Expr
+    description: str
+    where: Where
+
+
+@dataclass(frozen=True)
+class CovariateSpec:
+    """A subject covariate the model uses (baseline value).
+
+    Attributes
+    ----------
+    name, unit : str
+        Column name in datasets (without the ``cov_`` prefix) and unit.
+    default : float
+        Value used when a dataset lacks it; NaN means the dataset must provide it.
+    description : str
+    where : Where
+    """
+
+    name: str
+    unit: str
+    default: float
+    description: str
+    where: Where
+
+
+@dataclass(frozen=True)
+class CovariateEffect:
+    """A covariate effect on a parameter: ``p = p * f(cov)``.
+
+    ``power``: ``(cov / ref) ** coef``; ``exp``: ``exp(coef * (cov - ref))``;
+    ``linear``: ``1 + coef * (cov - ref)``; ``factor``: ``coef ** (cov - ref)`` (a categorical
+    0/1 covariate with ``ref=0`` multiplies by ``coef`` when the covariate is 1).
+
+    Attributes
+    ----------
+    covariate : str
+        Covariate name.
+    form : str
+        One of `COVARIATE_FORMS`.
+    coef : float or str
+        A fixed number, or the name of a parameter (estimated, with its own prior).
+    ref : float
+        Reference value of the covariate (in its declared unit).
+    """
+
+    covariate: str
+    form: str
+    coef: float | str
+    ref: float
+
+    def __str__(self) -> str:
+        coef = self.coef if isinstance(self.coef, str) else f"{self.coef:g}"
+        return f"{self.form}({coef}, ref={self.ref:g}) of {self.covariate}"
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """A model parameter.
+
+    Attributes
+    ----------
+    name, unit : str
+        Name and unit.
+    value : float or None
+        Fixed value (not estimated) when given.
+    prior : Prior or None
+        Prior of the typical value (estimated) when given. A parameter has a value, a prior, or
+        both (then the value is the typical value used for simulation and the starting point,
+        and ``fixed`` says whether fits estimate it).
+    fixed : bool
+        True when fits keep it at ``value``.
+    iiv : Prior or None
+        Prior of the between-subject standard deviation (log scale for ``iiv_scale="log"``, logit
+        scale for ``"logit"``); None means no between-subject variability.
+    iiv_scale : str
+        ``"log"`` (log-normal, positive parameters) or ``"logit"`` (fractions in (0, 1)).
+    covariates : tuple of CovariateEffect
+        Covariate effects, applied in order.
+    source : str
+        Literature source, or ``"assumption: <reason>"``.
+    description : str
+    where : Where
+    """
+
+    name: str
+    unit: str
+    value: float | None
+    prior: Prior | None
+    fixed: bool
+    iiv: Prior | None
+    iiv_scale: str
+    covariates: tuple[CovariateEffect, ...]
+    source: str
+    description: str
+    where: Where
+
+    @property
+    def typical(self) -> float:
+        """Typical value: ``value`` if given, else the prior median."""
+        if self.value is not None:
+            return float(self.value)
+        assert self.prior is not None
+        return self.prior.median()
+
+    @property
+    def estimated(self) -> bool:
+        """Whether a fit estimates this parameter's typical value."""
+        return not self.fixed
+
+    @property
+    def is_assumption(self) -> bool:
+        """Whether the source is an explicit unsourced assumption."""
+        return self.source.strip().lower().startswith("assumption")
+
+
+@dataclass(frozen=True)
+class DerivedSpec:
+    """A named intermediate expression (algebraic, evaluated in file order)."""
+
+    name: str
+    expr: sp.Expr
+    raw: sp.Expr
+    unit: str
+    description: str
+    where: Where
+
+
+@dataclass(frozen=True)
+class DoseSpec:
+    """A dose route: which state a dataset's dose enters and how.
+
+    Attributes
+    ----------
+    name : str
+        Route name (usable as CMT in datasets).
+    compartment : str
+        Target state.
+    amount_unit : str
+        Unit of AMT in datasets for this route (per unit of ``per`` when given).
+    per : str or None
+        Covariate that AMT is per (``"WT"`` for mg/kg dosing), else None.
+    lag, bioavailability : sympy.Expr
+        Lag time (model time unit) and fraction absorbed, converted; may use parameters.
+    lag_raw, bioavailability_raw : sympy.Expr
+        As written.
+    scale : sympy.Expr
+        Factor from AMT to the state's unit (unit conversion, times the ``per`` covariate).
+    where : Where
+    """
+
+    name: str
+    compartment: str
+    amount_unit: str
+    per: str | None
+    lag: sp.Expr
+    lag_raw: sp.Expr
+    bioavailability: sp.Expr
+    bioavailability_raw: sp.Expr
+    scale: sp.Expr
+    where: Where
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    """An observation model (endpoint).
+
+    Attributes
+    ----------
+    name : str
+        Endpoint name (usable as DVID in datasets).
+    expr, raw : sympy.Expr
+        Prediction (converted to ``unit``) and as written. For ``error="ordinal"`` it is the
+        latent severity (dimensionless).
+    unit : str
+        Unit of observations.
+    dvid : int
+        DVID code in datasets.
+    error : str
+        One of `ERROR_MODELS`.
+    sigma : dict of str to str
+        Residual-error role (``sigma``, ``sigma_prop``) to parameter name.
+    cutpoints : tuple of str
+        For ordinal endpoints: parameters holding the increasing cutpoints (K-1 for K levels).
+    levels : tuple of int
+        For ordinal endpoints: the observed values (e.g. grades 0..4).
+    lloq : float or None
+        Default lower limit of quantification (endpoint unit), used when a dataset gives none.
+    description : str
+    where : Where
+    """
+
+    name: str
+    expr: sp.Expr
+    raw: sp.Expr
+    unit: str
+    dvid: int
+    error: str
+    sigma: dict[str, str]
+    cutpoints: tuple[str, ...]
+    levels: tuple[int, ...]
+    lloq: float | None
+    description: str
+    where: Where
+
+
+@dataclass(frozen=True)
+class AnalyticRoles:
+    """Closed-form solution roles declared in ``[model.analytic]``."""
+
+    kind: str
+    parameters: dict[str, str]
+    central: str
+    depot: str | None
+    peripheral: str | None
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpec:
+    """A loaded, checked model.
+
+    Attributes
+    ----------
+    name, description : str
+    time_unit : str
+        Unit of time inside the model.
+    states, parameters, covariates, derived, doses, observations : dict
+        By name, in file order (included components first).
+    equations : dict of str to (sympy.Expr, sympy.Expr)
+        ``d state / dt`` per state: ``(converted, raw)``; the converted form is in state unit
+        per model time unit.
+    analytic : AnalyticRoles or None
+    files : dict of str to str
+        Every file read (path -> text), the main file first: for provenance and hashing.
+    references : tuple of str
+        Literature the file cites (``[model] references``).
+    """
+
+    name: str
+    description: str
+    time_unit: str
+    states: dict[str, StateSpec]
+    parameters: dict[str, ParameterSpec]
+    covariates: dict[str, CovariateSpec]
+    derived: dict[str, DerivedSpec]
+    equations: dict[str, tuple[sp.Expr, sp.Expr]]
+    doses: dict[str, DoseSpec]
+    observations: dict[str, ObservationSpec]
+    analytic: AnalyticRoles | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    references: tuple[str, ...] = ()
+
+    @cached_property
+    def hash(self) -> str:
+        """SHA-256 of the model's files (content and order): identifies the model in saved fits."""
+        h = hashlib.sha256()
+        h.update(json.dumps(list(self.files.values())).encode())
+        return h.hexdigest()
+
+    @property
+    def main_file(self) -> str:
+        """Path of the main model file."""
+        return next(iter(self.files), "")
+
+    @property
+    def text(self) -> str:
+        """Text of the main model file."""
+        return next(iter(self.files.values()), "")
+
+    def typical_values(self) -> dict[str, float]:
+        """Typical value of every parameter (``value`` or prior median), by name."""
+        return {n: p.typical for n, p in self.parameters.items()}
+
+    def estimated(self) -> list[str]:
+        """Names of the parameters whose typical values a fit estimates."""
+        return [n for n, p in self.parameters.items() if p.estimated]
+
+    def assumptions(self) -> list[str]:
+        """Names of the parameters whose source is an explicit assumption."""
+        return [n for n, p in self.parameters.items() if p.is_assumption]
+
+    def compile(self) -> Any:
+        """Compile to JAX (cached per spec object).
+
+        Returns
+        -------
+        CompiledModel
+        """
+        from pkpd.model.compile import compile_spec
+
+        cached = self.__dict__.get("_compiled")
+        if cached is None:
+            cached = compile_spec(self)
+            object.__setattr__(self, "_compiled", cached)
+        return cached
+
+    def with_priors(self, priors: dict[str, Prior], suffix: str = "modified") -> ModelSpec:
+        """Return a copy with some typical-value priors replaced (e.g. for sensitivity runs).
+
+        Parameters
+        ----------
+        priors : dict of str to Prior
+            New priors by parameter name.
+        suffix : str
+            Appended to the name.
+
+        Returns
+        -------
+        ModelSpec
+        """
+        from dataclasses import replace
+
+        params = dict(self.parameters)
+        for name, prior in priors.items():
+            if name not in params:
+                raise KeyError(f"model {self.name!r} has no parameter {name!r}")
+            old = params[name]
+            params[name] = replace(old, prior=prior, value=None if not old.fixed else old.value)
+        return replace(self, name=f"{self.name}[{suffix}]", parameters=params)
+
+    def describe(self) -> str:
+        """Markdown description: equations, states, parameters (units, priors, sources).
+
+        Returns
+        -------
+        str
+        """
+        from pkpd.model.render import describe
+
+        return describe(self)
+
+    def to_latex(self) -> str:
+        """LaTeX ``align`` block of the ODE system.
+
+        Returns
+        -------
+        str
+        """
+        from pkpd.model.render import latex_system
+
+        return latex_system(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ModelSpec {self.name!r}: {len(self.states)} states, {len(self.parameters)} "
+            f"parameters, {len(self.observations)} endpoints, time in {self.time_unit}>"
+        )
+
+
+def is_nan(x: Any) -> bool:
+    """Whether ``x`` is a float NaN."""
+    return isinstance(x, float) and math.isnan(x)
