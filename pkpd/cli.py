@@ -244,5 +244,13 @@ def version_cmd() -> None:
     typer.echo(f"pkpd {pkpd.__version__} (jax {jax.__version__}, diffrax {diffrax.__version__})")
 
 
+def _register_subcommands() -> None:
+    from pkpd.commands import register_all
+
+    register_all(app)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":  # pragma: no cover
     app()
