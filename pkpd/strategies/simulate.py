@@ -1,0 +1,484 @@
+"""Counterfactual simulation of strategies over parameter draws x virtual patients.
+
+Every strategy is resolved to dose events of the model's own dose routes and integrated by the
+same engine that fits the model (`pkpd.solve.solve_batch`), so what is compared is exactly the
+fitted model. Every (draw, patient) pair is one simulation; all pairs of a chunk are one batched
+solve.
+
+Reactive policies are resolved by *time-ordered fixed-point iteration*: simulate with the doses
+decided so far; for each simulation find the earliest assessment (after the last decision time)
+at which some policy fires; add the doses of that time; simulate again. A dose only changes the
+future, so everything before the newly added dose stays exact, and each pass settles one more
+decision time per simulation. Passes needed = the largest number of distinct reactive dose times
+of any simulation (bounded by the policies' ``max_doses``); every pass is a full batched solve.
+
+Ordinal endpoints (CRS and ICANS grades) are drawn as ``grade = #{k: latent + e > c_k}`` with a
+logistic ``e`` fixed per patient (from the population's ``u``): the grade follows the latent
+severity through time, and the same patient has the same ``e`` in every strategy (common random
+numbers), so a strategy compared with itself differs by exactly zero.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from pkpd import units as U
+from pkpd.errors import SolverError
+from pkpd.events import BOLUS, INFUSION_END, INFUSION_START, PAD
+from pkpd.solve import Solver
+from pkpd.solve.engine import STATUS_MESSAGES, event_arrays, solve_batch
+from pkpd.strategies.population import Population
+from pkpd.strategies.regimen import Dose, Strategy, validate
+
+jax.config.update("jax_enable_x64", True)
+
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    ">=": np.greater_equal,
+    ">": np.greater,
+    "<=": np.less_equal,
+    "<": np.less,
+}
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One dose column (bolus) or column pair (infusion) of the event table, for all sims."""
+
+    time: np.ndarray  # (M,) model time
+    amount: np.ndarray  # (M,) AMT in the route's unit
+    cmt: int
+    duration: float  # model time; 0 = bolus
+    active: np.ndarray  # (M,) bool
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _run(model: Any, solver: Solver, ev: dict, t: Any, seq: Any, p: Any):
+    res = solve_batch(model, solver, ev, t, seq, p)
+    obs = jax.vmap(jax.vmap(model.observe, in_axes=(0, 0, None)), in_axes=(0, 0, 0))(t, res.y, p)
+    return obs, res.y, res.status
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _individual(model: Any, theta: Any, eta: Any, cov: Any):
+    return jax.vmap(model.individual)(theta, eta, cov)
+
+
+def _event_table(columns: list[_Column], width: int, m: int) -> dict[str, np.ndarray]:
+    """Assemble dose columns into a padded engine event table ``(m, width)``."""
+    out = {
+        "time": np.zeros((m, width)),
+        "kind": np.full((m, width), PAD, np.int32),
+        "amount": np.zeros((m, width)),
+        "cmt": np.full((m, width), -1, np.int32),
+        "rate": np.zeros((m, width)),
+        "duration": np.zeros((m, width)),
+        "link": np.full((m, width), -1, np.int32),
+        "seq": np.full((m, width), np.inf),
+        "mask": np.zeros((m, width), bool),
+    }
+    j = 0
+    for k, col in enumerate(columns):
+        on = col.active
+        seq = 1.0 + k  # after observations (key 0.5) at the same time: assessments are pre-dose
+        if col.duration > 0:
+            for jj, kind in ((j, INFUSION_START), (j + 1, INFUSION_END)):
+                out["time"][:, jj] = np.where(on, col.time, 0.0)
+                out["kind"][:, jj] = np.where(on, kind, PAD)
+                out["amount"][:, jj] = col.amount
+                out["cmt"][:, jj] = col.cmt
+                out["duration"][:, jj] = col.duration
+                out["seq"][:, jj] = np.where(on, seq, np.inf)
+                out["mask"][:, jj] = on
+            out["link"][:, j] = np.where(on, j + 1, -1)
+            out["link"][:, j + 1] = np.where(on, j, -1)
+            j += 2
+        else:
+            out["time"][:, j] = np.where(on, col.time, 0.0)
+            out["kind"][:, j] = np.where(on, BOLUS, PAD)
+            out["amount"][:, j] = col.amount
+            out["cmt"][:, j] = col.cmt
+            out["seq"][:, j] = np.where(on, seq, np.inf)
+            out["mask"][:, j] = on
+            j += 1
+    # Padding at the last real time so it never opens a new interval.
+    last = np.max(np.where(out["mask"], out["time"], -np.inf), axis=1, initial=-np.inf)
+    last = np.where(np.isfinite(last), last, 0.0)
+    out["time"] = np.where(out["mask"], out["time"], last[:, None])
+    return out
+
+
+def _width(columns: list[_Column]) -> int:
+    return sum(2 if c.duration > 0 else 1 for c in columns)
+
+
+class _Resolver:
+    """Turns doses into per-simulation AMT in the route's unit (mg/kg x weight, caps)."""
+
+    def __init__(self, model: Any, covariates: np.ndarray, index: np.ndarray):
+        self.model = model
+        self.spec = model.spec
+        self.cov = covariates[index]  # (M, C)
+        self.wt = (
+            self.cov[:, model.covariates.index("WT")] if "WT" in model.covariates else None
+        )
+        self.tf = U.factor("day", model.time_unit)
+
+    def amount(self, dose: Dose) -> np.ndarray:
+        route = self.spec.doses[dose.route_name]
+        m = self.cov.shape[0]
+        if dose.per_kg:
+            mg = dose.amount * U.factor(dose.unit, "mg/kg") * self.wt
+        else:
+            mg = np.full(m, dose.amount * U.factor(dose.unit, "mg"))
+        if dose.cap is not None:
+            mg = np.minimum(mg, dose.cap)
+        if route.per is not None:
+            per = self.cov[:, self.model.covariates.index(route.per)]
+            per_unit = f"({route.amount_unit}) * ({self.spec.covariates[route.per].unit})"
+            return mg * U.factor("mg", per_unit) / per
+        return mg * U.factor("mg", route.amount_unit)
+
+    def column(self, dose: Dose, day: np.ndarray | float, active: np.ndarray) -> _Column:
+        m = self.cov.shape[0]
+        amount = self.amount(dose)
+        return _Column(
+            time=np.broadcast_to(np.asarray(day, float) * self.tf, (m,)).copy(),
+            amount=amount,
+            cmt=int(self.model.dose_targets[dose.route_name]),
+            duration=dose.duration * self.tf,
+            # A dose of nothing is no event: it must not even split the integration.
+            active=np.broadcast_to(active, (m,)) & (amount > 0),
+        )
+
+
+def _ordinal_info(model: Any) -> list[tuple[int, list[int], np.ndarray]]:
+    """(endpoint index, cutpoint parameter indices, levels) of each ordinal endpoint."""
+    out = []
+    for e, obs in enumerate(model.spec.observations.values()):
+        if obs.error == "ordinal":
+            cut = [model.parameter_index(c) for c in obs.cutpoints]
+            out.append((e, cut, np.asarray(obs.levels, float)))
+    return out
+
+
+def grades(latent: np.ndarray, cutpoints: np.ndarray, levels: np.ndarray, u: np.ndarray):
+    """Ordered-logistic grades with a fixed logistic offset per simulation.
+
+    Parameters
+    ----------
+    latent : numpy.ndarray
+        ``(M, T)`` latent severity.
+    cutpoints : numpy.ndarray
+        ``(M, K)`` increasing cutpoints.
+    levels : numpy.ndarray
+        ``(K+1,)`` grade values.
+    u : numpy.ndarray
+        ``(M,)`` uniform numbers in (0, 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(M, T)`` grades: ``levels[#{k: latent + logit(u) > c_k}]``.
+    """
+    e = np.log(u) - np.log1p(-u)
+    count = np.sum((latent[..., None] + e[:, None, None]) > cutpoints[:, None, :], axis=-1)
+    return levels[count]
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.sum((y[..., 1:] + y[..., :-1]) * np.diff(x) / 2.0, axis=-1)
+
+
+def simulate_strategies(
+    model: Any,
+    population: Population,
+    strategies: Sequence[Strategy],
+    *,
+    grid: Sequence[float] | None = None,
+    horizon: float = 28.0,
+    solver: Solver | None = None,
+    chunk_size: int = 4096,
+    keep_trajectories: int = 400,
+    max_passes: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> xr.Dataset:
+    """Simulate every strategy for every (draw, patient) pair of a population.
+
+    Parameters
+    ----------
+    model : CompiledModel
+        The model (with its ``spec``); strategies are validated against it first.
+    population : Population
+        Draws, patients and common random numbers (`make_population`).
+    strategies : sequence of Strategy
+        Strategies to compare (names unique).
+    grid : sequence of float, optional
+        Output times in days (default: every 6 h from 0 to ``horizon``).
+    horizon : float
+        Last day simulated when no grid is given.
+    solver : Solver, optional
+        Default Tsit5, rtol 1e-6, atol 1e-9.
+    chunk_size : int
+        Simulations per batched solve.
+    keep_trajectories : int
+        Number of (draw, patient) pairs whose full trajectories are kept (the same pairs in
+        every strategy); outcomes are kept for all.
+    max_passes : int, optional
+        Cap on reactive passes (default: total ``max_doses`` of the policies + 1).
+    progress : callable, optional
+        ``progress(done, total)`` after each chunk.
+
+    Returns
+    -------
+    xarray.Dataset
+        Outcomes over ``(strategy, draw, patient)``: ``max_<endpoint>`` and ``onset_<endpoint>``
+        (first day with grade >= 1) per ordinal endpoint; ``auc_<endpoint>``, ``cmax_<endpoint>``
+        and ``last_<endpoint>`` per continuous endpoint (on the grid); ``doses_<drug>`` reactive
+        doses given per drug; ``ok``. Trajectories ``traj (strategy, pair, time, endpoint)`` and
+        reactive dose times ``reactive_time (strategy, pair, slot)`` for the kept pairs.
+
+    Raises
+    ------
+    StrategyError
+        An invalid strategy (before anything is simulated).
+    SolverError
+        If solves fail.
+    """
+    names = [s.name for s in strategies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"strategy names must be unique, got {names}")
+    has_wt = "WT" in model.covariates
+    for s in strategies:
+        validate(s, model, has_weight=has_wt)
+    solver = solver or Solver("tsit5", rtol=1e-6, atol=1e-9)
+    tf = U.factor("day", model.time_unit)
+    grid_days = np.asarray(
+        grid if grid is not None else np.arange(0.0, horizon + 1e-9, 0.25), dtype=float
+    )
+    assess = sorted({a for s in strategies for p in s.reactive for a in p.assessments()})
+    # Every strategy starts integrating at the same time (the earliest dose of any strategy, or
+    # the first output time), so that pre-infusion doses do not move one strategy's start.
+    first_dose = [t for s in strategies for r in s.regimens for t in r.times()]
+    first_dose += [b.time for b in population.base]
+    t_start = min([grid_days[0], 0.0] + first_dose)
+    times = np.union1d(np.union1d(grid_days, np.asarray(assess, float)), [t_start])
+    grid_idx = np.searchsorted(times, grid_days)
+    d, n = population.n_draws, population.n_patients
+    total = d * n
+    endpoints = list(model.endpoints)
+    ordinal = _ordinal_info(model)
+    ord_idx = {e for e, _, _ in ordinal}
+    cont_idx = [e for e in range(len(endpoints)) if e not in ord_idx]
+    drugs = sorted({p.dose.drug for s in strategies for p in s.reactive})
+    rng = np.random.default_rng([d, n, 20261123])  # which pairs keep trajectories
+    keep = np.sort(rng.choice(total, size=min(keep_trajectories, total), replace=False))
+    n_slots = max([sum(p.max_doses for p in s.reactive) for s in strategies] + [1])
+    passes_cap = max_passes or n_slots + 1
+
+    shape = (len(strategies), d, n)
+    out: dict[str, np.ndarray] = {"ok": np.ones(shape, bool)}
+    for e, _, _ in ordinal:
+        out[f"max_{endpoints[e]}"] = np.zeros(shape)
+        out[f"onset_{endpoints[e]}"] = np.full(shape, np.nan)
+    for e in cont_idx:
+        for kind in ("auc", "cmax", "last"):
+            out[f"{kind}_{endpoints[e]}"] = np.zeros(shape)
+    for drug in drugs:
+        out[f"doses_{drug}"] = np.zeros(shape)
+    traj = np.full((len(strategies), keep.size, grid_days.size, len(endpoints)), np.nan)
+    reactive_time = np.full((len(strategies), keep.size, n_slots), np.nan)
+    passes_used = np.zeros(len(strategies), int)
+
+    # Column layout is the same for every chunk: compute the widest strategy once.
+    widths = []
+    for s in strategies:
+        cols = len(population.base) + sum(
+            r.n_doses * (2 if r.dose.duration > 0 else 1) for r in s.regimens
+        )
+        cols += sum(p.max_doses * (2 if p.dose.duration > 0 else 1) for p in s.reactive)
+        widths.append(cols)
+    width = max(widths + [1])
+
+    done = 0
+    for start in range(0, total, chunk_size):
+        idx = np.arange(start, min(start + chunk_size, total))
+        m = idx.size
+        di, ni = idx // n, idx % n
+        eta = population.z[ni] * population.omega[di]
+        p = np.asarray(_individual(model, jnp.asarray(population.theta[di]), jnp.asarray(eta),
+                                   jnp.asarray(population.covariates[ni])))
+        resolver = _Resolver(model, population.covariates, ni)
+        base_cols = [
+            _Column(np.full(m, b.time * tf), b.amount[ni], int(model.dose_targets[b.route]), 0.0,
+                    np.ones(m, bool))
+            for b in population.base
+        ]
+        t_arr = np.broadcast_to(times * tf, (m, times.size))
+        seq = np.full((m, times.size), 0.5)
+        u = population.u[ni]
+        kept = np.isin(idx, keep)
+        kept_pos = np.searchsorted(keep, idx[kept])
+        for si, s in enumerate(strategies):
+            fixed = list(base_cols)
+            for r in s.regimens:
+                for day in r.times():
+                    fixed.append(resolver.column(r.dose, day, np.ones(m, bool)))
+            slot_time = [np.full((m, pol.max_doses), np.nan) for pol in s.reactive]
+            frontier = np.full(m, -np.inf)
+            passes = 0
+            while True:
+                cols = list(fixed)
+                for pol, st in zip(s.reactive, slot_time, strict=True):
+                    for k in range(pol.max_doses):
+                        on = np.isfinite(st[:, k])
+                        cols.append(resolver.column(pol.dose, np.where(on, st[:, k], 0.0), on))
+                ev = _event_table(cols, width, m)
+                obs, states, status = _run(model, solver, event_arrays(ev), jnp.asarray(t_arr),
+                                           jnp.asarray(seq), jnp.asarray(p))
+                obs, status = np.asarray(obs), np.asarray(status)
+                passes += 1
+                values = _quantities(model, obs, p, ordinal, u)
+                if not s.reactive or passes >= passes_cap:
+                    break
+
+                def lookup(q: str, values=values, states=states) -> np.ndarray:
+                    if q in endpoints:
+                        return values[:, :, endpoints.index(q)]
+                    return np.asarray(states[:, :, model.state_index(q)])
+
+                changed = _decide(s, lookup, times, slot_time, frontier, status == 0)
+                if not changed.any():
+                    break
+            passes_used[si] = max(passes_used[si], passes)
+            ok = status == 0
+            if not ok.all():
+                bad = np.flatnonzero(~ok)[:10]
+                reasons = [STATUS_MESSAGES[int(status[b])] for b in bad]
+                raise SolverError(
+                    f"strategy {s.name!r}: {int((~ok).sum())} of {m} simulations failed",
+                    [f"draw {di[b]} patient {ni[b]}" for b in bad], reasons)
+            g = values[:, grid_idx, :]
+            for e, _, _ in ordinal:
+                name = endpoints[e]
+                out[f"max_{name}"][si, di, ni] = g[:, :, e].max(axis=1)
+                first = np.argmax(g[:, :, e] >= 1, axis=1)
+                any_ = (g[:, :, e] >= 1).any(axis=1)
+                out[f"onset_{name}"][si, di, ni] = np.where(any_, grid_days[first], np.nan)
+            for e in cont_idx:
+                name = endpoints[e]
+                out[f"auc_{name}"][si, di, ni] = _trapezoid(g[:, :, e], grid_days)
+                out[f"cmax_{name}"][si, di, ni] = g[:, :, e].max(axis=1)
+                out[f"last_{name}"][si, di, ni] = g[:, -1, e]
+            for drug in drugs:
+                given = sum(
+                    np.isfinite(st).sum(axis=1)
+                    for pol, st in zip(s.reactive, slot_time, strict=True)
+                    if pol.dose.drug == drug
+                )
+                out[f"doses_{drug}"][si, di, ni] = given
+            traj[si, kept_pos] = g[kept]
+            if s.reactive:
+                all_slots = np.concatenate(slot_time, axis=1)
+                reactive_time[si, kept_pos, : all_slots.shape[1]] = all_slots[kept]
+        done += m
+        if progress is not None:
+            progress(done, total)
+
+    data = {k: (("strategy", "draw", "patient"), v) for k, v in out.items()}
+    data["traj"] = (("strategy", "pair", "time", "endpoint"), traj)
+    data["reactive_time"] = (("strategy", "pair", "slot"), reactive_time)
+    data["pair_draw"] = ("pair", keep // n)
+    data["pair_patient"] = ("pair", keep % n)
+    data["passes"] = ("strategy", passes_used)
+    covs = {f"cov_{c}": ("patient", population.covariates[:, k])
+            for k, c in enumerate(model.covariates)}
+    data.update(covs)
+    ds = xr.Dataset(
+        data,
+        coords={
+            "strategy": names,
+            "draw": np.arange(d),
+            "patient": np.arange(n),
+            "time": ("time", grid_days, {"units": "day"}),
+            "endpoint": endpoints,
+            "endpoint_unit": ("endpoint", list(model.endpoint_units)),
+        },
+        attrs={
+            "model": model.name,
+            "model_hash": model.spec.hash if model.spec is not None else "",
+            "parameters_from": population.source,
+            "solver": repr(solver),
+            "strategies": "\n".join(s.describe() for s in strategies),
+            "reference": next((s.name for s in strategies if s.reference), names[0]),
+            "created": _time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+    )
+    return ds
+
+
+def _quantities(model: Any, obs: np.ndarray, p: np.ndarray, ordinal: list, u: np.ndarray):
+    """Endpoint values with ordinal endpoints replaced by drawn grades: ``(M, T, E)``."""
+    values = obs.copy()
+    for q, (e, cut, levels) in enumerate(ordinal):
+        cuts = p[:, cut]
+        values[:, :, e] = grades(obs[:, :, e], cuts, levels, u[:, q])
+    return values
+
+
+def _decide(
+    strategy: Strategy,
+    lookup: Callable[[str], np.ndarray],
+    times: np.ndarray,
+    slot_time: list[np.ndarray],
+    frontier: np.ndarray,
+    ok: np.ndarray,
+) -> np.ndarray:
+    """Add the reactive doses of each simulation's next decision time; return who changed.
+
+    ``lookup(quantity)`` gives ``(M, T)`` values on ``times`` (days). ``frontier`` holds the last
+    decision time of each simulation: assessments up to it are settled.
+    """
+    m = frontier.shape[0]
+    earliest = []
+    for pol, st in zip(strategy.reactive, slot_time, strict=True):
+        a_times = np.asarray(pol.assessments())
+        cols = np.searchsorted(times, a_times)
+        cond = _OPS[pol.trigger.op](lookup(pol.trigger.quantity)[:, cols], pol.trigger.threshold)
+        if pol.trigger.persist > 0:
+            # Held at every assessment of the last `persist` days (assessments before the
+            # policy's start count as not held).
+            k = int(round(pol.trigger.persist / pol.assess_every))
+            held = cond.copy()
+            for shift in range(1, k + 1):
+                shifted = np.zeros_like(cond)
+                shifted[:, shift:] = cond[:, :-shift]
+                held &= shifted
+            cond = held
+        given = np.isfinite(st).sum(axis=1)
+        last = np.max(np.where(np.isfinite(st), st, -np.inf), axis=1)
+        eligible = (
+            cond
+            & (a_times[None, :] > frontier[:, None])
+            & (given < pol.max_doses)[:, None]
+            & (a_times[None, :] >= last[:, None] + pol.min_interval - 1e-9)
+        )
+        first = np.argmax(eligible, axis=1)
+        earliest.append(np.where(eligible.any(axis=1), a_times[first], np.inf))
+    when = np.min(np.stack(earliest), axis=0) if earliest else np.full(m, np.inf)
+    act = np.isfinite(when) & ok
+    for (_pol, st), e_j in zip(zip(strategy.reactive, slot_time, strict=True), earliest,
+                               strict=True):
+        fire = act & (e_j == when)
+        rows = np.flatnonzero(fire)
+        st[rows, np.isfinite(st[rows]).sum(axis=1)] = when[rows]
+    frontier[act] = when[act]
+    return act

@@ -1,0 +1,117 @@
+"""Counterfactual simulation: exactness, reactive policies, common random numbers, seeds."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pkpd.strategies import (
+    compare,
+    make_population,
+    simulate_strategies,
+    strategy_from_dict,
+)
+
+TOC = {"drug": "tocilizumab", "route": "iv", "dose": 8, "dose_unit": "mg/kg", "cap": 800,
+       "duration": "1 h"}
+NONE = strategy_from_dict({"name": "none", "reference": True})
+ZERO = strategy_from_dict({"name": "zero_dose", "regimen": [{**TOC, "dose": 0, "start": "-1 h"}]})
+PROPHYLACTIC = strategy_from_dict({"name": "prophylactic", "regimen": [{**TOC, "start": "-1 h"}]})
+REACTIVE = strategy_from_dict({"name": "reactive", "reactive": [{
+    **TOC, "trigger": "crs_grade >= 2", "assess_every": "12 h", "max_doses": 2,
+    "min_interval": "24 h"}]})
+
+
+@pytest.fixture(scope="module")
+def sim(toy, population):
+    return simulate_strategies(toy, population, [NONE, ZERO, PROPHYLACTIC, REACTIVE],
+                               keep_trajectories=10_000)
+
+
+def test_zero_dose_equals_no_strategy_exactly(sim):
+    # Regression: a zero dose before the infusion used to move the start of integration.
+    a, b = sim.sel(strategy="none"), sim.sel(strategy="zero_dose")
+    for var in ("traj", "max_crs_grade", "auc_il6", "cmax_il6"):
+        np.testing.assert_array_equal(a[var].values, b[var].values)
+
+
+def test_reactive_doses_obey_caps_intervals_and_triggers(sim):
+    times = sim["reactive_time"].sel(strategy="reactive").values  # (pair, slot)
+    given = np.isfinite(times)
+    assert given.any(), "the trigger never fired: the test would prove nothing"
+    assert given.sum(axis=1).max() <= 2  # max_doses
+    second = given[:, 1]
+    assert np.all(times[second, 1] - times[second, 0] >= 1.0 - 1e-9)  # 24 h apart
+    assert np.allclose(times[given] * 2, np.round(times[given] * 2))  # on the 12-h grid
+    # Before its first dose a patient is untreated, so the first dose falls on the first
+    # assessment where the untreated patient has grade >= 2 (grades on the 6-h output grid
+    # include every 12-h assessment).
+    grade = sim["traj"].sel(strategy="none", endpoint="crs_grade").values  # (pair, time)
+    t = sim["time"].values
+    on_assessment = np.isclose(t * 2, np.round(t * 2)) & (t <= 28)
+    for k in np.flatnonzero(given[:, 0]):
+        first = t[on_assessment][np.argmax(grade[k, on_assessment] >= 2)]
+        assert times[k, 0] == pytest.approx(first)
+    never = ~(grade[:, on_assessment] >= 2).any(axis=1)
+    assert not given[never].any()  # no trigger, no dose
+
+
+def test_self_comparison_differs_by_exactly_zero(toy, population):
+    twin = strategy_from_dict({"name": "reactive_twin", "reactive": [{
+        **TOC, "trigger": "crs_grade >= 2", "assess_every": "12 h", "max_doses": 2,
+        "min_interval": "24 h"}]})
+    ds = simulate_strategies(toy, population, [REACTIVE, twin])
+    summary = compare(ds, reference="reactive")
+    diff = summary["diff_mean"].sel(strategy="reactive_twin")
+    lo, hi = summary["diff_lo"].sel(strategy="reactive_twin"), summary["diff_hi"].sel(
+        strategy="reactive_twin")
+    assert float(abs(diff).max()) == 0.0 and float(abs(lo).max()) == 0.0
+    assert float(abs(hi).max()) == 0.0
+
+
+def test_seeded_runs_reproduce_bit_for_bit(toy):
+    def run(seed):
+        pop = make_population(toy, n_patients=20, n_draws=3, seed=seed,
+                              covariates={"WT": np.linspace(50, 90, 20)})
+        return simulate_strategies(toy, pop, [NONE, REACTIVE])
+
+    a, b, c = run(5), run(5), run(6)
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    assert not np.array_equal(a["auc_il6"].values, c["auc_il6"].values)
+
+
+def test_prophylactic_blockade_lowers_severe_crs(sim):
+    summary = compare(sim)
+    risk = summary["mean"].sel(subgroup="all", metric="P(CRS >= 3)")
+    assert float(risk.sel(strategy="none")) > 0.2  # the toy model has severe CRS to prevent
+    assert float(risk.sel(strategy="prophylactic")) < 0.5 * float(risk.sel(strategy="none"))
+    hi = summary["diff_hi"].sel(subgroup="all", metric="P(CRS >= 3)", strategy="prophylactic")
+    assert float(hi) < 0  # the whole 95% interval of the risk difference is below zero
+    # Reactive dosing after grade 2 cannot prevent grade 2 itself.
+    p2 = summary["mean"].sel(subgroup="all", metric="P(CRS >= 2)")
+    assert float(p2.sel(strategy="reactive")) == pytest.approx(float(p2.sel(strategy="none")))
+
+
+def test_mg_per_kg_dose_is_capped(toy):
+    pop = make_population(toy, n_patients=2, n_draws=1, seed=0,
+                          covariates={"WT": [60.0, 150.0]}, typical=True)
+    ds = simulate_strategies(toy, pop, [PROPHYLACTIC], grid=[0.0, 1.0])
+    # The antibody amount just after a completed 1-h infusion is dose - elimination: compare
+    # the two patients via the occupancy-free quantity il6? Instead use the model directly:
+    from pkpd.strategies.simulate import _Resolver
+
+    resolver = _Resolver(toy, pop.covariates, np.array([0, 1]))
+    amounts = resolver.amount(PROPHYLACTIC.regimens[0].dose)
+    np.testing.assert_allclose(amounts, [480.0, 800.0])  # 8 mg/kg x 60 kg; 8 x 150 capped
+    assert ds["ok"].all()
+
+
+def test_drug_that_does_not_touch_a_pathway_leaves_it_unchanged(sim):
+    # Tocilizumab blocks signalling only: the cytokine trajectory is identical with and without
+    # it (same patients, same draws, same start of integration although the dose is at -1 h).
+    a = sim["traj"].sel(strategy="none", endpoint="il6").values
+    b = sim["traj"].sel(strategy="prophylactic", endpoint="il6").values
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+    assert not np.array_equal(
+        sim["traj"].sel(strategy="none", endpoint="crs_grade").values,
+        sim["traj"].sel(strategy="prophylactic", endpoint="crs_grade").values,
+    )
