@@ -24,14 +24,14 @@ class BaseDose:
     ----------
     route : str
         The model's dose route.
-    time : float
-        Day of the dose.
+    time : numpy.ndarray
+        ``(N,)`` day of the dose per patient.
     amount : numpy.ndarray
         ``(N,)`` amount per patient in the route's unit.
     """
 
     route: str
-    time: float
+    time: np.ndarray
     amount: np.ndarray
 
 
@@ -180,12 +180,14 @@ def covariates_from_cohort(
         ``(N, C)`` in model order (model defaults where the cohort lacks a covariate).
     ids : numpy.ndarray
         ``(N,)`` the subject each virtual patient was drawn from.
+    pick : numpy.ndarray
+        ``(N,)`` their index in the cohort.
     """
     from pkpd.solve import bind
 
     bound = bind(model, cohort)
     pick = rng.choice(bound.n_subjects, size=n_patients, replace=True)
-    return bound.covariates[pick], bound.subjects[pick]
+    return bound.covariates[pick], bound.subjects[pick], pick
 
 
 def covariates_from_table(
@@ -219,6 +221,7 @@ def make_population(
     cohort: Any = None,
     covariates: Mapping[str, Sequence[float]] | None = None,
     base: Sequence[tuple[str, float, Any]] = (),
+    base_routes: Sequence[str] = (),
     typical: bool = False,
 ) -> Population:
     """Draw a population for strategy comparisons.
@@ -239,6 +242,9 @@ def make_population(
         Covariates given directly (per patient arrays or single values); used when no cohort.
     base : sequence of (route, day, amount)
         Doses every patient gets (amount: a number or a function ``covariates (N, C) -> (N,)``).
+    base_routes : sequence of str
+        Routes whose recorded doses (the first of each resampled cohort patient, e.g. the CAR-T
+        infusion) every strategy keeps; needs ``cohort``.
     typical : bool
         Use typical values (prior medians) for every draw instead of random draws.
 
@@ -262,16 +268,56 @@ def make_population(
     z = rng_pat.standard_normal((n_patients, n_iiv))
     n_ord = sum(1 for o in model.spec.observations.values() if o.error == "ordinal")
     u = rng_pat.uniform(size=(n_patients, max(n_ord, 1)))
+    doses = []
     if cohort is not None:
-        cov, ids = covariates_from_cohort(model, cohort, n_patients, rng_cov)
+        cov, ids, pick = covariates_from_cohort(model, cohort, n_patients, rng_cov)
+        for route in base_routes:
+            doses.append(base_from_cohort(model, cohort, route, pick))
     else:
+        if base_routes:
+            raise ValueError("base_routes needs a cohort to take the doses from")
         cov = covariates_from_table(model, covariates, n_patients)
         ids = np.arange(1, n_patients + 1)
-    doses = []
     for route, day, amount in base:
         if route not in model.dose_targets:
             raise ValueError(f"base dose: model {model.name!r} has no dose route {route!r}")
         amt = amount(cov) if callable(amount) else amount
-        doses.append(BaseDose(route, float(day), np.broadcast_to(
+        doses.append(BaseDose(route, np.full(n_patients, float(day)), np.broadcast_to(
             np.asarray(amt, float), (n_patients,)).copy()))
     return Population(theta, omega, z, u, cov, tuple(doses), source, np.asarray(ids))
+
+
+def base_from_cohort(model: Any, cohort: Any, route: str, pick: np.ndarray) -> BaseDose:
+    """Each resampled patient's first recorded dose into a route (e.g. the CAR-T infusion).
+
+    Parameters
+    ----------
+    model : CompiledModel
+    cohort : Cohort
+    route : str
+        A dose route of the model.
+    pick : numpy.ndarray
+        ``(N,)`` index of the cohort subject of each virtual patient.
+
+    Returns
+    -------
+    BaseDose
+        Times in days (converted from the model's time unit); patients without such a dose get
+        amount 0 (no event).
+    """
+    from pkpd import units as U
+    from pkpd.events import BOLUS, INFUSION_START
+    from pkpd.solve import bind
+
+    if route not in model.dose_targets:
+        raise ValueError(f"model {model.name!r} has no dose route {route!r}")
+    target = model.dose_targets[route]
+    ev = bind(model, cohort).events
+    is_dose = ev.mask & ((ev.kind == BOLUS) | (ev.kind == INFUSION_START)) & (ev.cmt == target)
+    first = np.argmax(is_dose, axis=1)
+    rows = np.arange(ev.time.shape[0])
+    has = is_dose.any(axis=1)
+    to_days = U.factor(model.time_unit, "day")
+    time = np.where(has, ev.time[rows, first], 0.0) * to_days
+    amount = np.where(has, ev.amount[rows, first], 0.0)
+    return BaseDose(route, time[pick], amount[pick])

@@ -268,7 +268,7 @@ def simulate_strategies(
     # Every strategy starts integrating at the same time (the earliest dose of any strategy, or
     # the first output time), so that pre-infusion doses do not move one strategy's start.
     first_dose = [t for s in strategies for r in s.regimens for t in r.times()]
-    first_dose += [b.time for b in population.base]
+    first_dose += [float(np.min(b.time)) for b in population.base]
     t_start = min([grid_days[0], 0.0] + first_dose)
     times = np.union1d(np.union1d(grid_days, np.asarray(assess, float)), [t_start])
     grid_idx = np.searchsorted(times, grid_days)
@@ -318,8 +318,8 @@ def simulate_strategies(
                                    jnp.asarray(population.covariates[ni])))
         resolver = _Resolver(model, population.covariates, ni)
         base_cols = [
-            _Column(np.full(m, b.time * tf), b.amount[ni], int(model.dose_targets[b.route]), 0.0,
-                    np.ones(m, bool))
+            _Column(b.time[ni] * tf, b.amount[ni], int(model.dose_targets[b.route]), 0.0,
+                    b.amount[ni] > 0)
             for b in population.base
         ]
         t_arr = np.broadcast_to(times * tf, (m, times.size))
