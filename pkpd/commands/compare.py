@@ -32,6 +32,11 @@ def compare_cmd(
         typer.Option(help="Dose route every patient keeps from the cohort (e.g. the CAR-T "
                      "infusion); repeatable. Default: routes named cart*."),
     ] = None,
+    covariate: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=VALUE for every patient when no cohort is given (e.g. WT=70); "
+                     "repeatable."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random number.")] = 0,
     horizon: Annotated[float, typer.Option(help="Days simulated.")] = 28.0,
     plots: Annotated[Path | None, typer.Option(help="Folder for the figures.")] = None,
@@ -75,8 +80,15 @@ def compare_cmd(
             routes = [r for r in model.dose_targets if r.lower().startswith("cart")]
         if data is None:
             routes = []
+        values = {}
+        for item in covariate or []:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--covariate takes NAME=VALUE, got {item!r}")
+            values[name.strip()] = float(value)
         pop = make_population(model, n_patients=patients, n_draws=draws, seed=seed, fit=fit,
-                              cohort=data, base_routes=routes, typical=typical)
+                              cohort=data, covariates=values, base_routes=routes,
+                              typical=typical)
         with Progress(transient=True) as bar:
             task = bar.add_task("simulating", total=patients * draws)
             sim = simulate_strategies(

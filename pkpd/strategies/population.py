@@ -57,6 +57,9 @@ class Population:
         ``"prior"`` or ``"posterior"`` (and where from).
     patient_ids : numpy.ndarray
         ``(N,)`` identifiers (the cohort subject each virtual patient was resampled from).
+    provided : tuple of str
+        Covariates that were given (the others are model defaults): mg/kg dosing needs ``WT``
+        here, not a default weight.
     """
 
     theta: np.ndarray
@@ -67,6 +70,7 @@ class Population:
     base: tuple[BaseDose, ...]
     source: str
     patient_ids: np.ndarray
+    provided: tuple[str, ...] = ()
 
     @property
     def n_draws(self) -> int:
@@ -271,6 +275,8 @@ def make_population(
     doses = []
     if cohort is not None:
         cov, ids, pick = covariates_from_cohort(model, cohort, n_patients, rng_cov)
+        present = {str(v)[4:].lower() for v in cohort.ds.data_vars if str(v).startswith("cov_")}
+        provided = tuple(c for c in model.covariates if c.lower() in present)
         for route in base_routes:
             doses.append(base_from_cohort(model, cohort, route, pick))
     else:
@@ -278,13 +284,14 @@ def make_population(
             raise ValueError("base_routes needs a cohort to take the doses from")
         cov = covariates_from_table(model, covariates, n_patients)
         ids = np.arange(1, n_patients + 1)
+        provided = tuple(c for c in model.covariates if c in (covariates or {}))
     for route, day, amount in base:
         if route not in model.dose_targets:
             raise ValueError(f"base dose: model {model.name!r} has no dose route {route!r}")
         amt = amount(cov) if callable(amount) else amount
         doses.append(BaseDose(route, np.full(n_patients, float(day)), np.broadcast_to(
             np.asarray(amt, float), (n_patients,)).copy()))
-    return Population(theta, omega, z, u, cov, tuple(doses), source, np.asarray(ids))
+    return Population(theta, omega, z, u, cov, tuple(doses), source, np.asarray(ids), provided)
 
 
 def base_from_cohort(model: Any, cohort: Any, route: str, pick: np.ndarray) -> BaseDose:

@@ -256,7 +256,7 @@ def simulate_strategies(
     names = [s.name for s in strategies]
     if len(set(names)) != len(names):
         raise ValueError(f"strategy names must be unique, got {names}")
-    has_wt = "WT" in model.covariates
+    has_wt = "WT" in population.provided
     for s in strategies:
         validate(s, model, has_weight=has_wt)
     solver = solver or Solver("tsit5", rtol=1e-6, atol=1e-9)

@@ -121,6 +121,14 @@ def test_mg_per_kg_without_weights_is_rejected_before_simulating(toy):
              toy, has_weight=False)
 
 
+def test_default_weight_does_not_count_as_a_weight(toy):
+    # The toy model has a default WT of 70 kg; mg/kg dosing must still ask for real weights.
+    pop = make_population(toy, n_patients=3, n_draws=2, seed=0)
+    s = strategy_from_dict({"name": "x", "reactive": [REACTIVE]})
+    with pytest.raises(StrategyError, match="no body weight"):
+        simulate_strategies(toy, pop, [s])
+
+
 def test_simulate_validates_first(toy, population):
     bad = strategy_from_dict({"name": "x", "reactive": [{**REACTIVE, "trigger": "nope > 1"}]})
     with pytest.raises(StrategyError):
