@@ -309,9 +309,14 @@ def simulate_strategies(
     width = max(widths + [1])
 
     done = 0
-    for start in range(0, total, chunk_size):
-        idx = np.arange(start, min(start + chunk_size, total))
+    chunk = min(chunk_size, total)
+    for start in range(0, total, chunk):
+        real = np.arange(start, min(start + chunk, total))
+        # Pad the last chunk (repeating its last simulation) so every chunk has one shape and
+        # one compiled program; padded rows are dropped below.
+        idx = np.concatenate([real, np.full(chunk - real.size, real[-1])])
         m = idx.size
+        n_real = real.size
         di, ni = idx // n, idx % n
         eta = population.z[ni] * population.omega[di]
         p = np.asarray(_individual(model, jnp.asarray(population.theta[di]), jnp.asarray(eta),
@@ -335,6 +340,8 @@ def simulate_strategies(
             slot_time = [np.full((m, pol.max_doses), np.nan) for pol in s.reactive]
             frontier = np.full(m, -np.inf)
             passes = 0
+            rows = np.arange(m)  # simulations to (re)solve in this pass
+            values = states = status = None
             while True:
                 cols = list(fixed)
                 for pol, st in zip(s.reactive, slot_time, strict=True):
@@ -342,22 +349,34 @@ def simulate_strategies(
                         on = np.isfinite(st[:, k])
                         cols.append(resolver.column(pol.dose, np.where(on, st[:, k], 0.0), on))
                 ev = _event_table(cols, width, m)
-                obs, states, status = _run(model, solver, event_arrays(ev), jnp.asarray(t_arr),
-                                           jnp.asarray(seq), jnp.asarray(p))
-                obs, status = np.asarray(obs), np.asarray(status)
+                # Later passes re-solve only the simulations that got a new dose, padded to a
+                # power-of-two count so that few shapes get compiled.
+                bucket = 1 << int(rows.size - 1).bit_length()
+                size = m if rows.size == m else min(m, max(64, bucket))
+                sel = np.concatenate([rows, np.full(size - rows.size, rows[-1])])
+                o, y, st_ = _run(model, solver, event_arrays({k: v[sel] for k, v in ev.items()}),
+                                 jnp.asarray(t_arr[sel]), jnp.asarray(seq[sel]),
+                                 jnp.asarray(p[sel]))
+                o = _quantities(model, np.asarray(o), p[sel], ordinal, u[sel])
+                if values is None:
+                    values, states, status = o, np.array(y), np.array(st_)
+                else:
+                    values[rows] = o[: rows.size]
+                    states[rows] = np.asarray(y)[: rows.size]
+                    status[rows] = np.asarray(st_)[: rows.size]
                 passes += 1
-                values = _quantities(model, obs, p, ordinal, u)
                 if not s.reactive or passes >= passes_cap:
                     break
 
                 def lookup(q: str, values=values, states=states) -> np.ndarray:
                     if q in endpoints:
                         return values[:, :, endpoints.index(q)]
-                    return np.asarray(states[:, :, model.state_index(q)])
+                    return states[:, :, model.state_index(q)]
 
                 changed = _decide(s, lookup, times, slot_time, frontier, status == 0)
                 if not changed.any():
                     break
+                rows = np.flatnonzero(changed)
             passes_used[si] = max(passes_used[si], passes)
             ok = status == 0
             if not ok.all():
@@ -389,7 +408,7 @@ def simulate_strategies(
             if s.reactive:
                 all_slots = np.concatenate(slot_time, axis=1)
                 reactive_time[si, kept_pos, : all_slots.shape[1]] = all_slots[kept]
-        done += m
+        done += n_real
         if progress is not None:
             progress(done, total)
 
