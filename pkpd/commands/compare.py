@@ -37,6 +37,11 @@ def compare_cmd(
         typer.Option(help="NAME=VALUE for every patient when no cohort is given (e.g. WT=70); "
                      "repeatable."),
     ] = None,
+    base: Annotated[
+        list[str] | None,
+        typer.Option(help="ROUTE=AMOUNT[@DAY]: a dose every patient gets in every strategy (e.g. "
+                     "the CAR-T infusion cart_iv=1e8, in the route's unit); repeatable."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random number.")] = 0,
     horizon: Annotated[float, typer.Option(help="Days simulated.")] = 28.0,
     plots: Annotated[Path | None, typer.Option(help="Folder for the figures.")] = None,
@@ -86,9 +91,20 @@ def compare_cmd(
             if not sep:
                 raise ValueError(f"--covariate takes NAME=VALUE, got {item!r}")
             values[name.strip()] = float(value)
+        fixed_doses = []
+        for item in base or []:
+            route, sep, rest = item.partition("=")
+            amount, _, day = rest.partition("@")
+            if not sep:
+                raise ValueError(f"--base takes ROUTE=AMOUNT[@DAY], got {item!r}")
+            fixed_doses.append((route.strip(), float(day or 0.0), float(amount)))
         pop = make_population(model, n_patients=patients, n_draws=draws, seed=seed, fit=fit,
-                              cohort=data, covariates=values, base_routes=routes,
-                              typical=typical)
+                              cohort=data, covariates=values, base=fixed_doses,
+                              base_routes=routes, typical=typical)
+        cart = [r for r in model.dose_targets if r.lower().startswith("cart")]
+        if cart and not pop.base:
+            typer.secho(f"warning: no dose into {cart} (no --cohort, no --base): the patients "
+                        "get no CAR-T cells", fg=typer.colors.YELLOW, err=True)
         with Progress(transient=True) as bar:
             task = bar.add_task("simulating", total=patients * draws)
             sim = simulate_strategies(

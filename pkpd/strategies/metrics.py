@@ -8,6 +8,7 @@ with itself differs by exactly zero.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -55,7 +56,9 @@ class Metric:
         if self.kind == "mean":
             return x.mean("patient")
         if self.kind == "median":
-            return x.median("patient", skipna=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: nobody had the event
+                return x.median("patient", skipna=True)
         raise ValueError(f"unknown metric kind {self.kind!r}")
 
 
@@ -100,6 +103,8 @@ def default_metrics(ds: xr.Dataset) -> list[Metric]:
 
 
 def _ci(values: np.ndarray, mass: float = 0.95) -> tuple[float, float, float]:
+    if not np.isfinite(values).any():  # e.g. an onset time when nobody has the event
+        return np.nan, np.nan, np.nan
     lo, hi = np.nanquantile(values, [(1 - mass) / 2, (1 + mass) / 2])
     return float(np.nanmean(values)), float(lo), float(hi)
 

@@ -50,6 +50,9 @@ from typing import Any
 from pkpd import units as U
 from pkpd.errors import InputError, Problem
 
+#: Bundled strategy files (``load_strategies("cart_default")``).
+LIBRARY = Path(__file__).resolve().parent / "library"
+
 
 class StrategyError(InputError):
     """An invalid strategy file or strategy; each problem names file, strategy and field."""
@@ -433,7 +436,7 @@ def load_strategies(path: str | Path) -> list[Strategy]:
     Parameters
     ----------
     path : str or Path
-        The file.
+        The file, or the name of a bundled set (``"cart_default"``).
 
     Returns
     -------
@@ -446,6 +449,8 @@ def load_strategies(path: str | Path) -> list[Strategy]:
     FileNotFoundError
     """
     path = Path(path)
+    if not path.exists() and path.suffix == "" and (LIBRARY / f"{path}.toml").is_file():
+        path = LIBRARY / f"{path}.toml"
     text = path.read_text(encoding="utf-8")
     try:
         data = tomllib.loads(text)
