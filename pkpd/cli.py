@@ -84,10 +84,10 @@ def models_cmd() -> None:
 @app.command("datasets")
 def datasets_cmd() -> None:
     """List the bundled datasets."""
-    from pkpd.data import list_datasets
+    from pkpd.data import DATASETS, list_datasets
 
-    for name, description in list_datasets().items():
-        typer.echo(f"{name:<20} {description}")
+    for name in list_datasets():
+        typer.echo(f"{name:<20} {DATASETS[name].description}")
 
 
 @app.command("check")
@@ -136,7 +136,11 @@ def simulate_cmd(
     unknown = sorted(set(params) - set(compiled.parameters))
     if unknown:
         _fail(f"unknown parameter(s) {unknown}; the model has {list(compiled.parameters)}")
-    cfg = Solver(method=solver, rtol=rtol, atol=atol)
+    try:
+        cfg = Solver(method=solver, rtol=rtol, atol=atol)
+        cfg.uses_analytic(compiled)  # "analytic" for a model without a closed form raises
+    except ValueError as exc:
+        _fail(str(exc))
     result = _run_simulation(compiled, cohort, params, cfg, out, plot, grid)
     typer.echo(result)
 

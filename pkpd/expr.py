@@ -82,11 +82,14 @@ class Parsed:
         The validated syntax tree (only whitelisted nodes).
     names : frozenset of str
         Every symbol the expression refers to (excluding functions, ``t`` and ``pi``).
+    uses_time : bool
+        Whether the expression refers to the time ``t``.
     """
 
     text: str
     tree: ast.expr
     names: frozenset[str]
+    uses_time: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,8 @@ def parse(text: Any) -> Parsed:
         raise ExpressionError(f"syntax error in {source!r}{pos}: {exc.msg}") from None
     names: set[str] = set()
     _check(tree.body, source, names, in_condition=False)
-    return Parsed(source, tree.body, frozenset(names))
+    uses_time = any(isinstance(n, ast.Name) and n.id == "t" for n in ast.walk(tree.body))
+    return Parsed(source, tree.body, frozenset(names), uses_time)
 
 
 def _check(node: ast.AST, text: str, names: set[str], in_condition: bool) -> None:

@@ -5,7 +5,9 @@ so that ``cells/uL``, ``copies/ug`` and ``pg/mL`` convert like any other unit. U
 pint syntax: ``"mg"``, ``"L/h"``, ``"1/day"``, ``"pg/mL"``, ``"cells"``, ``"1"`` (dimensionless).
 
 Conversion factors are rounded to 15 significant digits, so that exact conversions (``1/h`` to
-``1/day`` is 24) come out exact rather than as 23.999999999999996.
+``1/day`` is 24) come out exact rather than as 23.999999999999996; a factor whose inverse is a
+short number (``h`` to ``day`` is 1/24) is computed as that inverse's reciprocal, so it is the
+float nearest 1/24 rather than 0.0416666666666667.
 """
 
 from __future__ import annotations
@@ -63,8 +65,18 @@ def parse_unit(text: str) -> pint.Unit:
     return quantity.units
 
 
+def _significant_digits(value: float) -> int:
+    mantissa = f"{value:.14e}".split("e")[0]
+    return len(mantissa.replace("-", "").replace(".", "").rstrip("0"))
+
+
 def _round(value: float) -> float:
-    return float(f"{value:.15g}")
+    rounded = float(f"{value:.15g}")
+    if value != 0 and _significant_digits(rounded) > 12:
+        inverse = float(f"{1.0 / value:.15g}")
+        if _significant_digits(inverse) <= 12:
+            return 1.0 / inverse
+    return rounded
 
 
 def factor(from_unit: Any, to_unit: Any) -> float:

@@ -62,7 +62,7 @@ def compile_spec(spec: ModelSpec) -> CompiledModel:
 
     def uses_states(e: sp.Expr, seen: set[str]) -> bool:
         for s in e.free_symbols:
-            if s.name in state_set:
+            if s.name in state_set or s.name == "t":  # changes during a solve
                 return True
             if s.name in derived_syms and s.name not in seen:
                 seen.add(s.name)

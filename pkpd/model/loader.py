@@ -54,6 +54,30 @@ _SECTIONS = {
 }
 
 
+#: Keys each kind of entry accepts (parameters: `_PARAM_KEYS`); anything else is a typo to report,
+#: never a setting to ignore silently (a misspelt ``bioavailability`` would mean F = 1).
+_KEYS = {
+    "model": {"name", "description", "time_unit", "include", "references", "analytic"},
+    "state": {"unit", "initial", "description"},
+    "covariate": {"unit", "default", "description"},
+    "derived quantity": {"expression", "unit", "description"},
+    "dose route": {"compartment", "unit", "per", "lag", "bioavailability", "description"},
+    "observation": {
+        "expression",
+        "unit",
+        "dvid",
+        "error",
+        "sigma",
+        "sigma_prop",
+        "cutpoints",
+        "levels",
+        "lloq",
+        "description",
+    },
+    "analytic": {"kind", "central", "depot", "peripheral", "CL", "V", "Q", "V2", "ka"},
+}
+
+
 def _split_header(header: str) -> tuple[str, ...]:
     return tuple(part.strip().strip('"') for part in header.split("."))
 
@@ -90,7 +114,7 @@ class _File:
             candidates.append(((section, name), sub))
         if name is not None:
             candidates += [((section,), name), ((section, name), None)]
-        candidates.append(((section,), None))
+        candidates += [((section,), None), ((), section)]  # a header, or a top-level key
         for key in candidates:
             if key in self.lines:
                 return Where(self.path, self.lines[key])
@@ -155,11 +179,18 @@ def _read(path: Path) -> _File:
     return _File(str(path), text, data, _index_lines(text))
 
 
-def _collect(path: Path, chain: tuple[Path, ...], seen: dict[Path, _File], order: list[_File]):
+def _collect(
+    path: Path,
+    chain: tuple[Path, ...],
+    seen: dict[Path, _File],
+    order: list[_File],
+    parent: _File | None = None,
+) -> None:
     if path in chain:
         cycle = " -> ".join(p.name for p in (*chain[chain.index(path) :], path))
-        last = seen.get(chain[-1])
-        where = last.where("model", "include") if last else Where(str(chain[-1]))
+        # The include that closes the cycle is in the file being read (``parent``), which is
+        # not in ``seen`` yet: files enter it after their includes.
+        where = parent.where("model", "include") if parent else Where(str(chain[-1]))
         raise ModelError(_problem(where, "include", f"include cycle: {cycle}"))
     if path in seen:
         return
@@ -174,7 +205,19 @@ def _collect(path: Path, chain: tuple[Path, ...], seen: dict[Path, _File], order
                 for k in unknown
             ]
         )
-    includes = f.data.get("model", {}).get("include", [])
+    model = f.data.get("model", {})
+    unknown = sorted(set(model) - _KEYS["model"]) if isinstance(model, dict) else []
+    if unknown:
+        raise ModelError(
+            [
+                _problem(
+                    f.where("model", k), k, f"unknown key {k!r} in [model] (known: "
+                    f"{', '.join(sorted(_KEYS['model']))})"
+                )
+                for k in unknown
+            ]
+        )
+    includes = model.get("include", []) if isinstance(model, dict) else []
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
@@ -186,7 +229,7 @@ def _collect(path: Path, chain: tuple[Path, ...], seen: dict[Path, _File], order
             target = resolve(inc, path.parent)
         except FileNotFoundError as exc:
             raise ModelError(_problem(f.where("model", "include"), inc, str(exc))) from None
-        _collect(target, (*chain, path), seen, order)
+        _collect(target, (*chain, path), seen, order, f)
     seen[path] = f
     order.append(f)
 
@@ -275,6 +318,22 @@ def _parse(where: Where, name: str, text: Any) -> E.Parsed:
         raise ModelError(_problem(where, name, str(exc))) from None
 
 
+def _parse_static(where: Where, name: str, text: Any, what: str, dynamic: set[str]) -> E.Parsed:
+    """Parse an expression evaluated once per subject (initial value, lag, bioavailability)."""
+    parsed = _parse(where, name, text)
+    bad = sorted(parsed.names & dynamic) + (["t"] if parsed.uses_time else [])
+    if bad:
+        raise ModelError(
+            _problem(
+                where,
+                name,
+                f"{what} is fixed for a subject: it cannot use the time t, states or derived "
+                f"quantities that change with them ({', '.join(bad)})",
+            )
+        )
+    return parsed
+
+
 def _build(where: Where, name: str, parsed: E.Parsed, units: dict, time_unit: Any) -> E.Built:
     try:
         return E.build(parsed, units, time_unit)
@@ -307,6 +366,16 @@ class _Merged:
         self.problems: list[Problem] = []
 
     def add(self, kind: str, table: dict, name: str, entry: Any, where: Where) -> None:
+        unknown = sorted(set(entry) - _KEYS[kind]) if kind in _KEYS else []
+        if unknown:
+            self.problems.append(
+                _problem(
+                    where,
+                    name,
+                    f"unknown key(s) {unknown} for {kind} {name} (known: {sorted(_KEYS[kind])})",
+                )
+            )
+            return
         if name in table:
             prev = table[name][1]
             if kind == "parameter" and isinstance(entry, dict) and entry.get("override"):
@@ -494,7 +563,7 @@ def load_model(source: str | Path) -> ModelSpec:
             unit = _unit(where, dname, entry["unit"])
             conv = _convert(where, dname, built, unit, f"derived quantity {dname}")
         units[dname] = unit
-        if parsed.names & (set(m.states) | state_dependent):
+        if parsed.uses_time or parsed.names & (set(m.states) | state_dependent):
             state_dependent.add(dname)
         derived[dname] = DerivedSpec(
             dname, conv, built.raw, U.pretty(unit), str(entry.get("description", "")), where
@@ -503,7 +572,8 @@ def load_model(source: str | Path) -> ModelSpec:
     # States: initial values.
     for sname, (entry, where) in m.states.items():
         init = entry.get("initial", 0)
-        parsed = _parse(where, sname, init)
+        dynamic = set(m.states) | state_dependent
+        parsed = _parse_static(where, sname, init, f"the initial value of {sname}", dynamic)
         static = {k: v for k, v in units.items() if k not in m.states and k not in state_dependent}
         built = _build(where, sname, parsed, static, time_unit)
         conv = _convert(where, sname, built, units[sname], f"the initial value of {sname}")
@@ -708,11 +778,16 @@ def _dose(
         )
     f = U.factor(incoming, state_unit)
     scale = scale_sym if f == 1.0 else sp.Float(f, 17) * scale_sym
-    lag_b = _build(where, name, _parse(where, name, entry.get("lag", 0)), static, time_unit)
-    lag = _convert(where, name, lag_b, time_unit, f"the lag of dose route {name}")
-    bio_b = _build(
-        where, name, _parse(where, name, entry.get("bioavailability", 1)), static, time_unit
+    dynamic = set(units) - set(static)
+    lag_what = f"the lag of dose route {name}"
+    lag_p = _parse_static(where, name, entry.get("lag", 0), lag_what, dynamic)
+    lag_b = _build(where, name, lag_p, static, time_unit)
+    lag = _convert(where, name, lag_b, time_unit, lag_what)
+    bio_text = entry.get("bioavailability", 1)
+    bio_p = _parse_static(
+        where, name, bio_text, f"the bioavailability of dose route {name}", dynamic
     )
+    bio_b = _build(where, name, bio_p, static, time_unit)
     bio = _convert(where, name, bio_b, U.DIMENSIONLESS, f"the bioavailability of dose route {name}")
     return DoseSpec(name, cmt, str(amount_text), per, lag, lag_b.raw, bio, bio_b.raw, scale, where)
 
@@ -793,6 +868,17 @@ def _analytic(main: _File, entry: Any, parameters: dict, states: dict, time_unit
     if entry is None:
         return None
     where = main.where("model", "analytic")
+    if not isinstance(entry, dict):
+        raise ModelError(_problem(where, "analytic", "analytic is a table: { kind = ..., ... }"))
+    unknown = sorted(set(entry) - _KEYS["analytic"])
+    if unknown:
+        raise ModelError(
+            _problem(
+                where,
+                "analytic",
+                f"unknown key(s) {unknown} in analytic (known: {sorted(_KEYS['analytic'])})",
+            )
+        )
     kind = entry.get("kind")
     if kind not in _ANALYTIC_ROLES:
         raise ModelError(

@@ -181,6 +181,10 @@ def prepare_events(
     )
     t_any = jnp.min(jnp.where(jnp.isfinite(obs_time), obs_time, big), initial=big)
     t0 = jnp.where(jnp.isfinite(t0), t0, jnp.where(jnp.isfinite(t_any), t_any, 0.0))
+    # The start is the first *recorded* time, data rather than a parameter: at a lag of exactly
+    # 0 the min above ties a dose's effective time with its nominal time and would take half of
+    # d/d(lag) away from the dose (regression: tests/model/test_library.py zero-lag gradient).
+    t0 = jax.lax.stop_gradient(t0)
     t_last = jnp.max(jnp.where(real, tau, -big), initial=-big)
     t_obs = jnp.max(jnp.where(jnp.isfinite(obs_time), obs_time, -big), initial=-big)
     t_end = jnp.maximum(jnp.maximum(t_last, t_obs), t0)
@@ -235,6 +239,16 @@ def count_preceding(pe: PreparedEvents, obs_time: jax.Array, obs_seq: jax.Array)
     return jnp.sum(before & pe.real[None, :], axis=1)
 
 
+def _straight_through(x: jax.Array, bounded: jax.Array) -> jax.Array:
+    """``bounded``'s value with ``x``'s gradient.
+
+    Stops are sorted, so clipping them to the integration window only guards against round-off;
+    at a tie (an event exactly at the start, or two stops at one time) ``clip``/``maximum`` would
+    split the derivative between the stop and the bound. The time derivative belongs to the stop.
+    """
+    return x + jax.lax.stop_gradient(bounded - x)
+
+
 def _status_of(result: Any) -> jax.Array:
     ok = result == diffrax.RESULTS.successful
     steps = result == diffrax.RESULTS.max_steps_reached
@@ -269,7 +283,7 @@ def _solve_one_ode(
         return jnp.concatenate([x, jnp.full((n_obs,), fill, x.dtype)])[order]
 
     xs = {
-        "t": jnp.clip(times, pe.t0, t_stop)[order],
+        "t": _straight_through(times, jnp.clip(times, pe.t0, t_stop))[order],
         "is_obs": is_obs[order],
         "index": index[order],
         "kind": ev_col(pe.kind, PAD),
@@ -292,7 +306,7 @@ def _solve_one_ode(
     def step(carry, x):
         y, active, out, status, a = carry
         failed = status != OK
-        b = jnp.where(failed, a, jnp.maximum(x["t"], a))
+        b = jnp.where(failed, a, _straight_through(x["t"], jnp.maximum(x["t"], a)))
         y_in = jnp.where(jnp.isfinite(y), y, 0.0)
         u = active @ rate_matrix
         sol = diffrax.diffeqsolve(
