@@ -206,15 +206,21 @@ def test_simulate_an_invalid_dataset(tmp_path):
     assert f"{data}, line 2" in result.output
 
 
+@pytest.mark.slow
 def test_demo_writes_its_outputs(tmp_path):
     out = tmp_path / "demo"
-    result = invoke("demo", "--out", out)
+    result = invoke("demo", "--out", out, "--quick")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "theophylline_predictions.csv")
     assert len(table) == 132
     assert (out / "theophylline_predictions.png").read_bytes()[:4] == b"\x89PNG"
     assert "ka 1.59 /h, CL 2.74 L/h, V 31.7 L" in result.output
     assert "\nall " in result.output  # the overall row of the residual summary
+    # the fit and the strategy comparison
+    assert (out / "theophylline_fit.nc").exists() and (out / "theophylline_vpc.png").exists()
+    decision = pd.read_csv(out / "strategies_decision_table.csv", index_col=0)
+    assert {"soc_reactive_toc", "prophylactic_toc", "prophylactic_anakinra"} <= set(decision.index)
+    assert (out / "strategies_forest.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(
