@@ -44,6 +44,16 @@ DATASETS: dict[str, BundledDataset] = {
             "R datasets::Theoph (GPL); see theophylline.md"
         ),
     ),
+    "virtual_cart": BundledDataset(
+        filename="virtual_cart.csv",
+        time_unit="day",
+        description=(
+            "SYNTHETIC: 60 virtual CAR-T patients simulated with the cart_crs library model "
+            "(seed 2024): CAR-T counts, IL-6, IL-1, CRP, NET marker, daily CRS/ICANS grades, "
+            "rescue tocilizumab/dexamethasone doses; covariates TUMOR, WT, NETP, PRODUCT. "
+            "Not patient data; see virtual_cart.md"
+        ),
+    ),
 }
 
 
