@@ -1,0 +1,137 @@
+"""``pkpd fit``, ``pkpd summary``, ``pkpd vpc``: fit a model, read a saved fit, check it visually.
+
+A fit that fails its convergence checks (R-hat <= 1.01, bulk and tail ESS >= 400, no
+divergences) is saved anyway (to be inspected), but every command that uses it says so on
+stderr and exits with status 1. Errors in the inputs exit with status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+#: Exit status of a command whose fit is flagged by its convergence checks.
+EXIT_FLAGGED = 1
+
+
+def _flagged_exit(fit: Any) -> None:
+    if not fit.ok:
+        typer.secho(f"{fit.verdict}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_FLAGGED)
+
+
+def _load(path: Path, model: str | None) -> Any:
+    from pkpd.cli import _fail
+    from pkpd.inference import ModelChangedError, load_fit
+
+    if not path.is_file():
+        _fail(f"no fit file {path}")
+    try:
+        return load_fit(path, model=model)
+    except (ModelChangedError, ValueError, OSError) as exc:
+        _fail(str(exc))
+
+
+def fit_cmd(
+    model: Annotated[str, typer.Argument(help="Model file or library name.")],
+    data: Annotated[str, typer.Argument(help="NONMEM-style CSV or bundled dataset name.")],
+    out: Annotated[Path, typer.Option(help="Where to save the fit (NetCDF).")] = Path("fit.nc"),
+    sampler: Annotated[
+        str, typer.Option(help="auto, nutpie, numpyro, pymc, advi, fullrank_advi, map")
+    ] = "auto",
+    chains: Annotated[int, typer.Option(help="Chains.")] = 4,
+    draws: Annotated[int, typer.Option(help="Kept draws per chain.")] = 1000,
+    tune: Annotated[int, typer.Option(help="Warm-up iterations per chain.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    init: Annotated[str, typer.Option(help="Chain starts: prior (medians) or map.")] = "prior",
+    target_accept: Annotated[float, typer.Option(help="NUTS target acceptance.")] = 0.8,
+    correlated_iiv: Annotated[
+        bool, typer.Option("--correlated-iiv", help="LKJ prior on IIV correlations.")
+    ] = False,
+    censoring: Annotated[str, typer.Option(help="m3 (censored likelihood) or drop.")] = "m3",
+    solver: Annotated[
+        str, typer.Option(help="auto (closed form when available), tsit5, kvaerno5, ...")
+    ] = "auto",
+    rtol: Annotated[float, typer.Option(help="Relative tolerance of the ODE solver.")] = 1e-6,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance (state units).")] = 1e-9,
+    time_unit: Annotated[
+        str | None, typer.Option(help="Time unit of the dataset (default: the model's).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show the sampler's progress bar.")] = True,
+) -> None:
+    """Fit a model to a dataset and save the posterior; exit 1 if the fit is flagged."""
+    from pkpd.cli import _fail, _load_data, _load_model
+    from pkpd.errors import DatasetError
+    from pkpd.inference import fit
+    from pkpd.solve import Solver
+
+    spec = _load_model(model)
+    cohort = _load_data(data, time_unit)
+    try:
+        cfg = Solver(method=solver, rtol=rtol, atol=atol)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not out.parent.exists():
+        _fail(f"output folder {out.parent} does not exist")
+    typer.echo(f"fitting {spec.name} to {cohort.source} ({cohort.n_subjects} subjects) with "
+               f"{sampler}, {chains} chains x {draws} draws (+{tune} warm-up), seed {seed}")
+    try:
+        result = fit(spec, cohort, sampler=sampler, chains=chains, draws=draws, tune=tune,
+                     seed=seed, init=init, solver=cfg, progressbar=progress,
+                     target_accept=target_accept, correlated_iiv=correlated_iiv,
+                     censoring=censoring)
+    except (DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    result.save(out)
+    typer.echo(result.summary_text())
+    wall = result.settings.wall_time
+    typer.echo(f"sampling took {wall.get('sample', float('nan')):.1f} s; saved to {out}")
+    _flagged_exit(result)
+
+
+def summary_cmd(
+    fit_file: Annotated[Path, typer.Argument(help="A fit saved by `pkpd fit`.")],
+    model: Annotated[
+        str | None, typer.Option(help="Use this model file instead of the saved one.")
+    ] = None,
+    loo: Annotated[bool, typer.Option(help="Also print PSIS-LOO.")] = False,
+) -> None:
+    """Print the summary of a saved fit; exit 1 if the fit is flagged."""
+    import warnings
+
+    result = _load(fit_file, model)
+    typer.echo(result.summary_text())
+    if loo:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            typer.echo(str(result.loo()))
+    _flagged_exit(result)
+
+
+def vpc_cmd(
+    fit_file: Annotated[Path, typer.Argument(help="A fit saved by `pkpd fit`.")],
+    out: Annotated[Path, typer.Option(help="Figure file (PNG, PDF, SVG).")] = Path("vpc.png"),
+    n_sim: Annotated[int, typer.Option(help="Simulated studies.")] = 200,
+    bins: Annotated[int, typer.Option(help="Time bins.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed of the simulation.")] = 0,
+    log_y: Annotated[bool, typer.Option("--log-y", help="Logarithmic y axis.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Use this model file instead of the saved one.")
+    ] = None,
+) -> None:
+    """Draw a visual predictive check of a saved fit; exit 1 if the fit is flagged."""
+    from pkpd.inference.plots import plot_vpc
+
+    result = _load(fit_file, model)
+    plot_vpc(result, out, n_sim=n_sim, n_bins=bins, seed=seed, log_y=log_y)
+    typer.echo(f"wrote {out}")
+    _flagged_exit(result)
+
+
+def register(app: Any) -> None:
+    """Add ``fit``, ``summary`` and ``vpc`` to the CLI."""
+    app.command("fit")(fit_cmd)
+    app.command("summary")(summary_cmd)
+    app.command("vpc")(vpc_cmd)

@@ -1,0 +1,383 @@
+"""Per-observation log-likelihood: residual error models, censoring (Beal M3), ordinal grades.
+
+`collect_observations` turns a cohort into one flat table of the observations that carry
+information (missing ones, MDV=1 or NaN DV without censoring, are left out), each with its
+subject, endpoint, censoring flag and limit. `observation_logp` gives the log-likelihood of each
+of them as a PyTensor vector, so PyMC stores it per observation and PSIS-LOO works.
+
+Residual error models (``ObservationSpec.error``), with ``f`` the prediction:
+
+=================  ==========================================================================
+``additive``       ``DV ~ Normal(f, a)``
+``proportional``   ``DV ~ Normal(f, b |f|)``
+``combined``       ``DV ~ Normal(f, sqrt(a^2 + (b f)^2))``
+``lognormal``      ``log DV ~ Normal(log f, s)`` (the density of DV, i.e. with ``-log DV``, so
+                   log-likelihoods compare across error models)
+``ordinal``        ordered logistic: ``P(Y <= level_k) = logistic(c_k - f)``, ``f`` the latent
+                   prediction, ``c`` the increasing cutpoint parameters
+=================  ==========================================================================
+
+Censoring (Beal's M3): an observation below its limit ``L`` (``obs_cens == 1``) contributes
+``log P(DV < L) = log Phi((L - f) / sd)``; above an upper limit (``obs_cens == -1``)
+``log P(DV > L)``; for the log-normal model on the log scale. Each (endpoint, censoring) group is
+computed on its own observations only, so a branch that is undefined for other observations
+(``log f`` at a zero prediction) never poisons a gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pkpd.errors import DatasetError, Problem
+
+#: Ways of handling censored observations.
+CENSORING_MODES = ("m3", "drop")
+
+
+@dataclass(frozen=True)
+class Observations:
+    """The observations a fit uses, flat, in cohort order (subject, then record).
+
+    Attributes
+    ----------
+    subject, column : numpy.ndarray
+        ``(n,)`` row in the cohort and observation column of each.
+    endpoint : numpy.ndarray
+        ``(n,)`` index into ``model.endpoints``.
+    time : numpy.ndarray
+        ``(n,)`` time, model time unit.
+    dv : numpy.ndarray
+        ``(n,)`` DV as recorded (may be NaN for a censored record).
+    value : numpy.ndarray
+        ``(n,)`` what the likelihood reads: DV, or the limit of a censored record.
+    cens : numpy.ndarray
+        ``(n,)`` int8: 0, 1 (below the limit), -1 (above).
+    limit : numpy.ndarray
+        ``(n,)`` censoring limit (NaN when none).
+    category : numpy.ndarray
+        ``(n,)`` ordinal endpoints: index of the level, else -1.
+    line : numpy.ndarray
+        ``(n,)`` line in the dataset file.
+    n_missing : int
+        Observation records left out because their DV is missing (MDV=1, NaN).
+    n_dropped : int
+        Censored records left out (``censoring="drop"``).
+    """
+
+    subject: np.ndarray
+    column: np.ndarray
+    endpoint: np.ndarray
+    time: np.ndarray
+    dv: np.ndarray
+    value: np.ndarray
+    cens: np.ndarray
+    limit: np.ndarray
+    category: np.ndarray
+    line: np.ndarray
+    n_missing: int = 0
+    n_dropped: int = 0
+
+    def __len__(self) -> int:
+        return int(self.subject.size)
+
+    @property
+    def censored_fraction(self) -> float:
+        """Fraction of the used observations that are censored."""
+        return float(np.mean(self.cens != 0)) if len(self) else 0.0
+
+
+def collect_observations(
+    spec: Any, model: Any, cohort: Any, bound: Any, censoring: str = "m3"
+) -> Observations:
+    """Select and check the observations a fit uses.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model (error models, ordinal levels, default LLOQ per endpoint).
+    model : CompiledModel
+        Its compiled form.
+    cohort : Cohort
+        The dataset (``obs_dv``, ``obs_mdv``, ``obs_cens``, ``obs_limit``, ``obs_line``).
+    bound : BoundCohort
+        The cohort bound to the model (endpoints, times in model units).
+    censoring : {"m3", "drop"}, optional
+        ``"m3"``: censored records enter through the censored likelihood; ``"drop"``: they are
+        left out (biased; for comparison).
+
+    Returns
+    -------
+    Observations
+
+    Raises
+    ------
+    DatasetError
+        A non-positive DV under a log-normal error model, an ordinal DV that is not one of the
+        endpoint's levels, or a censored ordinal record (each naming file and line).
+    """
+    if censoring not in CENSORING_MODES:
+        raise ValueError(f"censoring must be one of {CENSORING_MODES}, got {censoring!r}")
+    ds = cohort.ds
+    mask = np.asarray(bound.obs_mask, dtype=bool)
+    mdv = np.asarray(ds["obs_mdv"].values, dtype=bool)
+    dv_all = np.asarray(ds["obs_dv"].values, dtype=float)
+    cens_all = np.asarray(ds["obs_cens"].values, dtype=np.int8)
+    limit_all = np.asarray(ds["obs_limit"].values, dtype=float)
+    line_all = np.asarray(ds["obs_line"].values)
+    obs_specs = [spec.observations[name] for name in model.endpoints]
+    errors = np.array([o.error for o in obs_specs], dtype=object)
+
+    # An endpoint's default LLOQ applies to records for which the dataset gives no limit.
+    for e, ospec in enumerate(obs_specs):
+        if ospec.lloq is None or ospec.error == "ordinal":
+            continue
+        here = mask & (bound.obs_endpoint == e) & (cens_all == 0) & np.isnan(limit_all)
+        below = here & ~mdv & (dv_all < ospec.lloq)
+        cens_all = np.where(below, np.int8(1), cens_all)
+        limit_all = np.where(here, ospec.lloq, limit_all)
+
+    used = mask & ~mdv
+    used &= errors[bound.obs_endpoint] != "none"
+    n_missing = int((mask & mdv).sum())
+    n_dropped = 0
+    if censoring == "drop":
+        n_dropped = int((used & (cens_all != 0)).sum())
+        used &= cens_all == 0
+    rows, cols = np.nonzero(used)
+    endpoint = np.asarray(bound.obs_endpoint[rows, cols], dtype=np.int64)
+    dv = dv_all[rows, cols]
+    cens = cens_all[rows, cols]
+    limit = limit_all[rows, cols]
+    line = line_all[rows, cols]
+    value = np.where(cens != 0, limit, dv)
+    category = np.full(rows.size, -1, dtype=np.int64)
+
+    problems: list[Problem] = []
+    for e, ospec in enumerate(obs_specs):
+        here = endpoint == e
+        if ospec.error == "lognormal":
+            bad = here & (cens == 0) & ~(dv > 0)
+            for k in np.flatnonzero(bad)[:20]:
+                problems.append(
+                    Problem(
+                        f"endpoint {ospec.name!r} has a log-normal error model but DV is "
+                        f"{dv[k]:g}; flag values below the LLOQ as censored (CENS/BLQ)",
+                        file=cohort.source,
+                        row=int(line[k]),
+                        column="DV",
+                    )
+                )
+            bad = here & (cens != 0) & ~(limit > 0)
+            for k in np.flatnonzero(bad)[:20]:
+                problems.append(
+                    Problem(
+                        f"endpoint {ospec.name!r}: a censoring limit must be positive under a "
+                        "log-normal error model",
+                        file=cohort.source,
+                        row=int(line[k]),
+                        column="LIMIT",
+                    )
+                )
+        if ospec.error == "ordinal":
+            levels = np.asarray(ospec.levels, dtype=float)
+            for k in np.flatnonzero(here):
+                if cens[k] != 0:
+                    problems.append(
+                        Problem(
+                            f"ordinal endpoint {ospec.name!r} cannot be censored",
+                            file=cohort.source,
+                            row=int(line[k]),
+                            column="CENS",
+                        )
+                    )
+                    continue
+                hit = np.flatnonzero(levels == dv[k])
+                if hit.size != 1:
+                    problems.append(
+                        Problem(
+                            f"ordinal endpoint {ospec.name!r}: DV {dv[k]:g} is not one of its "
+                            f"levels {list(ospec.levels)}",
+                            file=cohort.source,
+                            row=int(line[k]),
+                            column="DV",
+                        )
+                    )
+                    continue
+                category[k] = int(hit[0])
+    if problems:
+        raise DatasetError(problems)
+    return Observations(
+        subject=rows.astype(np.int64),
+        column=cols.astype(np.int64),
+        endpoint=endpoint,
+        time=np.asarray(bound.obs_time[rows, cols], dtype=float),
+        dv=dv,
+        value=value.astype(float),
+        cens=cens.astype(np.int8),
+        limit=limit,
+        category=category,
+        line=line,
+        n_missing=n_missing,
+        n_dropped=n_dropped,
+    )
+
+
+def residual_parameters(spec: Any, model: Any) -> list[str]:
+    """Parameters the observation models use (residual SDs and cutpoints), in model order.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model.
+    model : CompiledModel
+        Its compiled form.
+
+    Returns
+    -------
+    list of str
+    """
+    names: set[str] = set()
+    for ospec in spec.observations.values():
+        names.update(ospec.sigma.values())
+        names.update(ospec.cutpoints)
+    return [n for n in model.parameters if n in names]
+
+
+#: Below this z, log Phi(z) uses its asymptotic series (erfc underflows near z = -38).
+_TAIL_Z = -30.0
+
+
+def log_ndtr(z: Any) -> Any:
+    """``log Phi(z)``, the log of the standard normal CDF, accurate for every ``z``.
+
+    Written with ``erfc`` only, which every PyTensor backend has (PyMC's ``normal_lcdf`` uses
+    ``erfcx``, which the JAX backend lacks without TensorFlow Probability). Three branches, each
+    fed a clipped input so that the branch not taken cannot produce NaN gradients:
+    ``log1p(-erfc(z / sqrt 2) / 2)`` for ``z >= 0`` (no cancellation when Phi is near 1),
+    ``log(erfc(-z / sqrt 2) / 2)`` for ``-30 <= z < 0``, and the asymptotic series
+    ``-z^2/2 - log(-z) - log(2 pi)/2 + log(1 - z^-2 + 3 z^-4 - 15 z^-6 + 105 z^-8)`` below -30
+    (relative error below 1e-12 there).
+
+    Parameters
+    ----------
+    z : TensorVariable
+        Standardised values.
+
+    Returns
+    -------
+    TensorVariable
+    """
+    import pytensor.tensor as pt
+
+    sqrt2 = np.sqrt(2.0)
+    z_pos = pt.maximum(z, 0.0)
+    upper = pt.log1p(-0.5 * pt.erfc(z_pos / sqrt2))
+    z_mid = pt.clip(z, _TAIL_Z, 0.0)
+    middle = pt.log(0.5 * pt.erfc(-z_mid / sqrt2))
+    z_low = pt.minimum(z, _TAIL_Z)
+    w = 1.0 / z_low**2
+    series = 1.0 - w + 3.0 * w**2 - 15.0 * w**3 + 105.0 * w**4
+    tail = -0.5 * z_low**2 - pt.log(-z_low) - 0.5 * np.log(2 * np.pi) + pt.log(series)
+    return pt.switch(z >= 0.0, upper, pt.switch(z >= _TAIL_Z, middle, tail))
+
+
+def observation_logp(
+    value: Any, pred: Any, params: dict[str, Any], obs: Observations, spec: Any, model: Any
+) -> Any:
+    """Log-likelihood of every observation, as a PyTensor vector.
+
+    Parameters
+    ----------
+    value : TensorVariable
+        ``(n,)`` the observed values (`Observations.value`).
+    pred : TensorVariable
+        ``(n,)`` predictions (the latent severity for ordinal endpoints).
+    params : dict of str to TensorVariable
+        The residual error and cutpoint parameters by name (`residual_parameters`).
+    obs : Observations
+        Which observation is which (endpoint, censoring, limits, levels).
+    spec : ModelSpec
+        The model (error models).
+    model : CompiledModel
+        Its compiled form (endpoint order).
+
+    Returns
+    -------
+    TensorVariable
+        ``(n,)`` log-likelihood, in the order of ``obs``.
+    """
+    import pytensor.tensor as pt
+
+    pieces: list[Any] = []
+    order: list[np.ndarray] = []
+    half_log_2pi = 0.5 * np.log(2 * np.pi)
+    for e, name in enumerate(model.endpoints):
+        ospec = spec.observations[name]
+        here = obs.endpoint == e
+        if not here.any():
+            continue
+        if ospec.error == "ordinal":
+            cut = pt.stack([params[c] for c in ospec.cutpoints])
+            n_cut = len(ospec.cutpoints)
+            for kind in ("first", "middle", "last"):
+                cat = obs.category
+                sel = {
+                    "first": here & (cat == 0),
+                    "last": here & (cat == n_cut),
+                    "middle": here & (cat > 0) & (cat < n_cut),
+                }[kind]
+                idx = np.flatnonzero(sel)
+                if idx.size == 0:
+                    continue
+                f = pred[idx]
+                if kind == "first":
+                    lp = -pt.softplus(f - cut[0])
+                elif kind == "last":
+                    lp = -pt.softplus(cut[n_cut - 1] - f)
+                else:
+                    k = cat[idx]
+                    hi, lo = cut[k], cut[k - 1]
+                    # log(logistic(hi - f) - logistic(lo - f)), stable for any f.
+                    lp = (hi - f) + pt.log1mexp(lo - hi) - pt.softplus(hi - f) - pt.softplus(lo - f)
+                pieces.append(lp)
+                order.append(idx)
+            continue
+        for flag in (0, 1, -1):
+            idx = np.flatnonzero(here & (obs.cens == flag))
+            if idx.size == 0:
+                continue
+            f = pred[idx]
+            v = value[idx]
+            if ospec.error == "lognormal":
+                mu, sd, x = pt.log(f), params[ospec.sigma["sigma"]], pt.log(v)
+            else:
+                mu, x = f, v
+                if ospec.error == "additive":
+                    sd = params[ospec.sigma["sigma"]]
+                elif ospec.error == "proportional":
+                    sd = params[ospec.sigma["sigma_prop"]] * pt.abs(f)
+                elif ospec.error == "combined":
+                    a = params[ospec.sigma["sigma"]]
+                    b = params[ospec.sigma["sigma_prop"]]
+                    sd = pt.sqrt(a**2 + (b * f) ** 2)
+                else:  # pragma: no cover - the loader validates error models
+                    raise ValueError(f"unknown error model {ospec.error!r}")
+            if flag == 0:
+                lp = -0.5 * ((x - mu) / sd) ** 2 - pt.log(sd) - half_log_2pi
+                if ospec.error == "lognormal":
+                    lp = lp - x  # density of DV, not of log DV
+            elif flag == 1:
+                lp = log_ndtr((x - mu) / sd)
+            else:
+                lp = log_ndtr((mu - x) / sd)
+            pieces.append(pt.broadcast_to(lp, (idx.size,)))
+            order.append(idx)
+    if not pieces:
+        raise ValueError("no observations to fit")
+    perm = np.concatenate(order)
+    inverse = np.empty_like(perm)
+    inverse[perm] = np.arange(perm.size)
+    return pt.concatenate(pieces)[inverse]

@@ -1,0 +1,538 @@
+"""Fit a model file to a cohort: MAP, NUTS (nutpie, numpyro, PyMC) or ADVI.
+
+>>> f = fit("pk_1cmt_oral", "theophylline", chains=4, draws=1000, tune=1000, seed=1)
+>>> f = fit(spec, cohort, sampler="map")        # seconds: a point estimate, for iterating
+>>> f = fit(spec, cohort, sampler="advi")       # a quick approximate posterior
+
+Every NUTS sampler runs the same PyMC model (`build_model`), whose ODE part is one JAX op. The
+sampler that was fastest on the theophylline fit on this machine kind (2 CPU cores) is the
+default; the measurements are in ``docs/inference.md``. Chains start from the prior medians
+(``z = 0``: every subject typical) plus PyMC's uniform(-1, 1) jitter on the unconstrained scale,
+so they start in a plausible region, not in a stiff corner of parameter space, yet apart from
+each other (R-hat needs dispersed starts); ``init="map"`` starts from the joint MAP instead (found
+with L-BFGS on the JAX-compiled log-density). The same ``seed`` gives the same draws.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pkpd.inference.builder import ModelInfo, build_model
+from pkpd.solve import Solver
+
+#: Sampler names accepted by `fit`.
+SAMPLERS = ("auto", "nutpie", "numpyro", "pymc", "advi", "fullrank_advi", "map")
+
+#: The sampler ``"auto"`` stands for. Measured on theophylline (docs/inference.md): nutpie and
+#: numpyro within the noise of this shared 2-core machine in wall time, nutpie with shallower
+#: trees (fewer gradients per draw) and much faster compilation; PyMC's NUTS 5x slower.
+DEFAULT_SAMPLER = "nutpie"
+
+#: Variational methods (approximate posteriors, not MCMC).
+VARIATIONAL = ("advi", "fullrank_advi")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How a fit was run (saved with it).
+
+    Attributes
+    ----------
+    sampler : str
+        The sampler actually used (``"auto"`` resolved).
+    chains, draws, tune : int
+        Chains, kept draws per chain, tuning iterations per chain (variational methods: the
+        optimisation steps).
+    seed : int
+        The random seed.
+    init : str
+        ``"map"`` or ``"prior"``.
+    target_accept : float
+        NUTS target acceptance rate.
+    solver : str
+        ``repr`` of the `Solver` used in the likelihood.
+    correlated_iiv : bool
+    censoring : str
+    gradient : str
+    wall_time : dict of str to float
+        Seconds spent building, initialising, sampling (including compilation) and
+        post-processing.
+    """
+
+    sampler: str
+    chains: int
+    draws: int
+    tune: int
+    seed: int
+    init: str
+    target_accept: float
+    solver: str
+    correlated_iiv: bool = False
+    censoring: str = "m3"
+    gradient: str = "forward"
+    wall_time: dict[str, float] = field(default_factory=dict)
+
+
+def _flat_fn(pm_model: Any) -> tuple[Any, list[str], list[tuple[int, ...]]]:
+    """Return the log-density as a JAX function of the unconstrained value variables."""
+    from pymc.sampling.jax import get_jaxified_graph
+
+    logp = get_jaxified_graph(inputs=pm_model.value_vars, outputs=[pm_model.logp()])
+    point = pm_model.initial_point()
+    names = [v.name for v in pm_model.value_vars]
+    shapes = [np.shape(point[n]) for n in names]
+    return logp, names, shapes
+
+
+def map_estimate(pm_model: Any, start: dict[str, np.ndarray] | None = None,
+                 maxiter: int = 2000) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Maximum a posteriori estimate (L-BFGS on the JAX-compiled log-density).
+
+    The optimisation runs on the unconstrained scale (log for positive parameters), where PyMC's
+    log-density includes the Jacobian of the transforms: this is the mode PyMC's samplers see.
+
+    Parameters
+    ----------
+    pm_model : pymc.Model
+        A model from `build_model`.
+    start : dict, optional
+        Starting point on the unconstrained scale (value-variable names); default the model's
+        initial point (prior medians, ``z = 0``).
+    maxiter : int, optional
+        Iteration limit of L-BFGS.
+
+    Returns
+    -------
+    point : dict of str to numpy.ndarray
+        Every free variable, deterministic and value variable at the optimum, by name.
+    report : dict
+        ``logp`` (at the optimum), ``success``, ``message``, ``nit``.
+    """
+    import jax
+    import jax.numpy as jnp
+    from pymc.sampling.jax import get_jaxified_graph
+    from scipy.optimize import minimize
+
+    logp, names, shapes = _flat_fn(pm_model)
+    start = pm_model.initial_point() if start is None else start
+    sizes = [int(np.prod(s)) for s in shapes]
+    splits = np.cumsum(sizes)[:-1]
+
+    def unflatten(x: Any) -> list[Any]:
+        return [part.reshape(shape) for part, shape in zip(jnp.split(x, splits), shapes,
+                                                           strict=True)]
+
+    @jax.jit
+    def neg(x: Any) -> Any:
+        return -logp(*unflatten(x))[0]
+
+    value_and_grad = jax.jit(jax.value_and_grad(neg))
+
+    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+        v, g = value_and_grad(jnp.asarray(x))
+        v = float(v)
+        g = np.asarray(g, dtype=float)
+        if not np.isfinite(v) or not np.all(np.isfinite(g)):
+            return np.inf, np.zeros_like(x)  # a failed solve: step back
+        return v, g
+
+    x0 = np.concatenate([np.ravel(np.asarray(start[n], dtype=float)) for n in names])
+    res = minimize(objective, x0, jac=True, method="L-BFGS-B",
+                   options={"maxiter": maxiter, "maxfun": 4 * maxiter})
+    values = unflatten(jnp.asarray(res.x))
+    expand = get_jaxified_graph(inputs=pm_model.value_vars,
+                                outputs=pm_model.unobserved_value_vars)
+    out = {v.name: np.asarray(val) for v, val in zip(pm_model.unobserved_value_vars,
+                                                      expand(*values), strict=True)}
+    report = {"logp": -float(res.fun), "success": bool(res.success),
+              "message": str(res.message), "nit": int(res.nit)}
+    return out, report
+
+
+def _initvals(pm_model: Any, point: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Constrained values of the free variables (what PyMC's ``initvals`` take)."""
+    return {rv.name: np.asarray(point[rv.name]) for rv in pm_model.free_RVs}
+
+
+def log_likelihood(pm_model: Any, posterior: Any, chunk: int = 1000) -> dict[str, np.ndarray]:
+    """Per-observation log-likelihood of every posterior draw, computed in JAX.
+
+    Parameters
+    ----------
+    pm_model : pymc.Model
+        The model the draws come from.
+    posterior : xarray.Dataset
+        Posterior draws (dims ``chain, draw, ...``) of the free variables, constrained scale.
+    chunk : int, optional
+        Draws evaluated per vectorised batch.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``{"y": (chain, draw, n_obs)}``.
+    """
+    import jax
+    import jax.numpy as jnp
+    import pytensor
+    from pymc.sampling.jax import get_jaxified_graph
+
+    # Inputs on the constrained scale: each value variable of a transformed variable is
+    # replaced by the forward transform of a new constrained input.
+    inputs, replace, names = [], {}, []
+    for rv in pm_model.free_RVs:
+        value = pm_model.rvs_to_values[rv]
+        transform = pm_model.rvs_to_transforms.get(rv)
+        constrained = rv.type(name=rv.name)
+        inputs.append(constrained)
+        names.append(rv.name)
+        if transform is not None:
+            replace[value] = transform.forward(constrained, *rv.owner.inputs)
+        else:
+            replace[value] = constrained
+    observed = list(pm_model.observed_RVs)
+    elementwise = pm_model.logp(vars=observed, sum=False)
+    elementwise = pytensor.graph.replace.graph_replace(elementwise, replace, strict=False)
+    fn = get_jaxified_graph(inputs=inputs, outputs=elementwise)
+    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
+    arrays = [np.asarray(posterior[n].values).reshape(n_chain * n_draw,
+                                                      *posterior[n].shape[2:]) for n in names]
+    batched = jax.jit(jax.vmap(lambda *a: fn(*a)))
+    outs = []
+    for start in range(0, n_chain * n_draw, chunk):
+        part = [jnp.asarray(a[start:start + chunk]) for a in arrays]
+        outs.append([np.asarray(o) for o in batched(*part)])
+    result = {}
+    for k, rv in enumerate(observed):
+        values = np.concatenate([o[k] for o in outs], axis=0)
+        result[rv.name] = values.reshape(n_chain, n_draw, *values.shape[1:])
+    return result
+
+
+def _sample_nutpie(pm_model, start, chains, draws, tune, seed, progressbar, target_accept, kw):
+    import nutpie
+
+    # initial_points by name; no jitter_rvs: nutpie freezes the model into a copy whose
+    # variables are not ours, and its default jitters every free variable of that copy.
+    compiled = nutpie.compile_pymc_model(
+        pm_model,
+        backend="jax",
+        gradient_backend="jax",
+        initial_points=start,
+    )
+    return nutpie.sample(
+        compiled,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        progress_bar=progressbar,
+        target_accept=target_accept,
+        save_warmup=False,
+        **kw,
+    )
+
+
+def _sample_numpyro(pm_model, start, chains, draws, tune, seed, progressbar, target_accept, kw):
+    from pymc.sampling.jax import sample_jax_nuts
+
+    # "parallel" needs one device per chain and fails with diffrax's checkpointed adjoint;
+    # "vectorized" makes every chain wait for the slowest solve. Sequential is the one that works.
+    kw = dict(kw)
+    chain_method = kw.pop("chain_method", "sequential")
+    return sample_jax_nuts(
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        target_accept=target_accept,
+        random_seed=seed,
+        initvals=start,
+        jitter=True,
+        model=pm_model,
+        progressbar=progressbar,
+        chain_method=chain_method,
+        idata_kwargs={"log_likelihood": False},
+        compute_convergence_checks=False,
+        nuts_sampler="numpyro",
+        **kw,
+    )
+
+
+def _sample_pymc(pm_model, start, chains, draws, tune, seed, progressbar, target_accept, kw):
+    import pymc as pm
+
+    kw = dict(kw)
+    # One process: JAX does not survive fork, and the op is already multi-threaded by XLA.
+    cores = kw.pop("cores", 1)
+    return pm.sample(
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        cores=cores,
+        random_seed=seed,
+        initvals=start,
+        init="jitter+adapt_diag",
+        target_accept=target_accept,
+        progressbar=progressbar,
+        model=pm_model,
+        idata_kwargs={"log_likelihood": False},
+        compute_convergence_checks=False,
+        **kw,
+    )
+
+
+#: Optimisation steps of the variational methods unless ``sampler_kwargs={"n": ...}``.
+VI_STEPS = 20_000
+
+
+def _fit_variational(pm_model, method, start, draws, seed, progressbar, kw):
+    import pymc as pm
+
+    kw = dict(kw)
+    n = int(kw.pop("n", VI_STEPS))
+    with pm_model:
+        approx = pm.fit(n=n, method=method, random_seed=seed, start=start,
+                        progressbar=progressbar, **kw)
+        idata = approx.sample(draws, random_seed=seed)
+    idata.posterior.attrs["pkpd_variational"] = method
+    return idata, {"elbo_last": float(-approx.hist[-1]) if len(approx.hist) else np.nan}
+
+
+def _map_idata(pm_model: Any, point: dict[str, np.ndarray]) -> Any:
+    """Return an InferenceData with one chain of one draw: the MAP point."""
+    import arviz as az
+
+    names = [rv.name for rv in pm_model.free_RVs] + [d.name for d in pm_model.deterministics]
+    dims = {name: list(pm_model.named_vars_to_dims.get(name, ())) for name in names}
+    posterior = {name: np.asarray(point[name])[None, None] for name in names}
+    coords = {k: list(v) for k, v in pm_model.coords.items()}
+    return az.from_dict(posterior=posterior, coords=coords, dims=dims)
+
+
+_SAMPLE = {"nutpie": _sample_nutpie, "numpyro": _sample_numpyro, "pymc": _sample_pymc}
+
+
+def fit(
+    spec: Any,
+    cohort: Any,
+    *,
+    sampler: str = "auto",
+    chains: int = 4,
+    draws: int = 1000,
+    tune: int = 1000,
+    seed: int = 0,
+    init: str = "prior",
+    solver: Solver | None = None,
+    progressbar: bool = True,
+    target_accept: float = 0.8,
+    correlated_iiv: bool = False,
+    censoring: str = "m3",
+    gradient: str = "forward",
+    log_likelihood_group: bool = True,
+    sampler_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """Fit a model to a cohort.
+
+    Parameters
+    ----------
+    spec : ModelSpec or str or Path
+        The model (loaded, a library name or a file).
+    cohort : Cohort or str or Path
+        The data (a Cohort, a bundled dataset name or a CSV file).
+    sampler : str, optional
+        ``"auto"`` (`DEFAULT_SAMPLER`), ``"nutpie"`` (JAX backend), ``"numpyro"`` (sequential
+        chains), ``"pymc"`` (PyMC's NUTS), ``"advi"`` / ``"fullrank_advi"`` (variational, with
+        `pymc.fit`: `VI_STEPS` optimisation steps, or ``sampler_kwargs={"n": ...}``, then
+        ``draws`` draws; approximate, always flagged) or ``"map"`` (the joint posterior mode
+        only; flagged).
+    chains, draws, tune : int, optional
+        Chains, kept draws per chain, warm-up iterations per chain.
+    seed : int, optional
+        Random seed: the same seed gives the same draws.
+    init : {"prior", "map"}, optional
+        Where chains start before PyMC's uniform(-1, 1) jitter on the unconstrained scale: the
+        prior medians with ``z = 0`` (default), or the joint MAP estimate. The joint mode of a
+        hierarchical posterior can be degenerate (large omega, small residual error): on a
+        simulated 60-subject study a chain started there never moved (step size 1e-29), so
+        ``"map"`` is not the default.
+    solver : Solver, optional
+        ODE solver of the likelihood (default: closed form when available, else Tsit5,
+        rtol 1e-6, atol 1e-9).
+    progressbar : bool, optional
+        Show the sampler's progress bar.
+    target_accept : float, optional
+        NUTS target acceptance rate (raise it, e.g. 0.95, when there are divergences).
+    correlated_iiv, censoring, gradient
+        Passed to `build_model`.
+    log_likelihood_group : bool, optional
+        Store the per-observation log-likelihood (needed for PSIS-LOO).
+    sampler_kwargs : dict, optional
+        Extra keyword arguments of the sampler.
+
+    Returns
+    -------
+    Fit
+        Posterior draws (``idata``), the model, the cohort and the settings.
+    """
+    from pkpd.inference.fitresult import Fit
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if init not in ("map", "prior"):
+        raise ValueError(f"init must be 'map' or 'prior', got {init!r}")
+    chosen = DEFAULT_SAMPLER if sampler == "auto" else sampler
+    seed = int(seed)
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    pm_model, info = build_model(spec, cohort, solver=solver, correlated_iiv=correlated_iiv,
+                                 censoring=censoring, gradient=gradient)
+    timing["build"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    map_report: dict[str, Any] = {}
+    if init == "map" or chosen == "map":
+        point, map_report = map_estimate(pm_model)
+        if not map_report["success"]:
+            warnings.warn(f"MAP optimisation did not converge: {map_report['message']}",
+                          stacklevel=2)
+        start = _initvals(pm_model, point)
+    else:
+        point = None
+        start = None
+    timing["init"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if chosen == "map":
+        idata = _map_idata(pm_model, point)
+        n_chains, n_draws, n_tune = 1, 1, 0
+    elif chosen in VARIATIONAL:
+        idata, extra = _fit_variational(pm_model, chosen, start, draws, seed, progressbar,
+                                        sampler_kwargs or {})
+        n_chains, n_draws, n_tune = 1, draws, int((sampler_kwargs or {}).get("n", VI_STEPS))
+    else:
+        idata = _SAMPLE[chosen](pm_model, start, chains, draws, tune, seed, progressbar,
+                                target_accept, dict(sampler_kwargs or {}))
+        n_chains, n_draws, n_tune = chains, draws, tune
+    timing["sample"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    idata = _standardise(idata, pm_model, info, log_likelihood_group and chosen != "map")
+    timing["postprocess"] = time.perf_counter() - t0
+    settings = FitSettings(
+        sampler=chosen,
+        chains=n_chains,
+        draws=n_draws,
+        tune=n_tune,
+        seed=seed,
+        init=init,
+        target_accept=float(target_accept),
+        solver=repr(info.solver),
+        correlated_iiv=correlated_iiv,
+        censoring=censoring,
+        gradient=gradient,
+        wall_time=timing,
+    )
+    return Fit(idata=idata, spec=info.spec, cohort=info.cohort, settings=settings,
+               info=info, extra={"map": map_report, **extra})
+
+
+def _standardise(idata: Any, pm_model: Any, info: ModelInfo, with_loglik: bool) -> Any:
+    """Give every fit the same groups, whatever the sampler.
+
+    ``posterior``, ``sample_stats``, ``log_likelihood``, ``observed_data`` and
+    ``constant_data`` (what each observation is: subject, time, endpoint, censoring).
+    """
+    import xarray as xr
+
+    obs = info.observations
+    keep = [rv.name for rv in pm_model.free_RVs] + [d.name for d in pm_model.deterministics]
+    post = idata.posterior
+    post = post[[n for n in keep if n in post]]
+    groups = {"posterior": post}
+    if "sample_stats" in idata.groups():
+        groups["sample_stats"] = idata.sample_stats
+    coords = {"obs_id": np.arange(len(obs))}
+    groups["observed_data"] = xr.Dataset({"y": ("obs_id", obs.value)}, coords=coords)
+    groups["constant_data"] = xr.Dataset(
+        {
+            "obs_subject": ("obs_id", np.asarray(info.bound.subjects)[obs.subject]),
+            "obs_subject_index": ("obs_id", obs.subject),
+            "obs_time": ("obs_id", obs.time),
+            "obs_endpoint": ("obs_id", np.asarray(info.model.endpoints)[obs.endpoint]),
+            "obs_dv": ("obs_id", obs.dv),
+            "obs_cens": ("obs_id", obs.cens.astype(np.int8)),
+            "obs_limit": ("obs_id", obs.limit),
+            "obs_line": ("obs_id", obs.line),
+        },
+        coords=coords,
+    )
+    if with_loglik:
+        ll = log_likelihood(pm_model, post)
+        groups["log_likelihood"] = xr.Dataset(
+            {"y": (("chain", "draw", "obs_id"), ll["y"])},
+            coords={"chain": post["chain"].values, "draw": post["draw"].values, **coords},
+        )
+    import arviz as az
+
+    return az.InferenceData(**groups)
+
+
+def compare_samplers(
+    spec: Any,
+    cohort: Any,
+    samplers: tuple[str, ...] = ("numpyro", "nutpie", "pymc"),
+    *,
+    chains: int = 4,
+    draws: int = 1000,
+    tune: int = 1000,
+    seed: int = 0,
+    solver: Solver | None = None,
+) -> Any:
+    """Fit the same model and data with several NUTS samplers and time them.
+
+    Parameters
+    ----------
+    spec, cohort
+        As in `fit`.
+    samplers : tuple of str, optional
+        Samplers to compare.
+    chains, draws, tune, seed, solver
+        As in `fit` (the same for every sampler).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per sampler: ``sample_s`` (wall time of sampling, compilation included),
+        ``total_s``, ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min``, ``ess_per_s`` (min bulk
+        ESS per second of sampling), ``divergences``, ``mean_tree_depth``, ``ok``.
+    """
+    import pandas as pd
+
+    rows = []
+    for name in samplers:
+        t0 = time.perf_counter()
+        result = fit(spec, cohort, sampler=name, chains=chains, draws=draws, tune=tune,
+                     seed=seed, solver=solver, progressbar=False)
+        total = time.perf_counter() - t0
+        diag = result.diagnostics()
+        stats = result.idata.sample_stats
+        depth = next((stats[k] for k in ("tree_depth", "depth") if k in stats), None)
+        sample_s = result.settings.wall_time["sample"]
+        rows.append({
+            "sampler": name,
+            "sample_s": sample_s,
+            "total_s": total,
+            "rhat_max": diag["rhat_max"],
+            "ess_bulk_min": diag["ess_bulk_min"],
+            "ess_tail_min": diag["ess_tail_min"],
+            "ess_per_s": diag["ess_bulk_min"] / sample_s,
+            "divergences": diag["divergences"],
+            "mean_tree_depth": float(depth.mean()) if depth is not None else np.nan,
+            "ok": diag["ok"],
+        })
+    return pd.DataFrame(rows).set_index("sampler")

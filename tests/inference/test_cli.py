@@ -1,0 +1,56 @@
+"""``pkpd fit``, ``pkpd summary``, ``pkpd vpc`` on theophylline (exit codes, outputs, flags)."""
+
+import pytest
+from typer.testing import CliRunner
+
+from pkpd.cli import app
+from pkpd.inference import load_fit
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_summary_of_a_good_fit(theo_fit):
+    _, path = theo_fit
+    result = invoke("summary", path, "--loo")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("OK:")
+    for text in ("ka", "CL", "V", "omega_CL", "sigma_add", "IIV %CV", "elpd_loo"):
+        assert text in result.output
+
+
+@pytest.mark.slow
+def test_vpc_of_a_good_fit(theo_fit, tmp_path):
+    _, path = theo_fit
+    out = tmp_path / "vpc.png"
+    result = invoke("vpc", path, "--out", out, "--n-sim", 50)
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_fit_command_flags_a_short_fit(tmp_path):
+    out = tmp_path / "short.nc"
+    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--chains", 1,
+                    "--draws", 40, "--tune", 40, "--seed", 4, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "FLAGGED" in result.stderr
+    assert out.is_file()
+    assert load_fit(out).settings.draws == 40
+    summary = invoke("summary", out)
+    assert summary.exit_code == 1
+    assert summary.output.startswith("FLAGGED")
+    vpc = invoke("vpc", out, "--out", tmp_path / "vpc.png", "--n-sim", 20)
+    assert vpc.exit_code == 1 and (tmp_path / "vpc.png").is_file()
+
+
+def test_bad_inputs_exit_2(tmp_path):
+    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", tmp_path / "x.nc",
+                    "--sampler", "bogus")
+    assert result.exit_code == 2
+    assert "unknown sampler" in result.stderr
+    assert invoke("summary", tmp_path / "missing.nc").exit_code == 2
