@@ -29,11 +29,24 @@ def multi_cohort():
 
 
 @pytest.fixture(scope="session")
-def theo_fit(tmp_path_factory):
-    """The theophylline fit with the default sampler and settings, saved to a file."""
-    from pkpd.inference import fit
+def theo_fit(tmp_path_factory, request):
+    """The theophylline fit with the default sampler and settings, saved to a file.
 
-    result = fit("pk_1cmt_oral", "theophylline", seed=THEO_SEED, progressbar=False)
-    path = tmp_path_factory.mktemp("theo") / "theophylline_fit.nc"
-    result.save(path)
+    Under pytest-xdist every worker has its own session: the first worker fits and saves, the
+    others wait on a lock and load the saved fit (the run's shared temporary folder).
+    """
+    from filelock import FileLock
+
+    from pkpd.inference import fit, load_fit
+
+    worker = getattr(request.config, "workerinput", {}).get("workerid")
+    root = tmp_path_factory.getbasetemp()
+    if worker is not None:
+        root = root.parent  # shared by the workers of this run only
+    path = root / "theophylline_fit.nc"
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            return load_fit(path), path
+        result = fit("pk_1cmt_oral", "theophylline", seed=THEO_SEED, progressbar=False)
+        result.save(path)
     return result, path
