@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import time
@@ -88,6 +89,13 @@ def coverage_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out).set_index("parameter")
 
 
+def _save_row(path: Path | None, row: dict) -> None:
+    if path is not None:
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({k: (v.item() if hasattr(v, "item") else v)
+                                 for k, v in row.items()}) + "\n")
+
+
 def markdown(table: pd.DataFrame) -> str:
     """A pipe table (pandas' to_markdown needs the optional tabulate package)."""
     cols = [table.index.name or ""] + list(table.columns)
@@ -108,22 +116,33 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="parallel processes (each fit runs its chains sequentially)")
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="JSON-lines file: each finished replicate is appended; replicates "
+                             "already there are not refitted (resume an interrupted run)")
     args = parser.parse_args()
 
+    done: dict[int, dict] = {}
+    if args.rows is not None and args.rows.is_file():
+        for line in args.rows.read_text().splitlines():
+            row = json.loads(line)
+            done[row["replicate"]] = row
     jobs = [(r, args.subjects, args.chains, args.draws, args.tune)
-            for r in range(args.replicates)]
+            for r in range(args.replicates) if r not in done]
     t0 = time.perf_counter()
     if args.workers > 1:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
-            rows = list(pool.map(one_replicate, jobs))
+            for row in pool.map(one_replicate, jobs):
+                done[row["replicate"]] = row
+                _save_row(args.rows, row)
     else:
-        rows = []
         for job in jobs:
-            rows.append(one_replicate(job))
-            print(f"replicate {job[0]}: {rows[-1]['seconds']:.0f} s, ok={rows[-1]['ok']}",
-                  flush=True)
+            row = one_replicate(job)
+            done[row["replicate"]] = row
+            _save_row(args.rows, row)
+            print(f"replicate {job[0]}: {row['seconds']:.0f} s, ok={row['ok']}", flush=True)
+    rows = [done[r] for r in sorted(done)]
     wall = time.perf_counter() - t0
     table = coverage_table(rows)
     n_ok = sum(r["ok"] for r in rows)
@@ -135,8 +154,8 @@ def main() -> None:
         f"{args.subjects}`: pk_1cmt_oral, {args.subjects} subjects x {len(TIMES)} samples, "
         f"{args.replicates} replicate studies (data seeds 1000..{999 + args.replicates}), "
         f"default sampler, {args.chains} chains x {args.draws} draws (+{args.tune} warm-up). "
-        f"Fits passing the convergence checks: {n_ok}/{len(rows)}. Wall time {wall / 60:.1f} "
-        "min.\n\n"
+        f"Fits passing the convergence checks: {n_ok}/{len(rows)}. Fitting time "
+        f"{sum(r['seconds'] for r in rows) / 60:.1f} min (this run: {wall / 60:.1f} min).\n\n"
     )
     text = header + markdown(table) + "\n"
     print(text)
