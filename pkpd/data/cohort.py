@@ -219,33 +219,40 @@ class Cohort:
 
         write_csv(self._ds, path)
 
-    def to_netcdf(self, path: str | os.PathLike) -> None:
+    def to_netcdf(self, path: str | os.PathLike, *, mode: str = "w",
+                  group: str | None = None) -> None:
         """Save the cohort as a NetCDF file (read it back with `Cohort.from_netcdf`).
 
         Parameters
         ----------
         path : str or os.PathLike
             Output file.
+        mode : {"w", "a"}, optional
+            Overwrite the file, or add to it (with ``group``, e.g. inside a saved fit).
+        group : str, optional
+            NetCDF group to write to (default: the root).
         """
         ds = self._ds.copy()
         ds.attrs = {k: json.dumps(v) if k in _JSON_ATTRS else v for k, v in self._ds.attrs.items()}
-        ds.to_netcdf(Path(path))
+        ds.to_netcdf(Path(path), mode=mode, group=group)
 
     @classmethod
-    def from_netcdf(cls, path: str | os.PathLike) -> Cohort:
+    def from_netcdf(cls, path: str | os.PathLike, *, group: str | None = None) -> Cohort:
         """Load a cohort saved by `to_netcdf`.
 
         Parameters
         ----------
         path : str or os.PathLike
             A file written by `to_netcdf`.
+        group : str, optional
+            NetCDF group it was written to.
 
         Returns
         -------
         Cohort
             The cohort, identical to the one saved.
         """
-        with xr.open_dataset(Path(path)) as opened:
+        with xr.open_dataset(Path(path), group=group) as opened:
             ds = opened.load()
         ds.attrs = {k: json.loads(v) if k in _JSON_ATTRS else v for k, v in ds.attrs.items()}
         for name in list(ds.variables):

@@ -292,8 +292,6 @@ class Fit:
         Path
             The file written.
         """
-        from pkpd.data.cohort import _JSON_ATTRS
-
         path = Path(path)
         idata = self.idata.copy()
         attrs = dict(idata.posterior.attrs)
@@ -313,14 +311,11 @@ class Fit:
         }
         attrs.update({_PREFIX + k: v for k, v in provenance.items()})
         idata.posterior.attrs = attrs
-        cohort_ds = self.cohort.ds.copy()
-        cohort_ds.attrs = {k: json.dumps(v) if k in _JSON_ATTRS else v
-                           for k, v in self.cohort.ds.attrs.items()}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
             idata.to_netcdf(tmp)
-            cohort_ds.to_netcdf(tmp, mode="a", group=_COHORT_GROUP)
+            self.cohort.to_netcdf(tmp, mode="a", group=_COHORT_GROUP)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -405,9 +400,8 @@ def load_fit(path: str | os.PathLike, model: Any = None) -> Fit:
         If the file is not a pkpd fit, or its saved dataset does not match its hash.
     """
     import arviz as az
-    import xarray as xr
 
-    from pkpd.data.cohort import _JSON_ATTRS, Cohort
+    from pkpd.data.cohort import Cohort
     from pkpd.inference.sample import FitSettings
     from pkpd.model import load_model
 
@@ -447,19 +441,7 @@ def load_fit(path: str | os.PathLike, model: Any = None) -> Fit:
         else:
             spec = _spec_from_texts(files)
 
-    with xr.open_dataset(path, group=_COHORT_GROUP) as opened:
-        ds = opened.load()
-    ds.attrs = {k: json.loads(v) if k in _JSON_ATTRS else v for k, v in ds.attrs.items()}
-    for name in list(ds.variables):
-        var = ds[name]
-        if var.dtype == object:  # NetCDF strings come back as objects
-            values = var.values.astype(str)
-            if name == "subject":
-                ds = ds.assign_coords(subject=values)
-            else:
-                ds[name] = (var.dims, values)
-        ds[name].encoding = {}
-    cohort = Cohort(ds)
+    cohort = Cohort.from_netcdf(path, group=_COHORT_GROUP)
     if dataset_hash(cohort) != prov["dataset_hash"]:
         raise ValueError(f"{path}: the saved dataset does not match its hash (corrupt file)")
     settings = FitSettings(**json.loads(prov["settings"]))
