@@ -19,7 +19,20 @@ EXIT_FLAGGED = 1
 def _flagged_exit(fit: Any) -> None:
     if not fit.ok:
         typer.secho(f"{fit.verdict}", fg=typer.colors.RED, err=True)
+        message = _unidentified(fit)
+        if message:
+            typer.secho(message, fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_FLAGGED)
+
+
+def _unidentified(fit: Any) -> str | None:
+    """Name flagged parameters whose posterior is their prior, if any."""
+    from pkpd.inference.identifiability import unidentified_message
+
+    try:
+        return unidentified_message(fit)
+    except Exception as exc:  # an aid: never hide the verdict behind a crash
+        return f"(could not check the flagged parameters against their priors: {exc})"
 
 
 def _load(path: Path, model: str | None) -> Any:
@@ -39,13 +52,15 @@ def fit_cmd(
     data: Annotated[str, typer.Argument(help="NONMEM-style CSV or bundled dataset name.")],
     out: Annotated[Path, typer.Option(help="Where to save the fit (NetCDF).")] = Path("fit.nc"),
     sampler: Annotated[
-        str, typer.Option(help="auto, nutpie, numpyro, pymc, advi, fullrank_advi, map")
+        str, typer.Option(help="auto, nutpie, numpyro, pymc, advi, fullrank_advi, map, pathfinder")
     ] = "auto",
     chains: Annotated[int, typer.Option(help="Chains.")] = 4,
     draws: Annotated[int, typer.Option(help="Kept draws per chain.")] = 1000,
     tune: Annotated[int, typer.Option(help="Warm-up iterations per chain.")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    init: Annotated[str, typer.Option(help="Chain starts: prior (medians) or map.")] = "prior",
+    init: Annotated[
+        str, typer.Option(help="Chain starts: prior (medians), map or pathfinder.")
+    ] = "prior",
     target_accept: Annotated[float, typer.Option(help="NUTS target acceptance.")] = 0.8,
     correlated_iiv: Annotated[
         bool, typer.Option("--correlated-iiv", help="LKJ prior on IIV correlations.")

@@ -307,14 +307,19 @@ def _cutpoint_variables(spec: Any, values: dict[str, Any]) -> None:
         if len(pars) > 1 and all(p.estimated and p.prior.family == "Normal" for p in pars):
             mu = np.array([p.prior.params["mu"] for p in pars])
             sigma = np.array([p.prior.params["sigma"] for p in pars])
-            init = np.sort(mu) + np.arange(mu.size) * 1e-3 * (1 + np.abs(mu).max())
+            # An explicit initial value only where the prior means are not increasing: nutpie
+            # refuses models with non-default initial values ("Cannot convert models with
+            # non-default initial_values"), and increasing means are a valid start as they are.
+            extra = {}
+            if not np.all(np.diff(mu) > 0):
+                extra["initval"] = np.sort(mu) + np.arange(mu.size) * 1e-3 * (1 + np.abs(mu).max())
             vec = pm.Normal(
                 f"cutpoints_{ospec.name}",
                 mu=mu,
                 sigma=sigma,
                 shape=mu.size,
                 transform=pm.distributions.transforms.ordered,
-                initval=init,
+                **extra,
             )
             for k, c in enumerate(ospec.cutpoints):
                 values[c] = pm.Deterministic(c, vec[k])
@@ -413,6 +418,7 @@ def build_model(
     censoring: str = "m3",
     gradient: str = "forward",
     lkj_eta: float = 2.0,
+    aggregate: Any = None,
 ) -> tuple[Any, ModelInfo]:
     """Build the hierarchical Bayesian model of a model file fitted to a cohort.
 
@@ -434,6 +440,11 @@ def build_model(
         How the prediction op differentiates the solve (see `pkpd.inference.predict`).
     lkj_eta : float, optional
         Shape of the LKJ prior (2 favours weak correlations).
+    aggregate : AggregateLikelihood, optional
+        Published summary data fitted jointly (`pkpd.inference.aggregate`): its log-likelihood
+        is added as ``pm.Potential("aggregate")``, a function of its ``parameters`` taken from
+        this model's variables (typical values, ``omega_<name>``); the others stay at its fixed
+        values.
 
     Returns
     -------
@@ -494,6 +505,8 @@ def build_model(
         eta = pt.specify_shape(pt.as_tensor(eta, dtype="float64"), (n_sub, k_iiv))
         theta = pt.specify_shape(theta, (len(compiled.parameters),))
 
+        if aggregate is not None:  # after the omegas exist: it may use them
+            aggregate.add_to_model(values)
         pred = wrap_jax(predict)(theta, eta)
         resid_names = residual_parameters(spec, compiled)
 

@@ -27,6 +27,12 @@ THRESHOLDS = {"rhat_max": 1.01, "ess_bulk_min": 400.0, "ess_tail_min": 400.0, "d
 #: E-BFMI below this suggests the momentum resampling explores the energy poorly (Betancourt).
 EBFMI_MIN = 0.3
 
+#: Approximate posteriors (not MCMC): always flagged, nothing to check.
+APPROXIMATE = ("advi", "fullrank_advi", "pathfinder")
+
+#: Flagged parameters named in the verdict at most (the rest are counted).
+MAX_NAMED = 8
+
 
 class FitWarning(UserWarning):
     """A fit that fails its convergence checks (R-hat, ESS, divergences) is being used."""
@@ -74,7 +80,9 @@ def convergence(idata: Any, method: str = "nuts", max_treedepth: int = 10) -> di
     dict
         ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min``, ``divergences``, ``ebfmi_min``,
         ``treedepth_hits`` (draws at the limit), ``chains``, ``draws``, ``ok`` (bool),
-        ``problems`` (list of str; empty when ok), ``worst`` (variable with the largest R-hat).
+        ``problems`` (list of str; empty when ok), ``worst`` (variable with the largest R-hat),
+        ``flagged_parameters`` (`flagged_parameters`: every parameter with R-hat > 1.01 or
+        bulk or tail ESS < 400, worst first; empty for MAP and approximate methods).
     """
     import arviz as az
 
@@ -91,11 +99,12 @@ def convergence(idata: Any, method: str = "nuts", max_treedepth: int = 10) -> di
         "draws": draws,
         "method": method,
         "worst": None,
+        "flagged_parameters": [],
     }
     problems: list[str] = []
     if method == "map":
         problems.append("a MAP point estimate, not posterior draws: no uncertainty, no checks")
-    elif method in ("advi", "fullrank_advi"):
+    elif method in APPROXIMATE:
         problems.append(f"an approximate posterior ({method}), not MCMC: cannot be checked")
     names = _sampled_variables(post)
     if draws >= 4 and method not in ("map",):
@@ -111,6 +120,8 @@ def convergence(idata: Any, method: str = "nuts", max_treedepth: int = 10) -> di
         out["ess_tail_min"] = _finite_min([np.asarray(ess_tail[n].values) for n in names])
         worst = [(float(np.nanmax(v)), n) for n, v in r.items() if np.isfinite(v).any()]
         out["worst"] = max(worst)[1] if worst else None
+        if method not in APPROXIMATE:
+            out["flagged_parameters"] = flagged_parameters(post, rhat, ess_bulk, ess_tail)
     stats = idata.sample_stats if "sample_stats" in idata.groups() else None
     div = _stat(stats, "diverging")
     if div is not None:
@@ -124,7 +135,7 @@ def convergence(idata: Any, method: str = "nuts", max_treedepth: int = 10) -> di
         den = np.var(energy, axis=-1)
         out["ebfmi_min"] = float(np.min(num / den))
 
-    if method not in ("map", "advi", "fullrank_advi"):
+    if method != "map" and method not in APPROXIMATE:
         if chains < 2:
             problems.append(f"{chains} chain: R-hat needs at least 2 chains")
         if not out["rhat_max"] <= THRESHOLDS["rhat_max"]:
@@ -175,8 +186,107 @@ def verdict(diag: dict[str, Any]) -> str:
         )
     else:
         text = "FLAGGED, do not trust this fit: " + "; ".join(diag["problems"])
+        named = format_flagged(diag.get("flagged_parameters") or [])
+        if named:
+            text += f". Parameters failing the checks, worst first: {named}"
     if diag.get("notes"):
         text += " (note: " + "; ".join(diag["notes"]) + ")"
+    return text
+
+
+def _redundant(name: str, names: set[str]) -> bool:
+    """Whether a variable repeats another under a transform (``log_CL`` and ``CL``)."""
+    for prefix in ("log_", "logit_"):
+        if name.startswith(prefix) and name[len(prefix):] in names:
+            return True
+    if name == "z" and "eta" in names:
+        return True
+    if name == "chol_iiv" and "corr_iiv" in names:
+        return True
+    return name.startswith("cutpoints_")  # each cutpoint is also its own variable
+
+
+def flagged_parameters(post: Any, rhat: Any, ess_bulk: Any, ess_tail: Any) -> list[dict]:
+    """Parameters that fail R-hat <= 1.01 or ESS >= 400, worst first.
+
+    Random effects are reported per IIV parameter (the worst subject): ``eta[CL]``. A free
+    variable that repeats a reported one on another scale (``log_CL`` for ``CL``, ``z`` for
+    ``eta``, the packed ``chol_iiv``, the ordered ``cutpoints_<endpoint>`` vector) is left
+    out; R-hat and ESS are rank-based, so they agree.
+
+    Parameters
+    ----------
+    post : xarray.Dataset
+        The posterior.
+    rhat, ess_bulk, ess_tail : xarray.Dataset
+        ArviZ's R-hat and ESS of its variables.
+
+    Returns
+    -------
+    list of dict
+        ``name``, ``rhat``, ``ess_bulk``, ``ess_tail``, ``severity``: the largest of
+        ``(R-hat - 1) / 0.01`` and ``400 / min ESS`` (above 1 means failing), sorted by it.
+    """
+    names = set(rhat.data_vars)
+    rows = []
+    for name in rhat.data_vars:
+        if _redundant(name, names):
+            continue
+        r, b, t = rhat[name], ess_bulk[name], ess_tail[name]
+        if "subject" in r.dims:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # all-NaN slices
+                r, b, t = r.max("subject"), b.min("subject"), t.min("subject")
+        dims = list(r.dims)
+        rv, bv, tv = (np.atleast_1d(np.asarray(x.values, dtype=float)) for x in (r, b, t))
+        shape = np.shape(r.values)
+        for flat, index in enumerate(np.ndindex(*shape) if shape else [()]):
+            label = name
+            if dims:
+                parts = [str(r[d].values[i]) if d in r.coords else str(i)
+                         for d, i in zip(dims, index, strict=True)]
+                label = f"{name}[{', '.join(parts)}]"
+            rh, eb, et = rv.reshape(-1)[flat], bv.reshape(-1)[flat], tv.reshape(-1)[flat]
+            ess = float(np.nanmin([eb, et])) if np.isfinite([eb, et]).any() else np.nan
+            bad_r = np.isfinite(rh) and rh > THRESHOLDS["rhat_max"]
+            bad_e = (np.isfinite(eb) and eb < THRESHOLDS["ess_bulk_min"]) or (
+                np.isfinite(et) and et < THRESHOLDS["ess_tail_min"])
+            if not (bad_r or bad_e):
+                continue
+            severity = max(
+                (rh - 1.0) / (THRESHOLDS["rhat_max"] - 1.0) if np.isfinite(rh) else 0.0,
+                THRESHOLDS["ess_bulk_min"] / max(ess, 1e-9) if np.isfinite(ess) else 0.0,
+            )
+            rows.append({"name": label, "rhat": float(rh), "ess_bulk": float(eb),
+                         "ess_tail": float(et), "severity": float(severity)})
+    rows.sort(key=lambda row: -row["severity"])
+    return rows
+
+
+def format_flagged(rows: list[dict], max_named: int = MAX_NAMED) -> str:
+    """Format flagged parameters as text: ``CL (R-hat 1.32, ESS 9/21), ..., and 4 more``.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Output of `flagged_parameters`.
+    max_named : int, optional
+        Parameters named at most.
+
+    Returns
+    -------
+    str
+        Empty when ``rows`` is.
+    """
+    def one(row: dict) -> str:
+        rh = f"R-hat {row['rhat']:.3f}" if np.isfinite(row["rhat"]) else "R-hat n/a"
+        eb = f"{row['ess_bulk']:.0f}" if np.isfinite(row["ess_bulk"]) else "n/a"
+        et = f"{row['ess_tail']:.0f}" if np.isfinite(row["ess_tail"]) else "n/a"
+        return f"{row['name']} ({rh}, ESS bulk/tail {eb}/{et})"
+
+    text = ", ".join(one(r) for r in rows[:max_named])
+    if len(rows) > max_named:
+        text += f", and {len(rows) - max_named} more"
     return text
 
 

@@ -26,7 +26,7 @@ from pkpd.inference.builder import ModelInfo, build_model
 from pkpd.solve import Solver
 
 #: Sampler names accepted by `fit`.
-SAMPLERS = ("auto", "nutpie", "numpyro", "pymc", "advi", "fullrank_advi", "map")
+SAMPLERS = ("auto", "nutpie", "numpyro", "pymc", "advi", "fullrank_advi", "map", "pathfinder")
 
 #: The sampler ``"auto"`` stands for. Measured on theophylline (docs/inference.md): nutpie and
 #: numpyro within the noise of this shared 2-core machine in wall time, nutpie with shallower
@@ -218,13 +218,16 @@ def _sample_nutpie(pm_model, start, chains, draws, tune, seed, progressbar, targ
 
     # initial_points by name; no jitter_rvs: nutpie freezes the model into a copy whose
     # variables are not ours, and its default jitters every free variable of that copy.
+    t0 = time.perf_counter()
     compiled = nutpie.compile_pymc_model(
         pm_model,
         backend="jax",
         gradient_backend="jax",
         initial_points=start,
     )
-    return nutpie.sample(
+    _compile_logp_now(compiled)
+    compile_s = time.perf_counter() - t0
+    idata = nutpie.sample(
         compiled,
         draws=draws,
         tune=tune,
@@ -235,6 +238,23 @@ def _sample_nutpie(pm_model, start, chains, draws, tune, seed, progressbar, targ
         save_warmup=False,
         **kw,
     )
+    # Seconds of the sampling step spent compiling (PyTensor -> JAX, then XLA).
+    idata.sample_stats.attrs["pkpd_compile_s"] = compile_s
+    return idata
+
+
+def _compile_logp_now(compiled: Any) -> None:
+    """Call nutpie's log-density once so that XLA compiles it before sampling starts.
+
+    Otherwise the first chain to call it compiles it inside the sampling loop; compiling first
+    lets fits report compilation and sampling separately. Best effort: nutpie's model object is
+    not a public API, so any failure here is ignored (sampling compiles it then).
+    """
+    try:
+        logp = compiled._make_logp_func()
+        logp(np.zeros(compiled.n_dim), **compiled._shared_data)
+    except Exception:  # private API of nutpie: sampling compiles it anyway
+        pass
 
 
 def _sample_numpyro(pm_model, start, chains, draws, tune, seed, progressbar, target_accept, kw):
@@ -334,6 +354,7 @@ def fit(
     gradient: str = "forward",
     log_likelihood_group: bool = True,
     sampler_kwargs: dict[str, Any] | None = None,
+    aggregate: Any = None,
 ) -> Any:
     """Fit a model to a cohort.
 
@@ -347,18 +368,21 @@ def fit(
         ``"auto"`` (`DEFAULT_SAMPLER`), ``"nutpie"`` (JAX backend), ``"numpyro"`` (sequential
         chains), ``"pymc"`` (PyMC's NUTS), ``"advi"`` / ``"fullrank_advi"`` (variational, with
         `pymc.fit`: `VI_STEPS` optimisation steps, or ``sampler_kwargs={"n": ...}``, then
-        ``draws`` draws; approximate, always flagged) or ``"map"`` (the joint posterior mode
-        only; flagged).
+        ``draws`` draws; approximate, always flagged), ``"pathfinder"`` (pymc-extras'
+        multi-path Pathfinder, `pkpd.inference.pathfinder`: ``draws`` importance-resampled
+        draws in one chain; approximate, always flagged; options in ``sampler_kwargs``) or
+        ``"map"`` (the joint posterior mode only; flagged).
     chains, draws, tune : int, optional
         Chains, kept draws per chain, warm-up iterations per chain.
     seed : int, optional
         Random seed: the same seed gives the same draws.
-    init : {"prior", "map"}, optional
+    init : {"prior", "map", "pathfinder"}, optional
         Where chains start before PyMC's uniform(-1, 1) jitter on the unconstrained scale: the
         prior medians with ``z = 0`` (default), or the joint MAP estimate. The joint mode of a
         hierarchical posterior can be degenerate (large omega, small residual error): on a
         simulated 60-subject study a chain started there never moved (step size 1e-29), so
-        ``"map"`` is not the default.
+        ``"map"`` is not the default. ``"pathfinder"`` starts from the median of Pathfinder
+        draws (`pkpd.inference.pathfinder.pathfinder_start`).
     solver : Solver, optional
         ODE solver of the likelihood (default: closed form when available, else Tsit5,
         rtol 1e-6, atol 1e-9).
@@ -372,6 +396,9 @@ def fit(
         Store the per-observation log-likelihood (needed for PSIS-LOO).
     sampler_kwargs : dict, optional
         Extra keyword arguments of the sampler.
+    aggregate : AggregateLikelihood, optional
+        Published summary data fitted jointly with the cohort (`pkpd.inference.aggregate`;
+        passed to `build_model`).
 
     Returns
     -------
@@ -382,14 +409,14 @@ def fit(
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if init not in ("map", "prior"):
-        raise ValueError(f"init must be 'map' or 'prior', got {init!r}")
+    if init not in ("map", "prior", "pathfinder"):
+        raise ValueError(f"init must be 'map', 'prior' or 'pathfinder', got {init!r}")
     chosen = DEFAULT_SAMPLER if sampler == "auto" else sampler
     seed = int(seed)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     pm_model, info = build_model(spec, cohort, solver=solver, correlated_iiv=correlated_iiv,
-                                 censoring=censoring, gradient=gradient)
+                                 censoring=censoring, gradient=gradient, aggregate=aggregate)
     timing["build"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -400,6 +427,12 @@ def fit(
             warnings.warn(f"MAP optimisation did not converge: {map_report['message']}",
                           stacklevel=2)
         start = _initvals(pm_model, point)
+    elif init == "pathfinder" and chosen != "pathfinder":
+        from pkpd.inference.pathfinder import pathfinder_start
+
+        point = None
+        start, pf_report = pathfinder_start(pm_model, seed)
+        map_report = {"init_" + k: v for k, v in pf_report.items()}
     else:
         point = None
         start = None
@@ -414,6 +447,12 @@ def fit(
         idata, extra = _fit_variational(pm_model, chosen, start, draws, seed, progressbar,
                                         sampler_kwargs or {})
         n_chains, n_draws, n_tune = 1, draws, int((sampler_kwargs or {}).get("n", VI_STEPS))
+    elif chosen == "pathfinder":
+        from pkpd.inference.pathfinder import run_pathfinder
+
+        idata, extra = run_pathfinder(pm_model, draws, seed, progressbar, start,
+                                      sampler_kwargs)
+        n_chains, n_draws, n_tune = 1, draws, 0
     else:
         idata = _SAMPLE[chosen](pm_model, start, chains, draws, tune, seed, progressbar,
                                 target_accept, dict(sampler_kwargs or {}))

@@ -17,7 +17,11 @@ column order); sorting is exactly the rule.
 Why stops rather than saving at observation times inside each inter-dose interval: diffrax saves
 ``SaveAt(ts=...)`` points one per iteration of an inner loop, and under `vmap` every interval pays
 for every observation; stopping at observations instead was 2.6x faster on the benchmark
-(``benchmarks/solve.py``) and needs no per-interval bookkeeping.
+(``benchmarks/solve.py``) and needs no per-interval bookkeeping. The price of a stop is a restart
+of the step-size controller; each interval therefore starts from the mean accepted step of the
+previous one (the first from ``Solver.dt0``, else 1e-3 of the subject's time span) rather than
+from a fresh conservative guess: on ``cart_crs`` with a stop every 6 h this took the solve from
+0.51 to 0.36 s (256 simulations, best of 8).
 """
 
 from __future__ import annotations
@@ -301,20 +305,31 @@ def _solve_one_ode(
     term = diffrax.ODETerm(lambda t, y, args: model.rhs(t, y, args[0]) + args[1])
     dsolver = solver.diffrax_solver()
     controller = diffrax.PIDController(rtol=solver.rtol, atol=solver.atol)
+    span = jax.lax.stop_gradient(jnp.maximum(t_stop - pe.t0, 1e-12))
+    h0 = jnp.asarray(solver.dt0 if solver.dt0 is not None else 1e-3, jnp.float64) * (
+        1.0 if solver.dt0 is not None else span
+    )
     adjoint = solver.diffrax_adjoint()
 
     def step(carry, x):
-        y, active, out, status, a = carry
+        y, active, out, status, a, h = carry
         failed = status != OK
         b = jnp.where(failed, a, _straight_through(x["t"], jnp.maximum(x["t"], a)))
         y_in = jnp.where(jnp.isfinite(y), y, 0.0)
         u = active @ rate_matrix
+        # Each stop restarts the step-size controller; starting from the mean accepted step of
+        # the previous interval instead of a fresh, conservative guess saves the steps that
+        # the controller would spend growing it back (cart_crs stops every 6 h).
+        # Not capped at b - a: a first step ending exactly at b would tie with the clip of the
+        # step to b inside diffrax and split d/db (as at a zero lag); the 1.01 keeps an
+        # interval as long as the last one from tying with it.
+        dt0 = jax.lax.stop_gradient(jnp.maximum(1.01 * h, 1e-12 * span))
         sol = diffrax.diffeqsolve(
             term,
             dsolver,
             a,
             b,
-            solver.dt0,
+            dt0,
             y_in,
             args=(p, u),
             saveat=diffrax.SaveAt(t1=True),
@@ -339,7 +354,9 @@ def _solve_one_ode(
         start = real & (kind == INFUSION_START) & (cols == x["col"])
         end = real & (kind == INFUSION_END) & (cols == x["link"])
         active = jnp.where(start, 1.0, jnp.where(end | is_reset, 0.0, active))
-        return (y_new, active, out, status, b), None
+        n_acc = sol.stats["num_accepted_steps"]
+        h = jnp.where((n_acc > 0) & (b > a), (b - a) / jnp.maximum(n_acc, 1), h)
+        return (y_new, active, out, status, b, h), None
 
     init = (
         y0,
@@ -347,8 +364,9 @@ def _solve_one_ode(
         jnp.zeros((n_obs, n_states), dtype=jnp.float64),
         jnp.asarray(OK, dtype=jnp.int32),
         pe.t0,
+        h0,
     )
-    (_, _, out, status, _), _ = jax.lax.scan(step, init, xs)
+    (_, _, out, status, _, _), _ = jax.lax.scan(step, init, xs)
     status = jnp.where((status == OK) & ~jnp.all(jnp.isfinite(out)), NONFINITE, status).astype(
         jnp.int32
     )
@@ -388,7 +406,7 @@ def solve_batch(
     batched = jax.vmap(lambda a: _solve_one(model, solver, *a))
     args = (ev, obs_time, obs_seq, p)
     n = p.shape[0]
-    size = solver.batch_size
+    size = solver.resolved_batch_size()
     if size and n > size:
         # vmap within chunks, loop over chunks: large vmapped while loops run slower per
         # subject (each waits for its slowest subject; working sets leave the cache). Equal

@@ -39,6 +39,9 @@ from pkpd.solve.engine import STATUS_MESSAGES, event_arrays, solve_batch
 from pkpd.strategies.population import Population
 from pkpd.strategies.regimen import Dose, Strategy, validate
 
+#: Default simulations per batched solve on a CPU and on an accelerator (`simulate_strategies`).
+CPU_CHUNK, ACCELERATOR_CHUNK = 4096, 131072
+
 jax.config.update("jax_enable_x64", True)
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -61,10 +64,31 @@ class _Column:
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _run(model: Any, solver: Solver, ev: dict, t: Any, seq: Any, p: Any):
+def _run(model: Any, solver: Solver, ev: dict, t: Any, seq: Any, p: Any, u: Any):
+    """Solve, evaluate the endpoints and draw ordinal grades, all on the device."""
     res = solve_batch(model, solver, ev, t, seq, p)
     obs = jax.vmap(jax.vmap(model.observe, in_axes=(0, 0, None)), in_axes=(0, 0, 0))(t, res.y, p)
+    for q, (e, cut, levels) in enumerate(_ordinal_info(model)):
+        obs = obs.at[:, :, e].set(grades(obs[:, :, e], p[:, cut], levels, u[:, q], xp=jnp))
     return obs, res.y, res.status
+
+
+@partial(jax.jit, static_argnums=(2, 3))
+def _outcomes(values: Any, grid_days: Any, ordinal: tuple[int, ...], continuous: tuple[int, ...]):
+    """Per-simulation outcomes on the output grid (on the device: only scalars come back)."""
+    out = {}
+    for e in ordinal:
+        g = values[:, :, e]
+        hit = g >= 1
+        first = jnp.argmax(hit, axis=1)
+        out[f"max_{e}"] = g.max(axis=1)
+        out[f"onset_{e}"] = jnp.where(hit.any(axis=1), grid_days[first], jnp.nan)
+    for e in continuous:
+        g = values[:, :, e]
+        out[f"auc_{e}"] = jnp.sum((g[:, 1:] + g[:, :-1]) * jnp.diff(grid_days) / 2.0, axis=1)
+        out[f"cmax_{e}"] = g.max(axis=1)
+        out[f"last_{e}"] = g[:, -1]
+    return out
 
 
 @partial(jax.jit, static_argnums=(0,))
@@ -170,7 +194,7 @@ def _ordinal_info(model: Any) -> list[tuple[int, list[int], np.ndarray]]:
     return out
 
 
-def grades(latent: np.ndarray, cutpoints: np.ndarray, levels: np.ndarray, u: np.ndarray):
+def grades(latent: Any, cutpoints: Any, levels: Any, u: Any, xp: Any = np) -> Any:
     """Ordered-logistic grades with a fixed logistic offset per simulation.
 
     Parameters
@@ -183,19 +207,17 @@ def grades(latent: np.ndarray, cutpoints: np.ndarray, levels: np.ndarray, u: np.
         ``(K+1,)`` grade values.
     u : numpy.ndarray
         ``(M,)`` uniform numbers in (0, 1).
+    xp : module, optional
+        Array namespace: `numpy` (default) or `jax.numpy` (inside a compiled function).
 
     Returns
     -------
     numpy.ndarray
         ``(M, T)`` grades: ``levels[#{k: latent + logit(u) > c_k}]``.
     """
-    e = np.log(u) - np.log1p(-u)
-    count = np.sum((latent[..., None] + e[:, None, None]) > cutpoints[:, None, :], axis=-1)
-    return levels[count]
-
-
-def _trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return np.sum((y[..., 1:] + y[..., :-1]) * np.diff(x) / 2.0, axis=-1)
+    e = xp.log(u) - xp.log1p(-u)
+    count = xp.sum((latent[..., None] + e[:, None, None]) > cutpoints[:, None, :], axis=-1)
+    return xp.asarray(levels)[count]
 
 
 def simulate_strategies(
@@ -206,7 +228,7 @@ def simulate_strategies(
     grid: Sequence[float] | None = None,
     horizon: float = 28.0,
     solver: Solver | None = None,
-    chunk_size: int = 4096,
+    chunk_size: int | None = None,
     keep_trajectories: int = 400,
     max_passes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -227,8 +249,9 @@ def simulate_strategies(
         Last day simulated when no grid is given.
     solver : Solver, optional
         Default Tsit5, rtol 1e-6, atol 1e-9.
-    chunk_size : int
-        Simulations per batched solve.
+    chunk_size : int, optional
+        Simulations per batched solve (default: `CPU_CHUNK` on a CPU, `ACCELERATOR_CHUNK` on a
+        GPU/TPU, where larger batches cost little more than small ones).
     keep_trajectories : int
         Number of (draw, patient) pairs whose full trajectories are kept (the same pairs in
         every strategy); outcomes are kept for all.
@@ -278,6 +301,7 @@ def simulate_strategies(
     ordinal = _ordinal_info(model)
     ord_idx = {e for e, _, _ in ordinal}
     cont_idx = [e for e in range(len(endpoints)) if e not in ord_idx]
+    ord_e, cont_e = tuple(e for e, _, _ in ordinal), tuple(cont_idx)
     drugs = sorted({p.dose.drug for s in strategies for p in s.reactive})
     rng = np.random.default_rng([d, n, 20261123])  # which pairs keep trajectories
     keep = np.sort(rng.choice(total, size=min(keep_trajectories, total), replace=False))
@@ -309,7 +333,9 @@ def simulate_strategies(
     width = max(widths + [1])
 
     done = 0
-    chunk = min(chunk_size, total)
+    if chunk_size is None:
+        chunk_size = CPU_CHUNK if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK
+    chunk = min(int(chunk_size), total)
     for start in range(0, total, chunk):
         real = np.arange(start, min(start + chunk, total))
         # Pad the last chunk (repeating its last simulation) so every chunk has one shape and
@@ -354,21 +380,23 @@ def simulate_strategies(
                 bucket = 1 << int(rows.size - 1).bit_length()
                 size = m if rows.size == m else min(m, max(64, bucket))
                 sel = np.concatenate([rows, np.full(size - rows.size, rows[-1])])
+                # Trajectories stay on the device; only decisions' inputs, outcomes and kept
+                # trajectories come back (on a GPU, host-side work on full trajectories cost
+                # more than the solve).
                 o, y, st_ = _run(model, solver, event_arrays({k: v[sel] for k, v in ev.items()}),
                                  jnp.asarray(t_arr[sel]), jnp.asarray(seq[sel]),
-                                 jnp.asarray(p[sel]))
-                o = _quantities(model, np.asarray(o), p[sel], ordinal, u[sel])
+                                 jnp.asarray(p[sel]), jnp.asarray(u[sel]))
                 if values is None:
-                    values, states, status = o, np.array(y), np.array(st_)
+                    values, states, status = o, y, np.array(st_)
                 else:
-                    values[rows] = o[: rows.size]
-                    states[rows] = np.asarray(y)[: rows.size]
+                    values = values.at[sel].set(o)
+                    states = states.at[sel].set(y)
                     status[rows] = np.asarray(st_)[: rows.size]
                 passes += 1
                 if not s.reactive or passes >= passes_cap:
                     break
 
-                def lookup(q: str, values=values, states=states) -> np.ndarray:
+                def lookup(q: str, values=values, states=states) -> Any:
                     if q in endpoints:
                         return values[:, :, endpoints.index(q)]
                     return states[:, :, model.state_index(q)]
@@ -385,18 +413,11 @@ def simulate_strategies(
                 raise SolverError(
                     f"strategy {s.name!r}: {int((~ok).sum())} of {m} simulations failed",
                     [f"draw {di[b]} patient {ni[b]}" for b in bad], reasons)
-            g = values[:, grid_idx, :]
-            for e, _, _ in ordinal:
-                name = endpoints[e]
-                out[f"max_{name}"][si, di, ni] = g[:, :, e].max(axis=1)
-                first = np.argmax(g[:, :, e] >= 1, axis=1)
-                any_ = (g[:, :, e] >= 1).any(axis=1)
-                out[f"onset_{name}"][si, di, ni] = np.where(any_, grid_days[first], np.nan)
-            for e in cont_idx:
-                name = endpoints[e]
-                out[f"auc_{name}"][si, di, ni] = _trapezoid(g[:, :, e], grid_days)
-                out[f"cmax_{name}"][si, di, ni] = g[:, :, e].max(axis=1)
-                out[f"last_{name}"][si, di, ni] = g[:, -1, e]
+            g = values[:, jnp.asarray(grid_idx), :]
+            summary = _outcomes(g, jnp.asarray(grid_days), ord_e, cont_e)
+            for key, v in summary.items():
+                kind, e = key.split("_")
+                out[f"{kind}_{endpoints[int(e)]}"][si, di, ni] = np.asarray(v)
             for drug in drugs:
                 given = sum(
                     np.isfinite(st).sum(axis=1)
@@ -404,7 +425,7 @@ def simulate_strategies(
                     if pol.dose.drug == drug
                 )
                 out[f"doses_{drug}"][si, di, ni] = given
-            traj[si, kept_pos] = g[kept]
+            traj[si, kept_pos] = np.asarray(g[jnp.asarray(np.flatnonzero(kept))])
             if s.reactive:
                 all_slots = np.concatenate(slot_time, axis=1)
                 reactive_time[si, kept_pos, : all_slots.shape[1]] = all_slots[kept]
@@ -444,15 +465,6 @@ def simulate_strategies(
     return ds
 
 
-def _quantities(model: Any, obs: np.ndarray, p: np.ndarray, ordinal: list, u: np.ndarray):
-    """Endpoint values with ordinal endpoints replaced by drawn grades: ``(M, T, E)``."""
-    values = obs.copy()
-    for q, (e, cut, levels) in enumerate(ordinal):
-        cuts = p[:, cut]
-        values[:, :, e] = grades(obs[:, :, e], cuts, levels, u[:, q])
-    return values
-
-
 def _decide(
     strategy: Strategy,
     lookup: Callable[[str], np.ndarray],
@@ -471,7 +483,8 @@ def _decide(
     for pol, st in zip(strategy.reactive, slot_time, strict=True):
         a_times = np.asarray(pol.assessments())
         cols = np.searchsorted(times, a_times)
-        cond = _OPS[pol.trigger.op](lookup(pol.trigger.quantity)[:, cols], pol.trigger.threshold)
+        values = np.asarray(lookup(pol.trigger.quantity)[:, cols])
+        cond = _OPS[pol.trigger.op](values, pol.trigger.threshold)
         if pol.trigger.persist > 0:
             # Held at every assessment of the last `persist` days (assessments before the
             # policy's start count as not held).

@@ -5,15 +5,17 @@ import pytest
 from handmodels import one_cmt
 
 from pkpd.solve import Solver
+from pkpd.solve.erk import UnrolledDopri8, UnrolledTsit5
 
 
 def test_defaults_and_constructors():
     s = Solver()
     assert (s.method, s.rtol, s.atol, s.max_steps, s.dt0) == ("tsit5", 1e-8, 1e-10, 100_000, None)
-    assert isinstance(s.diffrax_solver(), diffrax.Tsit5)
+    # Explicit methods are diffrax's tableaus with the stages unrolled (pkpd.solve.erk).
+    assert isinstance(s.diffrax_solver(), UnrolledTsit5)
     assert isinstance(Solver.stiff().diffrax_solver(), diffrax.Kvaerno5)
     assert isinstance(Solver.stiff("kvaerno3").diffrax_solver(), diffrax.Kvaerno3)
-    assert isinstance(Solver.nonstiff("dopri8").diffrax_solver(), diffrax.Dopri8)
+    assert isinstance(Solver.nonstiff("dopri8").diffrax_solver(), UnrolledDopri8)
     assert isinstance(Solver(diffrax.Dopri5()).diffrax_solver(), diffrax.Dopri5)
     assert isinstance(s.diffrax_adjoint(), diffrax.RecursiveCheckpointAdjoint)
     assert hash(Solver()) == hash(Solver())  # static argument of the compiled solve

@@ -1,0 +1,443 @@
+"""Aggregate-data likelihood: smooth rates vs drawn grades, gradients, MC error, calibration."""
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+
+import pkpd
+from pkpd.data.trials import parse_trials
+from pkpd.inference.aggregate import (
+    AggregateLikelihood,
+    AggregateWarning,
+    VirtualDesign,
+    calibrate,
+    posterior_predictive,
+)
+from pkpd.strategies import simulate_strategies, strategy_from_dict
+from pkpd.strategies.population import Population
+
+# A toy CRS model (tests only): a cytokine pulse scaled by tumour burden TB, its signalling
+# blocked by an antibody; the CRS grade is ordinal on log(1 + signalling).
+TOY = """
+[model]
+name = "agg_toy"
+description = "Toy cytokine pulse with antibody blockade (aggregate-likelihood tests)"
+time_unit = "day"
+
+[states]
+toc = { unit = "mg", description = "antibody" }
+IL6 = { unit = "1", description = "cytokine" }
+
+[covariates]
+WT = { unit = "kg", default = 70, description = "body weight" }
+TB = { unit = "1", default = 1, description = "tumour burden (relative)" }
+
+[parameters]
+tpk = { unit = "day", value = 3.0, source = "assumption: test" }
+kout = { unit = "1/day", value = 2.0, source = "assumption: test" }
+k_toc = { unit = "1/day", value = 0.1, source = "assumption: test" }
+V_toc = { unit = "L", value = 5.0, source = "assumption: test" }
+KD = { unit = "mg/L", value = 1.0, source = "assumption: test" }
+c1 = { unit = "1", prior = "Normal(1.0, 0.5)", source = "assumption: test" }
+c2 = { unit = "1", prior = "Normal(2.0, 0.5)", source = "assumption: test" }
+c3 = { unit = "1", prior = "Normal(3.0, 0.5)", source = "assumption: test" }
+c4 = { unit = "1", prior = "Normal(4.0, 0.5)", source = "assumption: test" }
+sigma_il6 = { unit = "1", prior = "HalfNormal(0.5)", source = "assumption: test" }
+
+[parameters.kin]
+unit = "1/day"
+prior = "LogNormal(median=40, cv=0.3)"
+iiv = "HalfNormal(0.5)"
+covariates = { TB = "power(1, ref=1)" }
+source = "assumption: test"
+
+[derived]
+occ = { expression = "(toc / V_toc) / (toc / V_toc + KD)", description = "occupancy" }
+
+[equations]
+toc = "-k_toc * toc"
+IL6 = "kin * (pos(t) / tpk) * exp(1 - pos(t) / tpk) - kout * IL6"
+
+[doses.tocilizumab_iv]
+compartment = "toc"
+unit = "mg"
+
+[observations.il6]
+expression = "IL6"
+unit = "1"
+dvid = 1
+error = "lognormal"
+sigma = "sigma_il6"
+
+[observations.crs_grade]
+expression = "log(1 + IL6 * (1 - occ))"
+unit = "1"
+dvid = 2
+error = "ordinal"
+cutpoints = ["c1", "c2", "c3", "c4"]
+levels = [0, 1, 2, 3, 4]
+"""
+
+SOC = {
+    "name": "soc",
+    "reactive": [
+        {
+            "drug": "tocilizumab",
+            "route": "iv",
+            "dose": 400,
+            "trigger": "crs_grade >= 2",
+            "assess_every": "12 h",
+            "max_doses": 2,
+            "min_interval": "24 h",
+        }
+    ],
+}
+BASE = {"study": "S", "product": "x", "disease": "d", "scale": "Lee", "source": "synthetic"}
+
+
+def toy_covariates(trial, normals, model):
+    scale = 1.0 if trial.costimulation == "CD28" else 0.4
+    return {"TB": 0.5 * scale * np.exp(0.5 * normals[:, 0]), "WT": 70 * np.exp(0.2 * normals[:, 1])}
+
+
+def no_base(trial, covariates, model):
+    return []
+
+
+def design(n=128, seed=0):
+    return VirtualDesign(n_patients=n, seed=seed, covariates=toy_covariates, base=no_base)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("agg") / "agg_toy.toml"
+    path.write_text(TOY)
+    return pkpd.load_model(path).compile()
+
+
+@pytest.fixture(scope="module")
+def trials():
+    return list(
+        parse_trials(
+            {
+                "trial": [
+                    dict(
+                        BASE,
+                        id="a",
+                        costimulation="CD28",
+                        n=100,
+                        outcomes=[
+                            {"endpoint": "crs", "min_grade": k, "count": c}
+                            for k, c in ((1, 80), (2, 55), (3, 30), (4, 10))
+                        ],
+                        timing=[{"endpoint": "crs", "what": "onset", "median_days": 1.5}],
+                    ),
+                    dict(
+                        BASE,
+                        id="b",
+                        costimulation="4-1BB",
+                        n=133,
+                        scale="not stated",
+                        outcomes=[
+                            {"endpoint": "crs", "grade": k, "rate": r}
+                            for k, r in ((1, 0.26), (2, 0.32), (3, 0.045), (4, 0.038), (5, 0.038))
+                        ],
+                    ),
+                ]
+            }
+        ).values()
+    )
+
+
+@pytest.fixture(scope="module")
+def untreated(toy, trials):
+    """One likelihood (compiled once) shared by the tests that only evaluate it."""
+    return AggregateLikelihood(toy, trials, ["kin", "c1", "c3", "omega_kin"], design=design(64))
+
+
+def drawn_grades(model, lik, strategy, replicates, seed):
+    """Brute force: the simulator's drawn grades for the likelihood's virtual patients."""
+    n = lik.design.n_patients
+    rng = np.random.default_rng(seed)
+    theta, omega, _ = lik._assemble_np(lik.initial)
+    out = {}
+    for trial in lik.trials:
+        arm = lik.arms[lik._trial_arm[trial.id]]
+        pop = Population(
+            theta[None],
+            omega[None],
+            np.tile(lik._z, (replicates, 1)),
+            rng.uniform(size=(n * replicates, 1)),
+            np.tile(arm["cov"], (replicates, 1)),
+            (),
+            "brute force",
+            np.arange(n * replicates),
+            ("WT", "TB"),
+        )
+        sim = simulate_strategies(
+            model, pop, [strategy], grid=lik.design.grid, solver=lik.solver, keep_trajectories=0
+        )
+        out[trial.id] = (sim["max_crs_grade"].values[0, 0], sim["onset_crs_grade"].values[0, 0])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("treated", [False, True], ids=["untreated", "reactive_toc"])
+def test_predicted_rates_match_drawn_grades(toy, trials, treated):
+    strategy = strategy_from_dict(SOC if treated else {"name": "none"})
+    lik = AggregateLikelihood(
+        toy,
+        trials,
+        ["kin", "c2"],
+        design=design(256 if treated else 128),
+        treatment=strategy if treated else None,
+    )
+    pred = lik.rates()
+    replicates = 40
+    brute = drawn_grades(toy, lik, strategy, replicates, seed=3)
+    # SE of the brute-force mean given the patients: the offsets are the only randomness.
+    num, den = (np.asarray(x) for x in lik._per_patient(np.asarray(lik.initial), lik.data))
+    m = lik.design.n_patients * replicates
+    for r, row in enumerate(lik.rows):
+        grade, onset = brute[row.trial]
+        if row.kind == "onset":
+            with np.errstate(invalid="ignore"):
+                hit = (onset <= row.median + 1e-9)[grade >= 1]
+            estimate = hit.mean()
+            se = np.sqrt(estimate * (1 - estimate) / hit.size)
+        else:
+            hit = (grade >= row.j_lo) & (grade < row.j_hi)
+            estimate = hit.mean()
+            g = num[r]
+            within = np.mean(g * (1 - g))  # offset variance left after conditioning
+            se2 = within / m
+            if treated:
+                # The estimate conditions on one drawn offset interval per patient: its own
+                # variance over the offsets is at most p(1 - p) - E[g(1 - g)] per patient.
+                se2 += max(estimate * (1 - estimate) - within, 0.0) / lik.design.n_patients
+            se = np.sqrt(se2) + 1e-4
+        assert abs(pred["predicted"][r] - estimate) < 4 * se, (row.label, row.trial)
+
+
+@pytest.mark.slow
+def test_gradient_matches_finite_differences(untreated):
+    lik = untreated
+    v0 = lik.initial
+    value, grad = lik.value_and_grad(v0)
+    assert value == pytest.approx(lik.loglik(v0))
+    for i in range(v0.size):
+        h = 1e-5 * max(1.0, abs(v0[i]))
+        step = np.zeros_like(v0)
+        step[i] = h
+        fd = (lik.loglik(v0 + step) - lik.loglik(v0 - step)) / (2 * h)
+        assert grad[i] == pytest.approx(fd, rel=1e-5, abs=1e-6), lik.parameters[i]
+
+
+@pytest.mark.slow
+def test_gradient_with_reactive_treatment_held_fixed(toy, trials):
+    lik = AggregateLikelihood(
+        toy, trials, ["kin", "c1", "c3"], design=design(64), treatment=strategy_from_dict(SOC)
+    )
+    v0 = lik.initial
+    _, grad = lik.value_and_grad(v0)
+    for i in range(v0.size):
+        h = 1e-5 * max(1.0, abs(v0[i]))
+        step = np.zeros_like(v0)
+        step[i] = h
+        fd = (lik.loglik(v0 + step) - lik.loglik(v0 - step)) / (2 * h)
+        assert grad[i] == pytest.approx(fd, rel=1e-5, abs=1e-6), lik.parameters[i]
+
+
+def test_grade_distribution_is_one_multinomial_term(untreated):
+    lik = untreated
+    cats = [r for r in lik.rows if r.trial == "b" and r.kind == "category"]
+    assert [r.label for r in cats] == ["crs=0", "crs=1", "crs=2", "crs=3", "crs=4+"]
+    assert len({r.term for r in cats}) == 1
+    # grades 4 and 5 share the model's top category; the counts add up to N
+    assert sum(r.count for r in cats) == pytest.approx(133)
+    assert cats[-1].count == pytest.approx((0.038 + 0.038) * 133)
+    p = lik.probabilities()
+    assert sum(p[i] for i, r in enumerate(lik.rows) if r in cats) == pytest.approx(1.0)
+
+
+def test_mc_error_report_and_warning(toy, trials, untreated):
+    lik = untreated
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AggregateWarning)
+        table = lik.mc_error(replicates=3, fraction=10.0)  # generous: no warning
+    num, _ = (np.asarray(x) for x in lik._per_patient(np.asarray(lik.initial), lik.data))
+    binom = table["kind"] == "binomial"
+    iid = num.std(axis=1, ddof=1) / np.sqrt(64)
+    assert np.allclose(table["mc_se"][binom], iid[binom.to_numpy()])
+    assert (table["rqmc_se"] > 0).all() and not table["flag"].any()
+    obs, n = table["observed"], table["n"]
+    expected = np.sqrt(
+        np.maximum(obs * (1 - obs), table["predicted"] * (1 - table["predicted"])) / n
+    )
+    assert np.allclose(table["data_se"], expected)
+    # A huge study makes 64 virtual patients far too few: say so.
+    big = [
+        dataclasses.replace(
+            t,
+            outcomes=tuple(
+                dataclasses.replace(o, n=10**6, count=o.rate * 10**6) for o in t.outcomes
+            ),
+            timing=(),
+        )
+        for t in trials
+    ]
+    lik_big = AggregateLikelihood(toy, big, ["c1"], design=design(64))
+    with pytest.warns(AggregateWarning, match="virtual patients"):
+        flagged = lik_big.mc_error()
+    assert flagged["flag"].all()
+
+
+def test_invalid_parameters_and_design(toy, trials):
+    with pytest.raises(ValueError, match="unknown parameter"):
+        AggregateLikelihood(toy, trials, ["nope"], design=design(64))
+    with pytest.raises(ValueError, match="does not change the predicted grades"):
+        AggregateLikelihood(toy, trials, ["sigma_il6"], design=design(64))
+    with pytest.raises(ValueError, match="power of 2"):
+        VirtualDesign(n_patients=100)
+
+
+def test_potential_in_a_pymc_model_equals_the_likelihood(untreated):
+    import pymc as pm
+
+    lik = untreated
+    with pm.Model() as m:
+        kin = pm.LogNormal("kin", np.log(35.0), 0.3)
+        lik.add_to_model({"kin": kin})
+    # the parameters not given are created from their priors (omega_kin: the iiv prior)
+    assert {v.name for v in m.free_RVs} == {"kin", "c1", "c3", "omega_kin"}
+    point = m.initial_point()
+    potential = m.replace_rvs_by_values([m["aggregate"]])[0]
+    value = m.compile_fn(potential, inputs=m.value_vars, on_unused_input="ignore")(point)
+    values = np.array(
+        [np.exp(point["kin_log__"]), point["c1"], point["c3"], np.exp(point["omega_kin_log__"])]
+    )
+    assert float(value) == pytest.approx(lik.loglik(values), rel=1e-10)
+
+
+def test_grading_shift_applies_from_grade_two(toy):
+    t = list(
+        parse_trials(
+            {
+                "trial": [
+                    dict(
+                        BASE,
+                        id="p",
+                        costimulation="CD28",
+                        n=100,
+                        scale="Penn",
+                        outcomes=[
+                            {"endpoint": "crs", "min_grade": 1, "count": 80},
+                            {"endpoint": "crs", "min_grade": 3, "count": 30},
+                        ],
+                    )
+                ]
+            }
+        ).values()
+    )
+    lik = AggregateLikelihood(
+        toy, t, ["shift_penn"], design=design(64), grading_shifts={"Penn": "Normal(0, 1)"}
+    )
+    p0 = lik.probabilities([0.0])
+    p1 = lik.probabilities([0.5])
+    assert p1[0] == pytest.approx(p0[0])  # grade >= 1 unchanged
+    assert p1[1] > p0[1] + 0.02  # grade >= 3: cutpoint lowered by 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pkpd.inference.aggregate.AggregateWarning")
+def test_calibration_recovers_known_values_from_synthetic_summaries(toy):
+    """Synthetic summaries (expected counts of 2000-patient studies) at known values."""
+    template = list(
+        parse_trials(
+            {
+                "trial": [
+                    dict(
+                        BASE,
+                        id=i,
+                        costimulation=c,
+                        n=2000,
+                        outcomes=[
+                            {"endpoint": "crs", "min_grade": k, "count": 1} for k in (1, 2, 3)
+                        ],
+                    )
+                    for i, c in (("a", "CD28"), ("b", "4-1BB"))
+                ]
+            }
+        ).values()
+    )
+    params = ["kin", "c1", "c3"]
+    truth = np.array([30.0, 1.3, 3.2])
+    p = AggregateLikelihood(toy, template, params, design=design(256, seed=7)).probabilities(truth)
+    rows = iter(p)
+    synthetic = [
+        dataclasses.replace(
+            t,
+            outcomes=tuple(
+                dataclasses.replace(o, count=float(next(rows) * o.n)) for o in t.outcomes
+            ),
+        )
+        for t in template
+    ]
+    # Calibrated with a different set of virtual patients than the one that made the data.
+    fit = calibrate(toy, synthetic, params, design=design(128, seed=1), draws=2000, seed=2)
+    summary = fit.summary
+    for name, value in zip(params, truth, strict=True):
+        assert summary.loc[name, "lower"] < value < summary.loc[name, "upper"], name
+        assert summary.loc[name, "median"] == pytest.approx(value, rel=0.1), name
+    assert fit.settings["map_rounds"][-1]["success"]
+    # The posterior predictive of the calibration data covers it.
+    table = posterior_predictive(fit, synthetic, n_draws=20, seed=3)
+    assert table["inside"].all()
+
+
+@pytest.mark.slow
+def test_joint_model_adds_the_aggregate_potential(toy, untreated, tmp_path):
+    """build_model(..., aggregate=) adds the term to the patient-level model, on its variables."""
+    from pkpd.inference import build_model
+
+    rows = ["ID,TIME,DV,MDV,EVID,AMT,CMT,DVID"]
+    for i in range(1, 4):
+        rows.append(f"{i},0,.,1,1,0.001,tocilizumab_iv,.")
+        rows += [f"{i},{t},{5 + i + t},0,0,.,.,1" for t in (1, 2, 3, 5)]
+    path = tmp_path / "toy.csv"
+    path.write_text("\n".join(rows) + "\n")
+    cohort = pkpd.read_dataset(path, time_unit="day")
+    alone, _ = build_model(toy.spec, cohort)
+    joint, _ = build_model(toy.spec, cohort, aggregate=untreated)
+    assert [v.name for v in joint.potentials] == ["aggregate"]
+    assert {v.name for v in joint.free_RVs} == {v.name for v in alone.free_RVs}
+    point = joint.initial_point()
+    outs = joint.replace_rvs_by_values(
+        [joint["aggregate"], joint["kin"], joint["c1"], joint["c3"], joint["omega_kin"]]
+    )
+    value, *params = joint.compile_fn(outs, inputs=joint.value_vars, on_unused_input="ignore")(
+        point
+    )
+    assert float(value) == pytest.approx(untreated.loglik(np.array(params, float)), rel=1e-10)
+    total = joint.compile_logp()(point) - alone.compile_logp()(point)
+    assert total == pytest.approx(float(value), rel=1e-8)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pkpd.inference.aggregate.AggregateWarning")
+def test_nuts_and_laplace_agree_on_cutpoints(toy, trials):
+    """All four cutpoints (NUTS: one ordered vector, no hard walls): NUTS and Laplace agree."""
+    one, cuts = trials[:1], ["c1", "c2", "c3", "c4"]
+    nuts = calibrate(
+        toy, one, cuts, design=design(64), method="nuts", draws=300, tune=300, chains=2, seed=1
+    )
+    laplace = calibrate(toy, one, cuts, design=design(64), draws=2000, seed=1)
+    assert nuts.settings["nuts_diagnostics"]["divergences"] == 0
+    assert nuts.settings["nuts_diagnostics"]["rhat_max"] < 1.02
+    for name in cuts:
+        width = laplace.summary.loc[name, "upper"] - laplace.summary.loc[name, "lower"]
+        assert abs(nuts.summary.loc[name, "median"] - laplace.summary.loc[name, "median"]) < (
+            0.15 * width
+        ), name
