@@ -67,7 +67,7 @@ class UnrolledERK(diffrax.AbstractAdaptiveSolver):
         return terms.vf(t0, y0, args) if self.tableau.fsal else None
 
     def func(self, terms: Any, t0: Any, y0: Any, args: Any) -> Any:
-        """The vector field."""
+        """Evaluate the vector field."""
         return terms.vf(t0, y0, args)
 
     def step(self, terms: Any, t0: Any, t1: Any, y0: Any, args: Any, solver_state: Any,
