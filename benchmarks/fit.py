@@ -3,6 +3,8 @@
 One hierarchical ODE model and one simulated dataset, fitted in one run by
 
 - **pkpd**: `pkpd.inference.fit` on ``benchmarks/models/tbi.toml`` (nutpie, JAX, diffrax);
+- **pkpd_lowrank**: the same with nutpie's low-rank modified mass matrix
+  (``sampler_kwargs={"low_rank_modified_mass_matrix": True}``);
 - **pymc_ode**: PyMC's NUTS on the same model written with `pymc.ode.DifferentialEquation`
   (scipy ``odeint`` with forward sensitivities), capped at ``--cap-seconds`` of sampling: when
   the cap stops it, the cost of the full run is extrapolated and the table says so;
@@ -16,10 +18,11 @@ The model (``tbi``): 20 subjects, 12 samples each on days 1-28 of log T and log 
 T(0) = 1 cell/uL (the infused dose), B(0) = 1 (target burden relative to baseline), I(0) = I0;
 log-normal, non-centred rho_i and kappa_i; 51 free parameters (7 typical values, 2 IIV SDs, 2
 residual SDs, 40 standard-normal random effects). Priors are those of the model file, used by
-all three backends. Every backend uses rtol 1e-6 and atol 1e-9 for the ODE, starts its chains at
-the prior medians (z = 0) with uniform(-1, 1) jitter on the unconstrained scale, and runs
-``--chains`` chains of ``--tune`` warm-up and ``--draws`` kept iterations, two chains at a time
-(the machine's 2 cores).
+all backends. pkpd and Stan use rtol 1e-6, atol 1e-14 (pkpd's fitting default) and a budget of
+4096 steps per interval between samples; pm.ode's odeint has fixed tolerances (1.49e-8). Every
+backend starts its chains at the prior medians (z = 0) with uniform(-1, 1) jitter on the
+unconstrained scale, and runs ``--chains`` chains of ``--tune`` warm-up and ``--draws`` kept
+iterations, two chains at a time (the machine's 2 cores).
 
 Reported for each: compile time, sampling wall time, min bulk ESS and min bulk ESS per second
 of sampling, max R-hat and min tail ESS (over the 51 free parameters), divergences, mean tree
@@ -78,11 +81,14 @@ TRUTH = {
 OMEGA = {"rho": 0.2, "kappa": 0.5}
 #: Seed of the simulated dataset (chosen before any fit, never changed).
 DATA_SEED = 20261124
-#: ODE tolerances of every backend.
-RTOL, ATOL = 1e-6, 1e-9
-#: Step budget per integration (Stan's max_num_steps; pkpd's per interval between samples).
-MAX_STEPS = 100_000
-BACKENDS = ("pkpd", "pymc_ode", "stan")
+#: ODE tolerances of every backend: pkpd's defaults for fitting (`pkpd.inference.default_solver`).
+RTOL, ATOL = 1e-6, 1e-14
+#: Step budget per interval between two sampling times (pkpd's default; odeint's ``mxstep``);
+#: Stan's ``max_num_steps`` counts the steps of a whole solve: 12 intervals of this.
+MAX_STEPS = 4096
+BACKENDS = ("pkpd", "pkpd_lowrank", "pymc_ode", "stan")
+#: pkpd's variant rows: extra sampler options given to `pkpd.inference.fit` (``sampler_kwargs``).
+PKPD_VARIANTS = {"pkpd": {}, "pkpd_lowrank": {"low_rank_modified_mass_matrix": True}}
 #: The 51 free parameters: diagnostics are computed over these, for every backend.
 FREE = (*[f"log_{n}" for n in TYPICAL], "omega_rho", "omega_kappa", "sigma_T", "sigma_I", "z")
 
@@ -273,17 +279,19 @@ def medians(posterior: dict) -> dict:
 # backends
 
 
-def run_pkpd(args, data) -> dict:
-    """`pkpd.inference.fit` with its defaults (nutpie, Tsit5 rtol 1e-6 atol 1e-9, forward
-    sensitivities), timed; plus the cost of one log-density gradient measured directly."""
+def run_pkpd(args, data, variant: str = "pkpd") -> dict:
+    """`pkpd.inference.fit` with its defaults (nutpie, Tsit5 rtol 1e-6 atol 1e-14, forward
+    sensitivities), timed; plus the cost of one log-density gradient measured directly.
+
+    ``variant`` names a row of `PKPD_VARIANTS`: the same fit with extra nutpie options.
+    """
+    sampler_kwargs = PKPD_VARIANTS[variant]
     import jax
     import jax.numpy as jnp
     from pymc.sampling.jax import get_jaxified_graph
 
     from pkpd.inference import build_model, fit
-    from pkpd.solve import Solver
 
-    solver = Solver("tsit5", rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS)
     t0 = time.perf_counter()
     result = fit(
         data["spec"],
@@ -292,10 +300,12 @@ def run_pkpd(args, data) -> dict:
         draws=args.draws,
         tune=args.tune,
         seed=args.seed,
-        solver=solver,
         progressbar=False,
         log_likelihood_group=False,
+        sampler_kwargs=sampler_kwargs,
     )
+    solver = result.info.solver  # pkpd's default: Tsit5, rtol 1e-6, atol 1e-14
+    assert (solver.rtol, solver.atol, solver.max_steps) == (RTOL, ATOL, MAX_STEPS), solver
     total = time.perf_counter() - t0
     wall = result.settings.wall_time
     attrs = result.idata.sample_stats.attrs
@@ -325,12 +335,13 @@ def run_pkpd(args, data) -> dict:
     flat = []
     for c in range(2):
         for d in range(0, args.draws, max(1, args.draws // 5)):
-            flat.append(np.concatenate([np.ravel(post[n].values[c, d]) for n in names]))
+            flat.append(np.concatenate([np.ravel(_unconstrained(post, n, c, d)) for n in names]))
     grad_ms = time_gradient(jax.jit(jax.value_and_grad(f)), [jnp.asarray(x) for x in flat])
     return {
-        "backend": "pkpd",
-        "method": f"nutpie {_version('nutpie')} (JAX), Tsit5 (diffrax tableau, stages unrolled), "
-        "forward sensitivities",
+        "backend": variant,
+        "method": f"nutpie {_version('nutpie')} (JAX"
+        + (", low-rank modified mass matrix" if sampler_kwargs else ", diagonal mass matrix")
+        + "), Tsit5 (diffrax tableau, stages unrolled), forward sensitivities",
         "tolerances": f"rtol {RTOL:g}, atol {ATOL:g}",
         "compile_s": compile_s + wall.get("build", 0.0),
         "sample_s": sample_s,
@@ -340,6 +351,13 @@ def run_pkpd(args, data) -> dict:
         **diagnose(posterior, sample_stats),
         "medians": medians(posterior),
     }
+
+
+def _unconstrained(post, name: str, chain: int, draw: int) -> np.ndarray:
+    """A value variable of pkpd's model (``x_log__`` is log x) at one posterior draw."""
+    if name.endswith("_log__"):
+        return np.log(post[name[: -len("_log__")]].values[chain, draw])
+    return post[name].values[chain, draw]
 
 
 def time_gradient(fn, points, repeats: int = 3) -> float:
@@ -500,7 +518,7 @@ def stan_data(data) -> dict:
         "sigma_sd": pri["sigma_T"],
         "rtol": RTOL,
         "atol": ATOL,
-        "max_num_steps": MAX_STEPS,
+        "max_num_steps": MAX_STEPS * len(TIMES),
     }
 
 
@@ -571,6 +589,131 @@ def run_stan(args, data) -> dict:
     }
 
 
+def profile(args) -> str:
+    """Where the time of one log-density gradient goes: a markdown table.
+
+    Every variant is the pkpd model of this benchmark (``build_model``), its log-density and
+    gradient jitted as nutpie's JAX backend does (``jax.value_and_grad`` of the PyTensor graph
+    in JAX), timed at 10 points: the simulation truth with the true random effects, each
+    coordinate moved by up to 0.1 on the unconstrained scale (a posterior-like region).
+    """
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+    from pymc.sampling.jax import get_jaxified_graph
+
+    from pkpd.inference import build_model
+    from pkpd.solve import Solver
+
+    data = simulate_data(args.data_seed)
+    spec, cohort = data["spec"], data["cohort"]
+    rng = np.random.default_rng(0)
+
+    def points(pm_model, n_sub):
+        names = [v.name for v in pm_model.value_vars]
+        truth = {f"log_{k}": np.log(TRUTH[k]) for k in TYPICAL}
+        truth.update({f"{k}_log__": np.log(TRUTH[k]) for k in ("sigma_T", "sigma_I")})
+        truth.update({f"omega_{k}_log__": np.log(v) for k, v in OMEGA.items()})
+        truth["z"] = data["eta"][:n_sub] / np.array([OMEGA["rho"], OMEGA["kappa"]])
+        x0 = np.concatenate([np.ravel(truth[n]) for n in names])
+        return [jnp.asarray(x0 + rng.uniform(-0.1, 0.1, x0.size)) for _ in range(10)]
+
+    def timed(solver, gradient="forward", n_sub=N_SUBJECTS):
+        sub = cohort if n_sub == N_SUBJECTS else cohort.subset(cohort.subjects[:n_sub])
+        pm_model, _ = build_model(spec, sub, solver=solver, gradient=gradient)
+        fn = get_jaxified_graph(inputs=pm_model.value_vars, outputs=[pm_model.logp()])
+        point = pm_model.initial_point()
+        names = [v.name for v in pm_model.value_vars]
+        shapes = [np.shape(point[n]) for n in names]
+        splits = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+
+        def f(x):
+            parts = jnp.split(x, splits)
+            return fn(*[p.reshape(s) for p, s in zip(parts, shapes, strict=True)])[0]
+
+        pts = points(pm_model, n_sub)
+        t0 = time.perf_counter()
+        jax.block_until_ready(jax.jit(jax.value_and_grad(f))(pts[0]))
+        compile_s = time.perf_counter() - t0
+        return (
+            time_gradient(jax.jit(f), pts),
+            time_gradient(jax.jit(jax.value_and_grad(f)), pts),
+            compile_s,
+        )
+
+    fit_solver = Solver("tsit5", rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS)
+    variants = [
+        (
+            "Tsit5, diffrax's stage loop (before)",
+            Solver(diffrax.Tsit5(), rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS),
+            "forward",
+            None,
+        ),
+        ("Tsit5, stages unrolled (pkpd default)", fit_solver, "forward", None),
+        ("Tsit5, stages unrolled", fit_solver, "reverse", None),
+        (
+            "Dopri5, stages unrolled",
+            Solver("dopri5", rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS),
+            "forward",
+            None,
+        ),
+        (
+            "Dopri8, stages unrolled",
+            Solver("dopri8", rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS),
+            "forward",
+            None,
+        ),
+        (
+            "Kvaerno5 (implicit)",
+            Solver.stiff(rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS),
+            "forward",
+            None,
+        ),
+        (
+            "Tsit5 unrolled, atol 1e-9",
+            Solver("tsit5", rtol=RTOL, atol=1e-9, max_steps=MAX_STEPS),
+            "forward",
+            None,
+        ),
+        ("Tsit5 unrolled, 1 subject", fit_solver, "forward", 1),
+        ("Tsit5 unrolled, 5 subjects", fit_solver, "forward", 5),
+    ]
+    lines = [
+        "| solver | gradient | subjects | log-density (ms) | log-density + gradient (ms) | "
+        "compile (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, solver, gradient, n_sub in variants:
+        n = n_sub or N_SUBJECTS
+        try:
+            v, g, c = timed(solver, gradient, n)
+            lines.append(f"| {label} | {gradient} | {n} | {v:.2f} | {g:.2f} | {c:.1f} |")
+        except Exception as exc:  # report and go on
+            lines.append(f"| {label} | {gradient} | {n} | failed: {type(exc).__name__} | | |")
+        print(lines[-1], flush=True)
+
+    # nutpie's JAX backend: the Python function it calls per gradient, against the bare call.
+    import nutpie
+
+    pm_model, _ = build_model(spec, cohort)
+    compiled = nutpie.compile_pymc_model(pm_model, backend="jax", gradient_backend="jax")
+    logp = compiled._make_logp_func()
+    x = np.zeros(compiled.n_dim)
+    logp(x, **compiled._shared_data)
+    times = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        logp(x, **compiled._shared_data)
+        times.append(time.perf_counter() - t0)
+    lines += [
+        "",
+        f"nutpie's per-gradient Python call (log-density, gradient to numpy) at the prior "
+        f"medians: {1e3 * float(np.median(times)):.2f} ms, load average "
+        f"{os.getloadavg()[0]:.1f}.",
+    ]
+    return "\n".join(lines)
+
+
 def _version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -580,7 +723,12 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-RUNNERS = {"pkpd": run_pkpd, "pymc_ode": run_pymc_ode, "stan": run_stan}
+RUNNERS = {
+    "pkpd": run_pkpd,
+    "pkpd_lowrank": lambda args, data: run_pkpd(args, data, "pkpd_lowrank"),
+    "pymc_ode": run_pymc_ode,
+    "stan": run_stan,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,7 +739,7 @@ def worker(args) -> None:
     """Run one backend in this process and write its row as JSON."""
     warnings.simplefilter("ignore")
     data = load_data(Path(args.data))
-    if args.worker == "pkpd":
+    if args.worker in PKPD_VARIANTS:
         sim = simulate_data(args.data_seed)
         assert np.array_equal(sim["log_T"], data["log_T"]), "the data differ between backends"
         data.update(cohort=sim["cohort"], spec=sim["spec"])
@@ -699,22 +847,23 @@ def methods(rows: dict) -> str:
 
 
 def ratios(rows: dict) -> str:
-    """pkpd's min bulk ESS per second against the others'."""
-    p = rows.get("pkpd")
-    if not p or "ess_bulk_min" not in p:
-        return ""
-    mine = p["ess_bulk_min"] / p["sample_s"]
+    """pkpd's (each variant's) min bulk ESS per second against the others'."""
     out = []
-    for name in ("pymc_ode", "stan"):
-        r = rows.get(name)
-        if not r:
+    for mine_name in PKPD_VARIANTS:
+        p = rows.get(mine_name)
+        if not p or "ess_bulk_min" not in p:
             continue
-        if r.get("capped") and r.get("extrapolated_sample_s"):
-            other = r["extrapolated_ess"] / r["extrapolated_sample_s"]
-            out.append(f"pkpd / {name} (extrapolated): {mine / other:.0f}x")
-        elif "ess_bulk_min" in r:
-            other = r["ess_bulk_min"] / r["sample_s"]
-            out.append(f"pkpd / {name}: {mine / other:.1f}x")
+        mine = p["ess_bulk_min"] / p["sample_s"]
+        for name in ("pymc_ode", "stan"):
+            r = rows.get(name)
+            if not r:
+                continue
+            if r.get("capped") and r.get("extrapolated_sample_s"):
+                other = r["extrapolated_ess"] / r["extrapolated_sample_s"]
+                out.append(f"{mine_name} / {name} (extrapolated): {mine / other:.0f}x")
+            elif "ess_bulk_min" in r:
+                other = r["ess_bulk_min"] / r["sample_s"]
+                out.append(f"{mine_name} / {name}: {mine / other:.1f}x")
     return "; ".join(out)
 
 
@@ -795,6 +944,12 @@ def main(argv=None) -> None:
         help="stop pm.ode's sampling after this many seconds and extrapolate",
     )
     ap.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="time one log-density gradient of pkpd's model with several solvers and options "
+        "(no sampling)",
+    )
     ap.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -802,12 +957,26 @@ def main(argv=None) -> None:
     if args.worker:
         worker(args)
         return
+    if args.profile:
+        warnings.simplefilter("ignore")
+        now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+        text = (
+            f"### fit benchmark profile (T/B/I, issue #3), {now}\n\n`python benchmarks/fit.py "
+            f"--profile`: one log-density gradient of pkpd's T/B/I model (20 subjects, "
+            f"rtol {RTOL:g}, atol {ATOL:g} unless stated), median over 10 points near the "
+            f"truth; load average {os.getloadavg()[0]:.1f} at the start.\n\n{profile(args)}\n"
+        )
+        print(text)
+        if args.write:
+            with RESULTS.open("a") as fh:
+                fh.write("\n" + text)
+        return
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = sorted(set(chosen) - set(BACKENDS))
     if unknown:
         ap.error(f"unknown backend(s): {unknown}")
     # Stan first when it runs: a capped pm.ode run is extrapolated from its gradient count.
-    order = [b for b in ("pkpd", "stan", "pymc_ode") if b in chosen]
+    order = [b for b in ("pkpd", "pkpd_lowrank", "stan", "pymc_ode") if b in chosen]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         data_file = Path(tmp) / "data.npz"

@@ -44,10 +44,18 @@ from pkpd.inference.predict import make_predictor
 from pkpd.solve import BoundCohort, Solver, bind
 
 #: Solver used for fitting when none is given: the closed form when the model declares one,
-#: else Tsit5. rtol 1e-6 is ample for likelihoods whose residual errors are percent-sized; atol
-#: (state units) is checked against the observations in `default_solver`.
+#: else Tsit5. rtol 1e-6 is ample for likelihoods whose residual errors are percent-sized. atol
+#: (state units) is far below any value an observation could have, so that error control stays
+#: relative wherever warm-up takes the predictions: log-normal and proportional errors need the
+#: relative accuracy of predictions at every scale, and with atol 1e-9 a T/B/I benchmark chain
+#: (docs/inference.md, "Speed") met predictions of 1e-11 that were 10% wrong, a log-density 840
+#: off and a gradient inconsistent with it, and stayed stuck for the whole warm-up.
 FIT_RTOL = 1.0e-6
-FIT_ATOL = 1.0e-9
+FIT_ATOL = 1.0e-14
+#: Step budget of each integration interval when fitting: a proposal that needs more (a stiff
+#: corner visited during warm-up) is rejected after at most this many steps instead of taking
+#: seconds (up to 25 s for one gradient at 100,000 steps on the T/B/I benchmark).
+FIT_MAX_STEPS = 4096
 
 #: Names the builder gives its own variables (a model parameter may not use them).
 RESERVED = ("z", "eta", "y", "chol_iiv", "corr_iiv", "theta")
@@ -168,7 +176,9 @@ def parameter_roles(spec: Any) -> dict[str, str]:
 
 
 def default_solver(model: Any, observations: Observations | None = None) -> Solver:
-    """Return the fitting solver: closed form when available, else Tsit5 (rtol 1e-6, atol 1e-9).
+    """Return the fitting solver: closed form when available, else Tsit5 (rtol 1e-6, atol 1e-14).
+
+    At most `FIT_MAX_STEPS` steps per integration interval (a failed solve rejects the proposal).
 
     Parameters
     ----------
@@ -181,7 +191,7 @@ def default_solver(model: Any, observations: Observations | None = None) -> Solv
     -------
     Solver
     """
-    solver = Solver("auto", rtol=FIT_RTOL, atol=FIT_ATOL)
+    solver = Solver("auto", rtol=FIT_RTOL, atol=FIT_ATOL, max_steps=FIT_MAX_STEPS)
     if observations is not None and not solver.uses_analytic(model):
         check_atol(solver, observations)
     return solver
@@ -430,7 +440,8 @@ def build_model(
         The dataset (a Cohort, a bundled dataset name or a CSV file).
     solver : Solver, optional
         How to integrate in the likelihood. Default: the closed form when the model declares
-        one, else Tsit5 with rtol 1e-6 and atol 1e-9 (`default_solver`).
+        one, else Tsit5 with rtol 1e-6, atol 1e-14 and 4096 steps per interval
+        (`default_solver`).
     correlated_iiv : bool, optional
         Correlate the random effects with an LKJ(``lkj_eta``) prior on their correlation
         matrix (needs two or more parameters with IIV whose iiv priors share one family).

@@ -304,7 +304,7 @@ class Fit:
             "dataset_source": str(self.cohort.source),
             "versions": json.dumps(self.provenance.get("versions") or package_versions()),
             "created": self.provenance.get("created") or pd.Timestamp.now("UTC").isoformat(),
-            "settings": json.dumps(asdict(self.settings)),
+            "settings": json.dumps(asdict(self.settings), default=_jsonable),
             "seed": int(self.settings.seed),
             "sampler": self.settings.sampler,
             "extra": json.dumps(self.extra, default=float),
@@ -322,6 +322,14 @@ class Fit:
             raise
         self.provenance.update(provenance)
         return path
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON stand-in for a setting JSON cannot write (numpy scalars; anything else by repr)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def solver_from_settings(settings: Any) -> Any:

@@ -62,6 +62,9 @@ class FitSettings:
     wall_time : dict of str to float
         Seconds spent building, initialising, sampling (including compilation) and
         post-processing.
+    sampler_kwargs : dict
+        Extra keyword arguments given to the sampler (e.g. nutpie's
+        ``low_rank_modified_mass_matrix``), as passed to `fit`.
     """
 
     sampler: str
@@ -76,6 +79,7 @@ class FitSettings:
     censoring: str = "m3"
     gradient: str = "forward"
     wall_time: dict[str, float] = field(default_factory=dict)
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _flat_fn(pm_model: Any) -> tuple[Any, list[str], list[tuple[int, ...]]]:
@@ -385,7 +389,7 @@ def fit(
         draws (`pkpd.inference.pathfinder.pathfinder_start`).
     solver : Solver, optional
         ODE solver of the likelihood (default: closed form when available, else Tsit5,
-        rtol 1e-6, atol 1e-9).
+        rtol 1e-6, atol 1e-14, 4096 steps per interval; `pkpd.inference.default_solver`).
     progressbar : bool, optional
         Show the sampler's progress bar.
     target_accept : float, optional
@@ -475,6 +479,7 @@ def fit(
         censoring=censoring,
         gradient=gradient,
         wall_time=timing,
+        sampler_kwargs=dict(sampler_kwargs or {}),
     )
     return Fit(idata=idata, spec=info.spec, cohort=info.cohort, settings=settings,
                info=info, extra={"map": map_report, **extra})

@@ -92,3 +92,18 @@ def test_not_a_fit(tmp_path):
     xr.Dataset({"x": ("a", [1.0])}).to_netcdf(path)
     with pytest.raises(ValueError, match="not a pkpd fit"):
         load_fit(path)
+
+
+def test_sampler_kwargs_are_recorded_and_saved(tmp_path):
+    # Regression: the sampler's extra options (e.g. nutpie's low-rank mass matrix) were not
+    # part of the saved settings, so a saved fit did not say how it was sampled.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fit("pk_1cmt_oral", "theophylline", chains=1, draws=20, tune=20, seed=3,
+                     progressbar=False,
+                     sampler_kwargs={"low_rank_modified_mass_matrix": True,
+                                     "mass_matrix_eigval_cutoff": np.float64(3.0)})
+    assert result.settings.sampler_kwargs["low_rank_modified_mass_matrix"] is True
+    loaded = load_fit(result.save(tmp_path / "fit.nc"))
+    assert loaded.settings.sampler_kwargs == {"low_rank_modified_mass_matrix": True,
+                                              "mass_matrix_eigval_cutoff": 3.0}
