@@ -351,6 +351,13 @@ def observation_logp(
                 continue
             f = pred[idx]
             v = value[idx]
+            positive = None
+            if ospec.error == "lognormal" and flag == 1:
+                # A prediction of exactly 0 (e.g. CAR-T cells before the infusion) is below any
+                # LLOQ with probability 1: log-likelihood 0 and no gradient. log(0) would give
+                # the right value but a 0 * inf = NaN gradient (double-where keeps it finite).
+                positive = f > 0
+                f = pt.switch(positive, f, 1.0)
             if ospec.error == "lognormal":
                 mu, sd, x = pt.log(f), params[ospec.sigma["sigma"]], pt.log(v)
             else:
@@ -371,6 +378,8 @@ def observation_logp(
                     lp = lp - x  # density of DV, not of log DV
             elif flag == 1:
                 lp = log_ndtr((x - mu) / sd)
+                if positive is not None:
+                    lp = pt.switch(positive, lp, 0.0)
             else:
                 lp = log_ndtr((mu - x) / sd)
             pieces.append(pt.broadcast_to(lp, (idx.size,)))

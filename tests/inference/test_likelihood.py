@@ -142,3 +142,31 @@ def test_log_ndtr_matches_scipy():
     ref = special.log_ndtr(x)
     # 1e-12 relative: the series below z = -30 is accurate to 1.6e-12 relative in Phi.
     np.testing.assert_allclose(fn(x), ref, rtol=1e-12, atol=1e-300)
+
+
+def test_censored_lognormal_with_zero_prediction_has_a_finite_gradient():
+    # Regression: a record below the LLOQ whose prediction is exactly 0 (CAR-T cells sampled
+    # before the infusion in virtual_cart) has log-likelihood 0, but log(0) made its gradient
+    # 0 * inf = NaN, so every cart_crs fit on virtual_cart had a NaN gradient everywhere.
+    from types import SimpleNamespace
+
+    import pytensor
+    import pytensor.tensor as pt
+
+    from pkpd.inference.likelihood import observation_logp
+
+    obs = SimpleNamespace(endpoint=np.zeros(3, int), cens=np.array([1, 1, 0]),
+                          category=np.zeros(3, int))
+    spec = SimpleNamespace(observations={"cells": SimpleNamespace(error="lognormal",
+                                                                  sigma={"sigma": "s"})})
+    model = SimpleNamespace(endpoints=["cells"])
+    pred, sd = pt.dvector("pred"), pt.dscalar("s")
+    value = np.array([0.1, 0.1, 2.0])  # LLOQ, LLOQ, an observed value
+    lp = observation_logp(pt.constant(value), pred, {"s": sd}, obs, spec, model)
+    fn = pytensor.function([pred, sd], [lp, *pt.grad(lp.sum(), [pred, sd])])
+    values, d_pred, d_sd = fn(np.array([0.0, 0.05, 1.5]), 0.5)
+    assert values[0] == 0.0 and d_pred[0] == 0.0
+    np.testing.assert_allclose(values[1], stats.norm(np.log(0.05), 0.5).logcdf(np.log(0.1)))
+    np.testing.assert_allclose(
+        values[2], stats.norm(np.log(1.5), 0.5).logpdf(np.log(2.0)) - np.log(2.0))
+    assert np.all(np.isfinite(d_pred)) and np.isfinite(d_sd)
