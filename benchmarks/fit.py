@@ -456,19 +456,26 @@ def run_pymc_ode(args, data) -> dict:
 
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        idata = pm.sample(
-            draws=args.draws,
-            tune=args.tune,
-            chains=args.chains,
-            cores=2,
-            random_seed=args.seed,
-            initvals=start,
-            init="jitter+adapt_diag",
-            progressbar=False,
-            callback=callback,
-            compute_convergence_checks=False,
-            discard_tuned_samples=True,
-        )
+        try:
+            idata = pm.sample(
+                draws=args.draws,
+                tune=args.tune,
+                chains=args.chains,
+                cores=2,
+                random_seed=args.seed,
+                initvals=start,
+                init="jitter+adapt_diag",
+                progressbar=False,
+                callback=callback,
+                compute_convergence_checks=False,
+                discard_tuned_samples=True,
+            )
+        except ValueError:
+            # Stopped during warm-up: no kept draws, PyMC cannot build a trace (the cost per
+            # gradient is what the capped run is for).
+            if not progress["stopped"]:
+                raise
+            idata = None
     sample_s = time.perf_counter() - t_start
     row = {
         "backend": "pymc_ode",
@@ -770,7 +777,11 @@ def extrapolate(rows: dict) -> None:
         grads = ref["leapfrog_total"]
     else:  # post-warm-up leapfrog steps per draw, for the warm-up too (an underestimate)
         grads = ref["mean_leapfrog"] * row["iterations_total"]
-    per_grad_s = row["sample_s"] * 2 / max(row["leapfrog_done"], 1)
+    if row["leapfrog_done"]:
+        per_grad_s = row["sample_s"] * 2 / row["leapfrog_done"]
+    else:  # the callback saw no leapfrog counts: the directly timed gradient instead
+        per_grad_s = row["grad_ms"] / 1e3
+        row["per_grad_source"] = "directly timed gradient"
     row["extrapolated_from"] = ref["backend"]
     row["extrapolated_sample_s"] = per_grad_s * grads / 2
     row["extrapolated_ess"] = ref["ess_bulk_min"]
@@ -913,8 +924,14 @@ def report(rows: dict, args) -> str:
         parts += [
             f"pm.ode was stopped after {capped['sample_s']:.0f} s of sampling "
             f"({capped['iterations_done']} of {capped['iterations_total']} iterations, "
-            f"{capped['leapfrog_done']} gradient evaluations, "
-            f"{fmt(capped.get('grad_ms_sampling'), '.0f')} ms each on one of 2 cores). "
+            + (
+                f"{capped['leapfrog_done']} gradient evaluations, "
+                if capped["leapfrog_done"]
+                else "gradient evaluations not counted, "
+            )
+            + f"{fmt(capped.get('grad_ms_sampling'), '.0f')} ms each on one of 2 cores"
+            + (f", from the {capped['per_grad_source']}" if capped.get("per_grad_source") else "")
+            + "). "
             f"Its full run is extrapolated: that cost per gradient times the "
             f"{capped.get('extrapolated_from', '?')} run's gradient evaluations, over 2 cores, "
             f"with that run's min bulk ESS.",
