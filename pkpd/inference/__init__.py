@@ -12,10 +12,12 @@ See ``docs/inference.md``.
 from pkpd.inference.builder import ModelInfo, build_model, default_solver, prepare_model
 from pkpd.inference.diagnostics import THRESHOLDS, FitWarning, convergence
 from pkpd.inference.fitresult import Fit, ModelChangedError, load_fit
+from pkpd.inference.profiles import PROFILES, Profile, Stage, fit_staged
 from pkpd.inference.sample import DEFAULT_SAMPLER, SAMPLERS, FitSettings, fit, map_estimate
 
 __all__ = [
     "DEFAULT_SAMPLER",
+    "PROFILES",
     "SAMPLERS",
     "THRESHOLDS",
     "Fit",
@@ -23,10 +25,13 @@ __all__ = [
     "FitWarning",
     "ModelChangedError",
     "ModelInfo",
+    "Profile",
+    "Stage",
     "build_model",
     "convergence",
     "default_solver",
     "fit",
+    "fit_staged",
     "load_fit",
     "map_estimate",
     "prepare_model",

@@ -12,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import sympy as sp
@@ -386,6 +389,145 @@ class ModelSpec:
             params[name] = replace(old, prior=prior, value=None if not old.fixed else old.value)
         return replace(self, name=f"{self.name}[{suffix}]", parameters=params)
 
+    def with_fixed(
+        self, names: Iterable[str] | Mapping[str, float], *, suffix: str = "fixed"
+    ) -> ModelSpec:
+        """Return a copy with some parameters fixed (not estimated, no between-subject variability).
+
+        Parameters
+        ----------
+        names : iterable of str, or mapping of str to float
+            Parameters to fix: at their typical values (`ParameterSpec.typical`), or at the
+            values given (in each parameter's unit).
+        suffix : str, optional
+            Appended to the name, and to the file name of the profile file (see
+            `estimate_only`).
+
+        Returns
+        -------
+        ModelSpec
+            The other parameters keep their settings.
+
+        Raises
+        ------
+        KeyError
+            For a name the model does not have.
+        ValueError
+            For a value that is not a finite number.
+        """
+        values = dict(names) if isinstance(names, Mapping) else {}
+        chosen = list(values) if isinstance(names, Mapping) else list(names)
+        self._check_names(chosen, "fix")
+        keep = [n for n in self.estimated() if n not in set(chosen)]
+        iiv = [n for n, p in self.parameters.items() if p.iiv is not None and n not in chosen]
+        return self._profiled(keep, iiv, values, suffix, iiv_needs_estimate=False)
+
+    def estimate_only(
+        self,
+        typical: Iterable[str],
+        iiv: Iterable[str] = (),
+        *,
+        values: Mapping[str, float] | None = None,
+        suffix: str = "profile",
+    ) -> ModelSpec:
+        """Return a fitting profile: only the named typical values (and IIV) are estimated.
+
+        Every other parameter is fixed at its typical value (or at ``values``) and loses its
+        between-subject variability; the named ones keep their priors. This is how a large
+        model is fitted to data that inform a few of its parameters: fewer unknowns and, for
+        ODE models, fewer sensitivities per gradient (``docs/cart-fitting.md``).
+
+        The copy's files start with a generated model file (next to the main file, named
+        ``<stem>.<suffix>.toml``) that includes the main file and overrides the changed
+        parameters (``override = true``, docs/model-files.md): the spec's `hash` changes, a
+        saved fit carries the profile's text, and `pkpd.inference.load_fit` rebuilds the
+        profile from it.
+
+        Parameters
+        ----------
+        typical : iterable of str
+            Parameters whose typical values are estimated (each needs a prior).
+        iiv : iterable of str, optional
+            Parameters that keep between-subject variability: a subset of ``typical``, each
+            with an ``iiv`` prior in the model.
+        values : mapping of str to float, optional
+            Fixed values (parameter units) of some of the other parameters, e.g. the estimates
+            of an earlier fitting stage; default their typical values.
+        suffix : str, optional
+            Appended to the model name (``name[suffix]``) and to the profile file's name.
+
+        Returns
+        -------
+        ModelSpec
+
+        Raises
+        ------
+        KeyError
+            For a name the model does not have.
+        ValueError
+            For a parameter to estimate without a prior, IIV asked for a parameter without an
+            ``iiv`` prior or not in ``typical``, a value given for an estimated parameter, or a
+            value that is not a finite number.
+        """
+        typical, iiv, values = list(typical), list(iiv), dict(values or {})
+        self._check_names(typical, "estimate")
+        self._check_names(iiv, "give IIV to")
+        self._check_names(values, "fix")
+        no_prior = [n for n in typical if self.parameters[n].prior is None]
+        if no_prior:
+            raise ValueError(
+                f"model {self.name!r}: cannot estimate {no_prior}: no prior in the model file"
+            )
+        both = sorted(set(values) & set(typical))
+        if both:
+            raise ValueError(f"values given for parameters to estimate: {both}")
+        return self._profiled(typical, iiv, values, suffix, iiv_needs_estimate=True)
+
+    def _check_names(self, names: Iterable[str], what: str) -> None:
+        unknown = [n for n in names if n not in self.parameters]
+        if unknown:
+            raise KeyError(
+                f"model {self.name!r} has no parameter(s) {unknown} to {what} "
+                f"(its parameters: {', '.join(self.parameters)})"
+            )
+
+    def _profiled(
+        self,
+        typical: list[str],
+        iiv: list[str],
+        values: dict[str, float],
+        suffix: str,
+        iiv_needs_estimate: bool,
+    ) -> ModelSpec:
+        """Build the copy of `estimate_only` / `with_fixed`, its profile file first in files."""
+        from dataclasses import replace
+
+        no_iiv = [n for n in iiv if self.parameters[n].iiv is None]
+        if no_iiv:
+            raise ValueError(f"model {self.name!r}: {no_iiv} have no iiv prior in the model file")
+        if iiv_needs_estimate:
+            outside = [n for n in iiv if n not in set(typical)]
+            if outside:
+                raise ValueError(f"IIV asked for {outside}, whose typical values are not estimated")
+        bad = {n: v for n, v in values.items() if not _finite_number(v)}
+        if bad:
+            raise ValueError(f"fixed values must be finite numbers, got {bad}")
+        params, changed = dict(self.parameters), []
+        for name, old in self.parameters.items():
+            estimate = name in typical
+            value = old.value if estimate else float(values.get(name, old.typical))
+            new = replace(old, fixed=not estimate, value=value,
+                          iiv=old.iiv if name in iiv else None)
+            if (new.fixed, new.value, new.iiv) != (old.fixed, old.value, old.iiv):
+                params[name] = new
+                changed.append(name)
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", suffix).strip("_") or "profile"
+        main = Path(self.main_file) if self.main_file else Path(f"{self.name}.toml")
+        path = str(main.with_name(f"{main.stem}.{label}.toml"))
+        text = _profile_text(self, params, changed, main.name, suffix)
+        files = {path: text, **{k: v for k, v in self.files.items() if k != path}}
+        return replace(self, name=f"{self.name}[{suffix}]", parameters=params, files=files)
+
     def describe(self) -> str:
         """Markdown description: equations, states, parameters (units, priors, sources).
 
@@ -418,3 +560,66 @@ class ModelSpec:
 def is_nan(x: Any) -> bool:
     """Whether ``x`` is a float NaN."""
     return isinstance(x, float) and math.isnan(x)
+
+
+def _finite_number(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _toml_string(text: str) -> str:
+    """Quote a TOML basic string (JSON escaping is valid TOML for these texts)."""
+    return json.dumps(str(text), ensure_ascii=False)
+
+
+def _prior_text(prior: Prior) -> str:
+    """Text that parses back to exactly this prior (its own text when that does)."""
+    from pkpd.model.priors import parse_prior
+
+    try:
+        if parse_prior(prior.text).params == prior.params:
+            return prior.text
+    except Exception:  # e.g. "... (median x2)" written by Prior.shift: not parseable
+        pass
+    inner = ", ".join(f"{k}={v!r}" for k, v in prior.params.items())
+    return f"{prior.family}({inner})"
+
+
+def _profile_text(spec: ModelSpec, params: dict[str, ParameterSpec], changed: list[str],
+                  include: str, suffix: str) -> str:
+    """Write the model file of a profile: include the model, override what changed."""
+    lines = [
+        f"# Fitting profile {suffix!r} of model {spec.name!r} (hash {spec.hash[:12]}), written by",
+        "# ModelSpec.estimate_only / with_fixed: the parameters below replace the model's.",
+        "[model]",
+        f"name = {_toml_string(f'{spec.name}[{suffix}]')}",
+        f"description = {_toml_string(spec.description)}",
+        f"time_unit = {_toml_string(spec.time_unit)}",
+        f"include = [{_toml_string(include)}]",
+    ]
+    if spec.references:
+        lines.append("references = [" + ", ".join(_toml_string(r) for r in spec.references) + "]")
+    for name in changed:
+        p = params[name]
+        lines += ["", f"[parameters.{name}]", "override = true", f"unit = {_toml_string(p.unit)}"]
+        if p.value is not None:
+            lines.append(f"value = {float(p.value)!r}")
+        if p.prior is not None:
+            lines.append(f"prior = {_toml_string(_prior_text(p.prior))}")
+        lines.append(f"fixed = {'true' if p.fixed else 'false'}")
+        if p.iiv is not None:
+            lines.append(f"iiv = {_toml_string(_prior_text(p.iiv))}")
+        lines.append(f"iiv_scale = {_toml_string(p.iiv_scale)}")
+        if p.covariates:
+            effects = ", ".join(
+                f"{e.covariate} = "
+                + _toml_string(f"{e.form}({e.coef if isinstance(e.coef, str) else repr(e.coef)}, "
+                               f"ref={e.ref!r})")
+                for e in p.covariates
+            )
+            lines.append(f"covariates = {{ {effects} }}")
+        lines.append(f"source = {_toml_string(p.source)}")
+        lines.append(f"description = {_toml_string(p.description)}")
+    return "\n".join(lines) + "\n"
