@@ -45,6 +45,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -960,6 +961,14 @@ def main(argv=None) -> None:
         default=1200.0,
         help="stop pm.ode's sampling after this many seconds and extrapolate",
     )
+    ap.add_argument(
+        "--worker-timeout",
+        type=float,
+        default=3600.0,
+        help="stop a backend that has not finished after this many seconds (compilation "
+        "included) and report it as not finished; a 55-minute Stan run once had to be killed "
+        "by hand",
+    )
     ap.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
     ap.add_argument(
         "--profile",
@@ -1024,13 +1033,33 @@ def main(argv=None) -> None:
             ]
             print(f"running {name} ...", flush=True)
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            # A session of its own, so that a stopped worker's children (Stan's chain
+            # processes) stop with it.
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                _, stderr = proc.communicate(timeout=args.worker_timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                rows[name] = {
+                    "backend": name,
+                    "failed": f"did not finish in {args.worker_timeout:.0f} s (stopped; "
+                    f"{args.chains} chains x {args.tune + args.draws} iterations)",
+                }
+                print(f"  {name}: stopped after {args.worker_timeout:.0f} s", flush=True)
+                continue
             if out.exists():
                 rows[name] = json.loads(out.read_text())
             else:
                 rows[name] = {
                     "backend": name,
-                    "failed": f"exit {proc.returncode}: {proc.stderr[-500:]}",
+                    "failed": f"exit {proc.returncode}: {stderr[-500:]}",
                 }
             print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     extrapolate(rows)
