@@ -289,7 +289,6 @@ def run_pkpd(args, data, variant: str = "pkpd") -> dict:
     sampler_kwargs = PKPD_VARIANTS[variant]
     import jax
     import jax.numpy as jnp
-    from pymc.sampling.jax import get_jaxified_graph
 
     from pkpd.inference import build_model, fit
 
@@ -322,15 +321,7 @@ def run_pkpd(args, data, variant: str = "pkpd") -> dict:
 
     # One log-density + gradient, as nutpie calls it (jitted JAX, value_and_grad).
     pm_model, _ = build_model(data["spec"], data["cohort"], solver=solver)
-    fn = get_jaxified_graph(inputs=pm_model.value_vars, outputs=[pm_model.logp()])
-    point = pm_model.initial_point()
-    names = [v.name for v in pm_model.value_vars]
-    shapes = [np.shape(point[n]) for n in names]
-    splits = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
-
-    def f(x):
-        parts = jnp.split(x, splits)
-        return fn(*[p.reshape(s) for p, s in zip(parts, shapes, strict=True)])[0]
+    f, names = flat_logp(pm_model)
 
     # At posterior draws (the cost depends on where the sampler is).
     flat = []
@@ -352,6 +343,23 @@ def run_pkpd(args, data, variant: str = "pkpd") -> dict:
         **diagnose(posterior, sample_stats),
         "medians": medians(posterior),
     }
+
+
+def flat_logp(pm_model):
+    """pkpd's log-density as nutpie's JAX backend calls it: one function of the flat vector of
+    unconstrained value variables (`pkpd.inference.sample._flat_fn`), and the variables' names."""
+    import jax.numpy as jnp
+
+    from pkpd.inference.sample import _flat_fn
+
+    fn, names, shapes = _flat_fn(pm_model)
+    splits = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+
+    def f(x):
+        parts = jnp.split(x, splits)
+        return fn(*[p.reshape(s) for p, s in zip(parts, shapes, strict=True)])[0]
+
+    return f, names
 
 
 def _unconstrained(post, name: str, chain: int, draw: int) -> np.ndarray:
@@ -609,7 +617,6 @@ def profile(args) -> str:
     import diffrax
     import jax
     import jax.numpy as jnp
-    from pymc.sampling.jax import get_jaxified_graph
 
     from pkpd.inference import build_model
     from pkpd.solve import Solver
@@ -630,15 +637,7 @@ def profile(args) -> str:
     def timed(solver, gradient="forward", n_sub=N_SUBJECTS):
         sub = cohort if n_sub == N_SUBJECTS else cohort.subset(cohort.subjects[:n_sub])
         pm_model, _ = build_model(spec, sub, solver=solver, gradient=gradient)
-        fn = get_jaxified_graph(inputs=pm_model.value_vars, outputs=[pm_model.logp()])
-        point = pm_model.initial_point()
-        names = [v.name for v in pm_model.value_vars]
-        shapes = [np.shape(point[n]) for n in names]
-        splits = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
-
-        def f(x):
-            parts = jnp.split(x, splits)
-            return fn(*[p.reshape(s) for p, s in zip(parts, shapes, strict=True)])[0]
+        f, _ = flat_logp(pm_model)
 
         pts = points(pm_model, n_sub)
         t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -122,6 +122,18 @@ _CORE_REASONS = {
     "vector per endpoint in the builder)",
 }
 
+#: First stage of both library profiles: a pooled (no IIV) MAP of the nested kinetics model on
+#: CAR-T counts.
+_POOLED_KINETICS = Stage(
+    name="pooled",
+    model="cart_kinetics",
+    typical=("rho", "alpha", "FB", "V_car", "sigma_cart"),
+    iiv=(),
+    endpoints=("cart_blood",),
+    sampler="map",
+    reasons=_KINETICS_REASONS,
+)
+
 #: The library's profiles, by name.
 PROFILES: dict[str, Profile] = {
     "cart_kinetics": Profile(
@@ -132,15 +144,7 @@ PROFILES: dict[str, Profile] = {
             "expansion and contraction, V_car fixed at the MAP"
         ),
         stages=(
-            Stage(
-                name="pooled",
-                model="cart_kinetics",
-                typical=("rho", "alpha", "FB", "V_car", "sigma_cart"),
-                iiv=(),
-                endpoints=("cart_blood",),
-                sampler="map",
-                reasons=_KINETICS_REASONS,
-            ),
+            _POOLED_KINETICS,
             Stage(
                 name="kinetics",
                 model="cart_kinetics",
@@ -161,15 +165,7 @@ PROFILES: dict[str, Profile] = {
             "typical values with IIV on expansion, contraction, IL-6 production and baseline"
         ),
         stages=(
-            Stage(
-                name="kinetics",
-                model="cart_kinetics",
-                typical=("rho", "alpha", "FB", "V_car", "sigma_cart"),
-                iiv=(),
-                endpoints=("cart_blood",),
-                sampler="map",
-                reasons=_KINETICS_REASONS,
-            ),
+            replace(_POOLED_KINETICS, name="kinetics"),
             Stage(
                 name="core",
                 model=None,
