@@ -1004,7 +1004,10 @@ def main(argv=None) -> None:
             f"### fit benchmark profile (T/B/I, issue #3), {now}\n\n`python benchmarks/fit.py "
             f"--profile`: one log-density gradient of pkpd's T/B/I model (20 subjects, "
             f"rtol {RTOL:g}, atol {ATOL:g} unless stated), median over 10 points near the "
-            f"truth; load average {os.getloadavg()[0]:.1f} at the start.\n\n{profile(args)}\n"
+            f"truth; load average {os.getloadavg()[0]:.1f} at the start; machine "
+            f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}; jax "
+            f"{_version('jax')}, diffrax {_version('diffrax')}, nutpie {_version('nutpie')}."
+            f"\n\n{profile(args)}\n"
         )
         print(text)
         if args.write:
