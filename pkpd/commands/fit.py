@@ -69,8 +69,14 @@ def fit_cmd(
     solver: Annotated[
         str, typer.Option(help="auto (closed form when available), tsit5, kvaerno5, ...")
     ] = "auto",
-    rtol: Annotated[float, typer.Option(help="Relative tolerance of the ODE solver.")] = 1e-6,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance (state units).")] = 1e-9,
+    rtol: Annotated[
+        float | None,
+        typer.Option(help="Relative tolerance of the ODE solver (default: fitting's, 1e-6)."),
+    ] = None,
+    atol: Annotated[
+        float | None,
+        typer.Option(help="Absolute tolerance, state units (default: fitting's, 1e-14)."),
+    ] = None,
     time_unit: Annotated[
         str | None, typer.Option(help="Time unit of the dataset (default: the model's).")
     ] = None,
@@ -80,12 +86,16 @@ def fit_cmd(
     from pkpd.cli import _fail, _load_data, _load_model
     from pkpd.errors import DatasetError
     from pkpd.inference import fit
+    from pkpd.inference.builder import FIT_ATOL, FIT_MAX_STEPS, FIT_RTOL
     from pkpd.solve import Solver
 
     spec = _load_model(model)
     cohort = _load_data(data, time_unit)
+    # The library's fitting tolerances unless told otherwise (the command used atol 1e-9 and
+    # 100,000 steps per interval until 2026-11-23, unlike `fit`).
     try:
-        cfg = Solver(method=solver, rtol=rtol, atol=atol)
+        cfg = Solver(method=solver, rtol=FIT_RTOL if rtol is None else rtol,
+                     atol=FIT_ATOL if atol is None else atol, max_steps=FIT_MAX_STEPS)
     except ValueError as exc:
         _fail(str(exc))
     if not out.parent.exists():

@@ -13,7 +13,14 @@ from pkpd.inference.builder import ModelInfo, build_model, default_solver, prepa
 from pkpd.inference.diagnostics import THRESHOLDS, FitWarning, convergence
 from pkpd.inference.fitresult import Fit, ModelChangedError, load_fit
 from pkpd.inference.profiles import PROFILES, Profile, Stage, fit_staged
-from pkpd.inference.sample import DEFAULT_SAMPLER, SAMPLERS, FitSettings, fit, map_estimate
+from pkpd.inference.sample import (
+    DEFAULT_SAMPLER,
+    SAMPLERS,
+    FitSettings,
+    fit,
+    map_estimate,
+    start_point,
+)
 
 __all__ = [
     "DEFAULT_SAMPLER",
@@ -35,4 +42,5 @@ __all__ = [
     "load_fit",
     "map_estimate",
     "prepare_model",
+    "start_point",
 ]

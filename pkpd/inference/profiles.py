@@ -18,10 +18,12 @@ A profile is a list of stages (`Stage`). Each stage fits one model (the profile'
 nested one, e.g. ``cart_kinetics`` inside ``cart_crs``) to the endpoints it names, estimating
 the typical values and IIV it names; the other parameters are fixed at their typical values,
 or, when an earlier stage estimated them, at that stage's estimate (the sequential approach of
-PK/PD modelling: Zhang, Beal & Sheiner 2003, J Pharmacokinet Pharmacodyn 30:387). Earlier
-stages are point estimates (MAP) or Pathfinder; the last stage is NUTS. Fixing a parameter at
-an earlier stage's estimate ignores its uncertainty: the last stage's intervals are conditional
-on it, which `fit_staged` records (``fixed_from``) so a reader can see it.
+PK/PD modelling: Zhang, Beal & Sheiner 2003, J Pharmacokinet Pharmacodyn 30:387). A parameter
+that an earlier stage estimated and this stage estimates again starts there (``started_from``):
+the earlier stage then only shortens the warm-up. Earlier stages are point estimates (MAP) or
+Pathfinder; the last stage is NUTS. Fixing a parameter at an earlier stage's estimate ignores
+its uncertainty: the last stage's intervals are conditional on it, which `fit_staged` records
+(``fixed_from``) so a reader can see it.
 """
 
 from __future__ import annotations
@@ -108,6 +110,9 @@ _KINETICS_REASONS = {
 _CORE_REASONS = {
     "rho": _KINETICS_REASONS["rho"],
     "alpha": _KINETICS_REASONS["alpha"],
+    # V_car only scales the observed counts (no ODE sensitivity): estimating it costs a
+    # dimension, not a solve, and a pooled-MAP plug-in was 15% low (docs/cart-fitting.md).
+    "V_car": _KINETICS_REASONS["V_car"],
     "sigma_cart": _KINETICS_REASONS["sigma_cart"],
     "K_kill": "myeloid activation per engaged CAR-T cell: the timing of the IL-6 rise after "
     "the CAR-T expansion",
@@ -140,20 +145,23 @@ PROFILES: dict[str, Profile] = {
         name="cart_kinetics",
         description=(
             "CAR-T kinetics only (model cart_kinetics, CAR-T blood counts): a pooled MAP of "
-            "the kinetics, then NUTS on expansion, contraction and memory with IIV on "
-            "expansion and contraction, V_car fixed at the MAP"
+            "the kinetics, then NUTS from there on expansion, contraction, memory and the "
+            "apparent volume, with IIV on expansion, contraction and memory"
         ),
         stages=(
             _POOLED_KINETICS,
             Stage(
                 name="kinetics",
                 model="cart_kinetics",
-                typical=("rho", "alpha", "FB", "sigma_cart"),
-                # IIV where Stein 2019 reports the largest between-patient variability of the
-                # curve's shape (expansion and contraction); FB's is informed by one sample.
-                iiv=("rho", "alpha"),
+                typical=("rho", "alpha", "FB", "V_car", "sigma_cart"),
+                # IIV where Stein 2019 reports the largest between-patient variability (omega
+                # 0.95 on alpha, 0.89 on logit FB; rho's carries Stein's fold-expansion
+                # variability). Without IIV on FB the day-90 counts' spread went into
+                # sigma_cart (0.63 vs 0.56) and, with V_car fixed at the pooled MAP (427 vs
+                # 500 L), alpha was missed (RESULTS.md, CAR-T recovery 07:48 vs 12:15).
+                iiv=("rho", "alpha", "FB"),
                 endpoints=("cart_blood",),
-                reasons={k: v for k, v in _KINETICS_REASONS.items() if k != "V_car"},
+                reasons=_KINETICS_REASONS,
             ),
         ),
     ),
@@ -161,7 +169,7 @@ PROFILES: dict[str, Profile] = {
         name="cart_crs_core",
         description=(
             "CAR-T kinetics, IL-6 and CRS grades (model cart_crs): a pooled MAP of the nested "
-            "kinetics model on CAR-T counts (V_car and FB are fixed there), then NUTS on 12 "
+            "kinetics model on CAR-T counts (FB is fixed there), then NUTS from there on 13 "
             "typical values with IIV on expansion, contraction, IL-6 production and baseline"
         ),
         stages=(
@@ -309,7 +317,12 @@ def fit_staged(
         Random seed of every stage (the same seed gives the same result).
     sampler : str, optional
         Sampler of the last stage (`pkpd.inference.fit`; default NUTS with nutpie).
-    chains, draws, tune, init, gradient, solver, progressbar, sampler_kwargs
+    init : str, optional
+        Start of the last stage (`pkpd.inference.fit`). ``"prior"`` (default): the estimates of
+        earlier stages for the parameters it estimates again, prior medians for the rest;
+        ``"map"`` or ``"pathfinder"``: as in `fit`. An earlier stage always starts from the
+        estimates of the stages before it.
+    chains, draws, tune, gradient, solver, progressbar, sampler_kwargs
         Settings of the last stage, passed to `pkpd.inference.fit` (earlier stages use the same
         ``gradient`` and ``solver``).
 
@@ -318,8 +331,9 @@ def fit_staged(
     Fit
         The last stage's fit: its ``spec`` is the profile (`ModelSpec.estimate_only`, saved
         with the fit); ``extra["staged"]`` records the profile and, per stage, the model and
-        its hash, the estimated and fixed-from-earlier parameters, the endpoints, the
-        observations used, the sampler settings, the estimates and the wall time.
+        its hash, the estimated, fixed-from-earlier (``fixed_from``) and started-from-earlier
+        (``started_from``) parameters, the endpoints, the observations used, the sampler
+        settings, the estimates and the wall time.
 
     Raises
     ------
@@ -348,17 +362,22 @@ def fit_staged(
         full = base if stage.model is None else load_model(stage.model)
         carried = {n: v for n, (v, _) in estimates.items()
                    if n in full.parameters and n not in stage.typical}
+        starts = {n: estimates[n] for n in stage.typical if n in estimates}
         staged_spec = full.estimate_only(stage.typical, stage.iiv, values=carried,
                                          suffix=f"{prof.name}.{stage.name}")
         stage_data = select_endpoints(data, stage.endpoints, base, full,
                                       [e for e in stage.predose_zero if e in stage.endpoints])
         kwargs: dict[str, Any] = dict(seed=seed, gradient=gradient, solver=solver,
                                       progressbar=progressbar)
+        stage_init: Any = init
+        if starts and (init == "prior" or not last):
+            stage_init = {n: v for n, (v, _) in starts.items()}
         if last:
-            kwargs.update(sampler=sampler, chains=chains, draws=draws, tune=tune, init=init,
-                          sampler_kwargs=dict(sampler_kwargs or {}))
+            kwargs.update(sampler=sampler, chains=chains, draws=draws, tune=tune,
+                          init=stage_init, sampler_kwargs=dict(sampler_kwargs or {}))
         else:
-            kwargs.update(sampler=stage.sampler, log_likelihood_group=False)
+            kwargs.update(sampler=stage.sampler, log_likelihood_group=False,
+                          init=stage_init if starts else "prior")
             if stage.sampler == "pathfinder":
                 kwargs["draws"] = 1000
         result = fit(staged_spec, stage_data, **kwargs)
@@ -371,6 +390,8 @@ def fit_staged(
             "iiv": list(stage.iiv),
             "fixed_from": {n: {"value": estimates[n][0], "stage": estimates[n][1]}
                            for n in carried},
+            "started_from": ({n: {"value": v, "stage": st} for n, (v, st) in starts.items()}
+                             if isinstance(stage_init, dict) else {}),
             "endpoints": list(stage.endpoints),
             "n_observations": int(stage_data.n_observations),
             "settings": asdict(result.settings),

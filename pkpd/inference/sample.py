@@ -10,13 +10,16 @@ default; the measurements are in ``docs/inference.md``. Chains start from the pr
 (``z = 0``: every subject typical) plus PyMC's uniform(-1, 1) jitter on the unconstrained scale,
 so they start in a plausible region, not in a stiff corner of parameter space, yet apart from
 each other (R-hat needs dispersed starts); ``init="map"`` starts from the joint MAP instead (found
-with L-BFGS on the JAX-compiled log-density). The same ``seed`` gives the same draws.
+with L-BFGS on the JAX-compiled log-density), and ``init={"CL": 2.7, ...}`` from given typical
+values (e.g. an earlier, simpler fit's estimates; `start_point`). The same ``seed`` gives the same
+draws.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +54,7 @@ class FitSettings:
     seed : int
         The random seed.
     init : str
-        ``"map"`` or ``"prior"``.
+        ``"map"``, ``"prior"``, ``"pathfinder"`` or ``"values"`` (started at `init_values`).
     target_accept : float
         NUTS target acceptance rate.
     solver : str
@@ -65,6 +68,8 @@ class FitSettings:
     sampler_kwargs : dict
         Extra keyword arguments given to the sampler (e.g. nutpie's
         ``low_rank_modified_mass_matrix``), as passed to `fit`.
+    init_values : dict of str to float
+        The typical values chains started from (``init="values"``), natural scale.
     """
 
     sampler: str
@@ -80,6 +85,7 @@ class FitSettings:
     gradient: str = "forward"
     wall_time: dict[str, float] = field(default_factory=dict)
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_values: dict[str, float] = field(default_factory=dict)
 
 
 def _flat_fn(pm_model: Any) -> tuple[Any, list[str], list[tuple[int, ...]]]:
@@ -156,6 +162,76 @@ def map_estimate(pm_model: Any, start: dict[str, np.ndarray] | None = None,
     report = {"logp": -float(res.fun), "success": bool(res.success),
               "message": str(res.message), "nit": int(res.nit)}
     return out, report
+
+
+def start_point(pm_model: Any, values: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """Return the model's initial point with some parameters set to given values.
+
+    Parameters
+    ----------
+    pm_model : pymc.Model
+        A model from `build_model`.
+    values : mapping of str to float
+        Values on the natural scale of estimated parameters (typical values by their model-file
+        name, IIV SDs as ``omega_<name>``). A parameter with a log-normal or logit-normal prior
+        is set through its free ``log_``/``logit_`` variable.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The initial point on the unconstrained scale (value-variable names, what `map_estimate`
+        takes); the others stay at the prior medians (``z = 0``).
+
+    Raises
+    ------
+    KeyError
+        For a name that is not a scalar free parameter of the model (fixed, unknown, or one of
+        the ordered cutpoint vectors' elements).
+    ValueError
+        For a value outside the parameter's support (non-finite, <= 0 on a log scale, not in
+        (0, 1) on a logit scale).
+    """
+    point = {k: np.array(v, dtype=float) for k, v in pm_model.initial_point().items()}
+    free = {rv.name: rv for rv in pm_model.free_RVs}
+    for name, value in values.items():
+        x = float(value)
+        if f"log_{name}" in free and f"log_{name}" in point:
+            key, u = f"log_{name}", np.log(x) if x > 0 else np.nan
+        elif f"logit_{name}" in free and f"logit_{name}" in point:
+            key, u = f"logit_{name}", np.log(x / (1 - x)) if 0 < x < 1 else np.nan
+        elif name in free:
+            rv = free[name]
+            key = pm_model.rvs_to_values[rv].name
+            transform = pm_model.rvs_to_transforms.get(rv)
+            if np.ndim(point[key]) != 0:
+                raise KeyError(f"{name!r} is not a scalar parameter; start values are for "
+                               "typical values and IIV SDs")
+            if transform is None:
+                u = x
+            else:
+                u = float(transform.forward(np.asarray(x), *rv.owner.inputs).eval())
+        else:
+            known = sorted(n[4:] if n.startswith("log_") else n[6:] if n.startswith("logit_")
+                           else n for n in free if n != "z" and np.ndim(point.get(
+                               pm_model.rvs_to_values[free[n]].name, 0)) == 0)
+            raise KeyError(f"no free parameter {name!r} to start from; estimated: "
+                           f"{', '.join(known)}")
+        if not np.isfinite(u):
+            raise ValueError(f"start value {x!r} of {name!r} is outside its support")
+        point[key] = np.asarray(u, dtype=float)
+    return point
+
+
+def _constrained(pm_model: Any, point: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Free variables on their constrained scale at an unconstrained point."""
+    # unobserved_value_vars: the value variables, then each transformed one back on its
+    # constrained scale under the free variable's name, then the deterministics.
+    by_name = {v.name: v for v in pm_model.unobserved_value_vars}
+    names = [rv.name for rv in pm_model.free_RVs]
+    fn = pm_model.compile_fn([by_name[n] for n in names], inputs=pm_model.value_vars,
+                             on_unused_input="ignore", point_fn=False)
+    out = fn(*[point[v.name] for v in pm_model.value_vars])
+    return {n: np.asarray(v) for n, v in zip(names, out, strict=True)}
 
 
 def _initvals(pm_model: Any, point: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -349,7 +425,7 @@ def fit(
     draws: int = 1000,
     tune: int = 1000,
     seed: int = 0,
-    init: str = "prior",
+    init: str | Mapping[str, float] = "prior",
     solver: Solver | None = None,
     progressbar: bool = True,
     target_accept: float = 0.8,
@@ -386,7 +462,10 @@ def fit(
         hierarchical posterior can be degenerate (large omega, small residual error): on a
         simulated 60-subject study a chain started there never moved (step size 1e-29), so
         ``"map"`` is not the default. ``"pathfinder"`` starts from the median of Pathfinder
-        draws (`pkpd.inference.pathfinder.pathfinder_start`).
+        draws (`pkpd.inference.pathfinder.pathfinder_start`). A mapping ``{name: value}``
+        starts from those typical values (natural scale; IIV SDs as ``omega_<name>``) and the
+        prior medians for the rest (`start_point`), e.g. an earlier, simpler fit's estimates;
+        with ``sampler="map"`` the optimisation starts there.
     solver : Solver, optional
         ODE solver of the likelihood (default: closed form when available, else Tsit5,
         rtol 1e-6, atol 1e-14, 4096 steps per interval; `pkpd.inference.default_solver`).
@@ -413,8 +492,13 @@ def fit(
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if init not in ("map", "prior", "pathfinder"):
-        raise ValueError(f"init must be 'map', 'prior' or 'pathfinder', got {init!r}")
+    init_values: dict[str, float] = {}
+    if isinstance(init, Mapping):
+        init_values = {str(k): float(v) for k, v in init.items()}
+        init = "values"
+    elif init not in ("map", "prior", "pathfinder"):
+        raise ValueError("init must be 'map', 'prior', 'pathfinder' or a mapping of start "
+                         f"values, got {init!r}")
     chosen = DEFAULT_SAMPLER if sampler == "auto" else sampler
     seed = int(seed)
     timing: dict[str, float] = {}
@@ -425,8 +509,10 @@ def fit(
 
     t0 = time.perf_counter()
     map_report: dict[str, Any] = {}
+    # Checked before any sampling: a wrong name fails fast.
+    given = start_point(pm_model, init_values) if init_values else None
     if init == "map" or chosen == "map":
-        point, map_report = map_estimate(pm_model)
+        point, map_report = map_estimate(pm_model, start=given)
         if not map_report["success"]:
             warnings.warn(f"MAP optimisation did not converge: {map_report['message']}",
                           stacklevel=2)
@@ -437,6 +523,9 @@ def fit(
         point = None
         start, pf_report = pathfinder_start(pm_model, seed)
         map_report = {"init_" + k: v for k, v in pf_report.items()}
+    elif given is not None:
+        point = None
+        start = _constrained(pm_model, given)
     else:
         point = None
         start = None
@@ -480,6 +569,7 @@ def fit(
         gradient=gradient,
         wall_time=timing,
         sampler_kwargs=dict(sampler_kwargs or {}),
+        init_values=init_values,
     )
     return Fit(idata=idata, spec=info.spec, cohort=info.cohort, settings=settings,
                info=info, extra={"map": map_report, **extra})

@@ -54,3 +54,23 @@ def test_bad_inputs_exit_2(tmp_path):
     assert result.exit_code == 2
     assert "unknown sampler" in result.stderr
     assert invoke("summary", tmp_path / "missing.nc").exit_code == 2
+
+
+def test_fit_command_uses_the_fitting_tolerances(tmp_path):
+    """Regression: `pkpd fit` solved with atol 1e-9 and 100,000 steps per interval, not the
+    fitting defaults of `fit` (rtol 1e-6, atol 1e-14, 4096 steps)."""
+    from pkpd.inference.builder import FIT_ATOL, FIT_MAX_STEPS, FIT_RTOL
+    from pkpd.solve import Solver
+
+    out = tmp_path / "map.nc"
+    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--sampler", "map",
+                    "--no-progress")
+    assert result.exit_code == 1, result.output  # MAP is always flagged
+    default = Solver("auto", rtol=FIT_RTOL, atol=FIT_ATOL, max_steps=FIT_MAX_STEPS)
+    assert load_fit(out).settings.solver == repr(default)
+    out2 = tmp_path / "map2.nc"
+    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out2, "--sampler", "map",
+                    "--atol", 1e-10, "--solver", "tsit5", "--no-progress")
+    assert result.exit_code == 1, result.output
+    given = Solver("tsit5", rtol=FIT_RTOL, atol=1e-10, max_steps=FIT_MAX_STEPS)
+    assert load_fit(out2).settings.solver == repr(given)

@@ -76,7 +76,7 @@ def test_fixed_parameters_are_not_free_in_the_pymc_model(tiny, crs, kin):
     assert len(pm_model.free_RVs) == len(stage.typical) + len(stage.iiv) + 1
     for name in [*stage.typical, *(f"omega_{n}" for n in stage.iiv), "z"]:
         assert name in pm_model.named_vars, name
-    for name in ("V_car", "beta", "K_B", "omega_FB", "omega_beta"):
+    for name in ("beta", "K_B", "gamma_B", "omega_beta", "omega_V_car"):
         assert name not in pm_model.named_vars, name
     assert info.iiv == stage.iiv
     full_model, _ = build_model(kin, data)
@@ -134,13 +134,15 @@ def test_staged_fit_records_its_stages_and_is_reproducible(tiny, tmp_path):
     pooled, final = staged["stages"]
     assert pooled["settings"]["sampler"] == "map" and final["settings"]["sampler"] == "nutpie"
     assert final["settings"]["draws"] == 30 and final["settings"]["seed"] == 3
-    # V_car was estimated in the pooled stage only: fixed there in the final stage
-    assert set(final["fixed_from"]) == {"V_car"}
-    v_car = pooled["estimates"]["V_car"]
-    assert final["fixed_from"]["V_car"] == {"value": v_car, "stage": "pooled"}
-    assert first.spec.parameters["V_car"].fixed
-    assert first.spec.parameters["V_car"].value == v_car
-    assert first.spec.estimated() == ["rho", "alpha", "FB", "sigma_cart"]
+    # every parameter of the pooled stage is estimated again: none fixed, all started there
+    assert final["fixed_from"] == {}
+    assert final["started_from"] == {n: {"value": v, "stage": "pooled"}
+                                     for n, v in pooled["estimates"].items()}
+    assert final["settings"]["init"] == "values"
+    assert final["settings"]["init_values"] == pooled["estimates"]
+    assert pooled["started_from"] == {} and pooled["settings"]["init"] == "prior"
+    assert not first.spec.parameters["V_car"].fixed
+    assert first.spec.estimated() == ["rho", "alpha", "FB", "V_car", "sigma_cart"]
     assert first.idata.posterior.sizes["draw"] == 30
     # the fit saves and reloads as the profile it is
     path = first.save(tmp_path / "staged.nc")
@@ -153,3 +155,24 @@ def test_staged_fit_records_its_stages_and_is_reproducible(tiny, tmp_path):
     assert second.extra["staged"]["stages"][0]["estimates"] == pooled["estimates"]
     np.testing.assert_array_equal(second.idata.posterior["rho"].values,
                                   first.idata.posterior["rho"].values)
+
+
+@pytest.mark.slow
+def test_later_stages_start_from_or_fix_earlier_estimates(tiny):
+    """A parameter estimated again starts at the earlier estimate; one not estimated again is
+    fixed there; the later MAP moves from its start only where the data say so."""
+    prof = Profile("two_maps", "", (
+        Stage("first", "cart_kinetics", ("rho", "V_car"), (), ("cart_blood",),
+              reasons={"rho": "x", "V_car": "x"}),
+        Stage("second", "cart_kinetics", ("rho", "alpha"), (), ("cart_blood",),
+              reasons={"rho": "x", "alpha": "x"}),
+    ))
+    result = fit_staged("cart_crs", tiny, prof, seed=2, sampler="map")
+    first, second = result.extra["staged"]["stages"]
+    v_car, rho = first["estimates"]["V_car"], first["estimates"]["rho"]
+    assert second["fixed_from"] == {"V_car": {"value": v_car, "stage": "first"}}
+    assert second["started_from"] == {"rho": {"value": rho, "stage": "first"}}
+    assert second["settings"]["init_values"] == {"rho": rho}
+    assert result.spec.parameters["V_car"].fixed
+    assert result.spec.parameters["V_car"].value == v_car
+    assert np.isfinite(second["estimates"]["alpha"])
