@@ -348,8 +348,10 @@ def parameter_table(
     Returns
     -------
     pandas.DataFrame
-        One row per typical value, IIV and residual parameter: ``kind`` (``typical``,
-        ``covariate``, ``IIV``, ``residual``, ``cutpoint``), ``unit``, ``median``, ``lower``,
+        One row per typical value, IIV and residual parameter, and, for a fit with correlated
+        IIV (``corr_iiv`` in the draws), one row ``corr(A,B)`` per pair of IIV parameters (the
+        correlation of their random effects): ``kind`` (``typical``, ``covariate``, ``IIV``,
+        ``IIV correlation``, ``residual``, ``cutpoint``), ``unit``, ``median``, ``lower``,
         ``upper`` (the credible interval), ``cv_percent`` (IIV: the %CV, median),
         ``cv_lower``, ``cv_upper``, ``shrinkage`` (IIV), ``rhat``, ``ess_bulk``, ``ess_tail``.
     """
@@ -377,7 +379,8 @@ def parameter_table(
 
     kind_of = {"structural": "typical", "covariate": "covariate", "residual": "residual",
                "cutpoint": "cutpoint"}
-    order = {"typical": 0, "covariate": 1, "IIV": 2, "residual": 3, "cutpoint": 4}
+    order = {"typical": 0, "covariate": 1, "IIV": 2, "IIV correlation": 3, "residual": 4,
+             "cutpoint": 5}
     for name, role in roles.items():
         if name not in post:
             continue
@@ -400,6 +403,12 @@ def parameter_table(
         if eta is not None:
             row["shrinkage"] = shrinkage(eta[..., k], row["median"])
         rows.append(row)
+    if "corr_iiv" in post:
+        corr = np.asarray(post["corr_iiv"].values)  # (chain, draw, iiv, iiv)
+        for i, a in enumerate(iiv):
+            for j in range(i + 1, len(iiv)):
+                rows.append({"parameter": f"corr({a},{iiv[j]})", "kind": "IIV correlation",
+                             "unit": "1", **stats(corr[..., i, j])})
     table = pd.DataFrame(rows)
     columns = ["parameter", "kind", "unit", "median", "lower", "upper", "cv_percent",
                "cv_lower", "cv_upper", "shrinkage", "rhat", "ess_bulk", "ess_tail"]

@@ -91,3 +91,37 @@ def test_a_deliberately_bad_fit_is_flagged_everywhere(tmp_path):
     fig = plot_vpc(bad, tmp_path / "vpc.png", n_sim=20)
     assert fig._suptitle.get_text().startswith("FLAGGED")
     assert "FLAGGED" in repr(bad)
+
+
+def test_summary_lists_iiv_correlations():
+    """A correlated-IIV fit's summary has one row per pair, with the correlation's interval."""
+    import pkpd
+    from pkpd.inference.diagnostics import format_table, parameter_table
+
+    rng = np.random.default_rng(5)
+    chains, draws = 4, 500
+    r = np.tanh(0.6 + 0.05 * rng.standard_normal((chains, draws)))  # corr(CL, V) near 0.54
+    corr = np.zeros((chains, draws, 3, 3))
+    corr[..., 0, 0] = corr[..., 1, 1] = corr[..., 2, 2] = 1.0
+    corr[..., 1, 2] = corr[..., 2, 1] = r
+    idata = az.from_dict(posterior={
+        "CL": 2.7 + 0.1 * rng.standard_normal((chains, draws)),
+        "omega_ka": 0.6 + 0.05 * rng.standard_normal((chains, draws)),
+        "omega_CL": 0.3 + 0.02 * rng.standard_normal((chains, draws)),
+        "omega_V": 0.15 + 0.01 * rng.standard_normal((chains, draws)),
+        "corr_iiv": corr,
+    })
+    spec = pkpd.load_model("pk_1cmt_oral")
+    table = parameter_table(idata, spec, {"CL": "structural"}, ("ka", "CL", "V"))
+    pairs = table[table["kind"] == "IIV correlation"]
+    assert list(pairs.index) == ["corr(ka,CL)", "corr(ka,V)", "corr(CL,V)"]
+    assert pairs.loc["corr(CL,V)", "median"] == pytest.approx(np.median(r))
+    assert pairs.loc["corr(CL,V)", "lower"] == pytest.approx(np.quantile(r, 0.025))
+    assert pairs.loc["corr(ka,V)", "median"] == 0.0
+    assert list(table["kind"]) == ["typical", "IIV", "IIV", "IIV", "IIV correlation",
+                                   "IIV correlation", "IIV correlation"]
+    assert "corr(CL,V)" in format_table(table, "OK")
+    # no correlation rows without correlated IIV
+    plain = parameter_table(idata.posterior.drop_vars("corr_iiv").pipe(
+        lambda p: az.InferenceData(posterior=p)), spec, {"CL": "structural"}, ("ka", "CL", "V"))
+    assert "IIV correlation" not in set(plain["kind"])
