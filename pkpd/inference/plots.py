@@ -67,7 +67,8 @@ def plot_vpc(fit: Any, path: str | Path | None = None, *, n_sim: int = 200, n_bi
     (points and lines) over the 95% intervals of the same percentiles in ``n_sim`` simulated
     studies with new subjects (shaded). With censored data, a second panel compares the observed
     fraction below the LLOQ with its simulated interval; percentiles below the LLOQ are not
-    drawn.
+    drawn. Per ordinal endpoint (grades), the observed fraction of records with grade >= k in
+    each time bin, for every grade k above the lowest, over its simulated 95% interval.
 
     Parameters
     ----------
@@ -104,6 +105,11 @@ def plot_vpc(fit: Any, path: str | Path | None = None, *, n_sim: int = 200, n_bi
         ax = axes[0, j]
         sub = table[table["endpoint"] == name]
         e = info.model.endpoints.index(name)
+        if sub["level"].notna().all():  # ordinal: fractions at or above each grade
+            _ordinal_panel(ax, sub, name, info.model.time_unit)
+            if censored:
+                axes[1, j].set_visible(False)
+            continue
         here = (obs.endpoint == e) & (obs.cens == 0)
         ax.plot(obs.time[here], obs.dv[here], "o", color="0.6", ms=3, alpha=0.6,
                 label="observed")
@@ -142,6 +148,22 @@ def plot_vpc(fit: Any, path: str | Path | None = None, *, n_sim: int = 200, n_bi
     text = (f"VPC: {fit.spec.name} on {fit.cohort.source} "
             f"({table.attrs.get('n_sim', n_sim)} simulated studies)")
     return _finish(fig, fit, text, path)
+
+
+def _ordinal_panel(ax: Any, sub: Any, name: str, time_unit: str) -> None:
+    """One ordinal endpoint of a VPC: observed and simulated fractions with grade >= k."""
+    for k, (level, part) in enumerate(sub.groupby("level")):
+        color = f"C{k}"
+        ax.fill_between(part["t_mid"], part["sim_lo"], part["sim_hi"], color=color, alpha=0.2,
+                        lw=0)
+        ax.plot(part["t_mid"], part["observed"], "o-", color=color, lw=1.5, ms=3,
+                label=f"observed {name} >= {level:g}")
+        ax.plot(part["t_mid"], part["sim_median"], "--", color=color, lw=1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"time ({time_unit})")
+    ax.set_ylabel(f"fraction of records with {name} >= k")
+    ax.set_title(f"{name}: shaded = 95% PI of simulated fractions", fontsize=8)
+    ax.legend(fontsize=7)
 
 
 def plot_individual(fit: Any, path: str | Path | None = None, *, subjects: Any = None,

@@ -350,16 +350,18 @@ def vpc_table(fit: Any, n_sim: int = 200, n_bins: int = 8,
     pandas.DataFrame
         One row per (endpoint, bin, quantile): ``endpoint``, ``bin``, ``t_lo``, ``t_hi``,
         ``t_mid`` (median time), ``n``, ``q``, ``observed``, ``sim_median``, ``sim_lo``,
-        ``sim_hi``, ``blq_observed``, ``blq_sim_median``, ``blq_sim_lo``, ``blq_sim_hi``.
-        Ordinal endpoints are left out.
+        ``sim_hi``, ``blq_observed``, ``blq_sim_median``, ``blq_sim_lo``, ``blq_sim_hi``, and
+        ``level`` (NaN). An ordinal endpoint (grades) has instead one row per (bin, level
+        above the lowest): ``level`` is the grade k, ``observed`` the fraction of the bin's
+        records with grade >= k, ``sim_*`` the median and interval of that fraction in the
+        replicates, ``q`` and ``blq_*`` NaN.
     """
     rep = posterior_predictive(fit, n_draws=n_sim, seed=seed, new_subjects=True)
     info = fit.info
     lo_q, hi_q = (1 - interval) / 2, 1 - (1 - interval) / 2
     rows = []
     for name in info.model.endpoints:
-        if info.spec.observations[name].error == "ordinal":
-            continue
+        ospec = info.spec.observations[name]
         sel = np.flatnonzero(rep["endpoint"].values == name)
         if sel.size == 0:
             continue
@@ -369,6 +371,23 @@ def vpc_table(fit: Any, n_sim: int = 200, n_bins: int = 8,
         for b in range(len(edges) - 1):
             cols = sel[which == b]
             if cols.size == 0:
+                continue
+            if ospec.error == "ordinal":
+                y_obs = rep["y"].values[cols]
+                y_sim = rep["y_rep"].values[:, cols]
+                for level in ospec.levels[1:]:
+                    frac = (y_sim >= level).mean(axis=1)
+                    rows.append({
+                        "endpoint": name, "bin": b, "t_lo": edges[b], "t_hi": edges[b + 1],
+                        "t_mid": float(np.median(t[which == b])), "n": int(cols.size),
+                        "q": np.nan, "level": float(level),
+                        "observed": float(np.mean(y_obs >= level)),
+                        "sim_median": float(np.median(frac)),
+                        "sim_lo": float(np.quantile(frac, lo_q)),
+                        "sim_hi": float(np.quantile(frac, hi_q)),
+                        "blq_observed": np.nan, "blq_sim_median": np.nan,
+                        "blq_sim_lo": np.nan, "blq_sim_hi": np.nan,
+                    })
                 continue
             y_obs = np.nan_to_num(rep["y"].values[cols], nan=-np.inf)
             cens_obs = rep["cens"].values[cols] == 1
@@ -388,6 +407,7 @@ def vpc_table(fit: Any, n_sim: int = 200, n_bins: int = 8,
                     "t_mid": float(np.median(t[which == b])),
                     "n": int(cols.size),
                     "q": q,
+                    "level": np.nan,
                     "observed": float(observed),
                     "sim_median": _finite_or_nan(np.quantile(simulated, 0.5, method="nearest")),
                     "sim_lo": _finite_or_nan(np.quantile(simulated, lo_q, method="nearest")),
