@@ -9,6 +9,7 @@ round-off ~eps |f| / h ~ 1e-8 for |f| ~ 400; the ODE runs at rtol 1e-12 so that 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from pkpd.inference import build_model
 from pkpd.solve import Solver
@@ -80,3 +81,28 @@ def test_failed_solve_rejects_the_proposal():
                               solver=Solver("tsit5", rtol=1e-6, atol=1e-9, max_steps=4096))
     g, _ = _logp_function(ok_model)
     assert np.isfinite(float(jax.jit(g)(jnp.asarray(x0))))
+
+
+
+@pytest.mark.slow
+def test_pytensor_gradient_matches_the_jax_gradient(multi_spec, multi_cohort):
+    """PyMC's own NUTS evaluates the log-density and gradient through PyTensor (the op's
+    ``perform`` and its gradient graph), not through the jaxified graph that nutpie and
+    numpyro use: both paths must give the same numbers (ODE, several endpoints, censoring,
+    grades; the default forward sensitivities)."""
+    pm_model, _ = build_model(multi_spec, multi_cohort)
+    f, x0 = _logp_function(pm_model)
+    x = x0 + np.random.default_rng(21).normal(0.0, 0.3, x0.size)
+    init = pm_model.initial_point()
+    point, start = {}, 0
+    for v in pm_model.value_vars:
+        shape = np.shape(init[v.name])
+        size = int(np.prod(shape))
+        point[v.name] = x[start:start + size].reshape(shape)
+        start += size
+    logp_pt = pm_model.compile_logp()(point)
+    dlogp_pt = pm_model.compile_dlogp()(point)  # flat, in value_vars order
+    value, grad = jax.jit(jax.value_and_grad(f))(jnp.asarray(x))
+    assert np.isfinite(float(value))
+    assert float(logp_pt) == pytest.approx(float(value), rel=1e-12)
+    np.testing.assert_allclose(np.asarray(dlogp_pt), np.asarray(grad), rtol=1e-9, atol=1e-10)
