@@ -369,15 +369,15 @@ def fit_staged(
                                       [e for e in stage.predose_zero if e in stage.endpoints])
         kwargs: dict[str, Any] = dict(seed=seed, gradient=gradient, solver=solver,
                                       progressbar=progressbar)
-        stage_init: Any = init
-        if starts and (init == "prior" or not last):
+        # Earlier estimates as the start, unless the user chose another start for the last stage.
+        stage_init: Any = init if last else "prior"
+        if starts and stage_init == "prior":
             stage_init = {n: v for n, (v, _) in starts.items()}
         if last:
             kwargs.update(sampler=sampler, chains=chains, draws=draws, tune=tune,
                           init=stage_init, sampler_kwargs=dict(sampler_kwargs or {}))
         else:
-            kwargs.update(sampler=stage.sampler, log_likelihood_group=False,
-                          init=stage_init if starts else "prior")
+            kwargs.update(sampler=stage.sampler, log_likelihood_group=False, init=stage_init)
             if stage.sampler == "pathfinder":
                 kwargs["draws"] = 1000
         result = fit(staged_spec, stage_data, **kwargs)
