@@ -9,7 +9,14 @@
 See ``docs/strategies.md``.
 """
 
-from pkpd.strategies.metrics import Metric, compare, decision_table, default_metrics, subgroup_masks
+from pkpd.strategies.metrics import (
+    Metric,
+    compare,
+    decision_table,
+    default_metrics,
+    expected_auc,
+    subgroup_masks,
+)
 from pkpd.strategies.population import BaseDose, Population, make_population, prior_draws
 from pkpd.strategies.regimen import (
     Dose,
@@ -38,6 +45,7 @@ __all__ = [
     "compare",
     "decision_table",
     "default_metrics",
+    "expected_auc",
     "grades",
     "load_strategies",
     "make_population",

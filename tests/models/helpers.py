@@ -10,6 +10,7 @@ import pandas as pd
 import pkpd
 from pkpd.data import from_dataframe
 from pkpd.solve import Solver
+from pkpd.strategies import expected_auc  # noqa: F401  (used by the seed-experiment tests)
 
 SOLVER = Solver(rtol=1e-8, atol=1e-10)
 
@@ -51,21 +52,6 @@ def log_slope_half_life(t: np.ndarray, c: np.ndarray, t1: float, t2: float) -> f
     sel = (t >= t1) & (t <= t2)
     slope = np.polyfit(t[sel], np.log(c[sel]), 1)[0]
     return float(np.log(2) / -slope)
-
-
-def expected_auc(p: np.ndarray, x: np.ndarray) -> float:
-    """Expected ROC AUC of marker x for a binary outcome that occurs with probability p.
-
-    Each patient is a case with probability p and a control with 1 - p (independently), so
-    the AUC is averaged over the grading noise exactly instead of sampled once.
-    """
-    p = np.asarray(p, float)
-    x = np.asarray(x, float)
-    gt = (x[:, None] > x[None, :]) + 0.5 * (x[:, None] == x[None, :])
-    np.fill_diagonal(gt, 0.0)
-    w = p[:, None] * (1 - p)[None, :]
-    np.fill_diagonal(w, 0.0)
-    return float((w * gt).sum() / w.sum())
 
 
 def auc(y: np.ndarray, x: np.ndarray) -> float:

@@ -65,7 +65,7 @@ def cohort(cart_crs):
 def flora(cart_crs):
     # Flora: a larger cohort, because NET propensity is a weak predictor next to tumour burden
     # (at 200 patients chance covariate imbalance moves the AUC by +-0.05).
-    sets = {"typical": {}, "no NET feedback": {"wN": 0.0},
+    sets = {"typical": {}, "no NET effects": {"wN": 0.0, "wVN": 0.0},
             "NET blockade only": {"f1G": 0.0}}  # disulfiram acting on NET formation only
     return run(cart_crs, 500, 2024, [{"name": "none"}, DISULFIRAM], sets)
 
@@ -117,19 +117,16 @@ def test_giavridis_il1_blockade_abates_crs(cohort):
 
 
 def test_flora_net_propensity_predicts_crs(flora):
+    # Issue 4: AUC > 0.65. wVN (models/vascular.toml) was calibrated to an expected AUC of 0.70
+    # on another population (3000 patients, seed 8: scripts/calibrate_nets.py); this cohort is
+    # independent of it (500 patients, seed 2024; SE of the AUC ~0.025).
     netp = flora[0]["NETP"].to_numpy()
-    # Expected AUC ~0.58 at 1500 patients; SE ~0.025 at 500.
-    assert expected_auc(prob(flora, "none", "typical", "crs1"), netp) > 0.53
-    # The mechanism carries the signal: without NET feedback NETP predicts nothing.
-    assert abs(expected_auc(prob(flora, "none", "no NET feedback", "crs1"), netp) - 0.5) < 0.05
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "with the a-priori NET feedback (wN median 0.3) and NETP spread (log-SD 0.7) the expected "
-    "AUC is ~0.58: tumour burden (AUC ~0.80) dominates whether CRS occurs; reported, not tuned"))
-def test_flora_auc_above_065(flora):
     p_any = prob(flora, "none", "typical", "crs1")
-    assert expected_auc(p_any, flora[0]["NETP"].to_numpy()) > 0.65
+    assert expected_auc(p_any, netp) > 0.65
+    # Tumour burden still predicts CRS (Hay 2017): NETs add to it, they do not replace it.
+    assert expected_auc(p_any, flora[0]["TUMOR"].to_numpy()) > 0.75
+    # The mechanism carries the signal: without NET effects NETP predicts nothing.
+    assert abs(expected_auc(prob(flora, "none", "no NET effects", "crs1"), netp) - 0.5) < 0.05
 
 
 def test_flora_net_blockade_helps_high_net_patients_most(flora):

@@ -69,4 +69,8 @@ def test_norelli_anakinra_lowers_both(comparison):
     _, summary = comparison
     for metric in ("P(CRS >= 3)", "P(ICANS >= 3)"):
         mean, _, hi = _diff(summary, metric, "prophylactic_anakinra")
-        assert mean < -0.03 and hi <= 0, metric
+        base = float(summary["mean"].sel(subgroup="all", metric=metric, strategy="none"))
+        # Relative to the untreated rate (the absolute effect scales with it): anakinra removed
+        # 14% of severe CRS (5.0 of 35.6 points) before the NET -> endothelium term and the
+        # recalibrated cutpoints (2026-12-04) and 14% (2.9 of 20.7) after; ~50% of severe ICANS.
+        assert mean < -0.10 * base and hi <= 0, (metric, mean, base)

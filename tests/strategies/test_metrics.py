@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pkpd.strategies import Metric, compare, decision_table, default_metrics, subgroup_masks
+from pkpd.strategies import (
+    Metric,
+    compare,
+    decision_table,
+    default_metrics,
+    expected_auc,
+    subgroup_masks,
+)
 
 
 def outcomes():
@@ -78,3 +85,34 @@ def test_default_metrics_and_table():
     assert list(table.index) == ["ref", "better", "same"]
     assert table.loc["ref", "P(CRS >= 3) vs ref"] == "reference"
     assert table.loc["better", "P(CRS >= 3)"].startswith("10.0%")
+
+
+def test_expected_auc_with_certain_outcomes_is_the_mann_whitney_auc():
+    x = np.array([0.1, 0.4, 0.4, 0.9, 1.5, 2.0])
+    y = np.array([0, 1, 0, 0, 1, 1])
+    # Case-control pairs (case first): (0.4,0.1)=1, (0.4,0.4)=1/2, (0.4,0.9)=0, then 1.5 and 2.0
+    # above all three controls: (1 + 0.5 + 0 + 3 + 3) / 9.
+    assert expected_auc(y.astype(float), x) == pytest.approx(7.5 / 9)
+    assert expected_auc(1.0 - y, x) == pytest.approx(1.5 / 9)  # roles swapped
+
+
+def test_expected_auc_is_the_average_over_outcome_draws():
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=40), 1)  # with ties
+    p = rng.uniform(0.1, 0.9, size=40)
+    # Exact: the ratio of expected concordant pairs to expected case-control pairs (brute force).
+    gt = (x[:, None] > x[None, :]) + 0.5 * (x[:, None] == x[None, :])
+    w = p[:, None] * (1 - p)[None, :]
+    np.fill_diagonal(w, 0.0)
+    assert expected_auc(p, x) == pytest.approx((w * gt).sum() / w.sum(), rel=1e-12)
+    # A marker equal to the outcome probability discriminates.
+    assert expected_auc(p, p) > 0.6
+
+
+def test_expected_auc_rejects_bad_input():
+    with pytest.raises(ValueError, match="equal length"):
+        expected_auc(np.ones(3) / 2, np.ones(4))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        expected_auc(np.array([0.5, 1.5]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="both cases and controls"):
+        expected_auc(np.ones(3), np.arange(3.0))
