@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> str:
         f"chunks of {args.chunk or 'default'}",
         "",
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"JAX {', '.join(str(d) for d in jax.devices())}, jax {jax.__version__}",
+        f"JAX {', '.join(str(d) for d in jax.devices())}, jax {jax.__version__}, "
+        f"load average {open('/proc/loadavg').read().split()[0]} (1 min, after the run)",
         "",
         "| strategy | solver passes | simulations | wall (s) | simulations/min |",
         "|---|---|---|---|---|",
