@@ -256,6 +256,30 @@ def log_likelihood(pm_model: Any, posterior: Any, chunk: int = 1000) -> dict[str
     dict of str to numpy.ndarray
         ``{"y": (chain, draw, n_obs)}``.
     """
+    observed = list(pm_model.observed_RVs)
+    values = _over_draws(pm_model, posterior, pm_model.logp(vars=observed, sum=False), chunk)
+    return {rv.name: v for rv, v in zip(observed, values, strict=True)}
+
+
+def _over_draws(pm_model: Any, posterior: Any, outputs: list, chunk: int = 1000) -> list:
+    """Evaluate PyTensor expressions of the model at every posterior draw, in JAX.
+
+    Parameters
+    ----------
+    pm_model : pymc.Model
+        The model the draws come from.
+    posterior : xarray.Dataset
+        Draws (dims ``chain, draw, ...``) of the free variables on their constrained scale.
+    outputs : list of TensorVariable
+        Expressions of the model's value variables.
+    chunk : int, optional
+        Draws evaluated per vectorised batch.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One ``(chain, draw, ...)`` array per output.
+    """
     import jax
     import jax.numpy as jnp
     import pytensor
@@ -274,10 +298,8 @@ def log_likelihood(pm_model: Any, posterior: Any, chunk: int = 1000) -> dict[str
             replace[value] = transform.forward(constrained, *rv.owner.inputs)
         else:
             replace[value] = constrained
-    observed = list(pm_model.observed_RVs)
-    elementwise = pm_model.logp(vars=observed, sum=False)
-    elementwise = pytensor.graph.replace.graph_replace(elementwise, replace, strict=False)
-    fn = get_jaxified_graph(inputs=inputs, outputs=elementwise)
+    outputs = pytensor.graph.replace.graph_replace(list(outputs), replace, strict=False)
+    fn = get_jaxified_graph(inputs=inputs, outputs=outputs)
     n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
     arrays = [np.asarray(posterior[n].values).reshape(n_chain * n_draw,
                                                       *posterior[n].shape[2:]) for n in names]
@@ -286,11 +308,29 @@ def log_likelihood(pm_model: Any, posterior: Any, chunk: int = 1000) -> dict[str
     for start in range(0, n_chain * n_draw, chunk):
         part = [jnp.asarray(a[start:start + chunk]) for a in arrays]
         outs.append([np.asarray(o) for o in batched(*part)])
-    result = {}
-    for k, rv in enumerate(observed):
+    result = []
+    for k in range(len(outputs)):
         values = np.concatenate([o[k] for o in outs], axis=0)
-        result[rv.name] = values.reshape(n_chain, n_draw, *values.shape[1:])
+        result.append(values.reshape(n_chain, n_draw, *values.shape[1:]))
     return result
+
+
+def _fill_deterministics(pm_model: Any, posterior: Any) -> Any:
+    """Add the model's deterministics that a sampler did not record, computed from the draws."""
+    missing = [d for d in pm_model.deterministics if d.name not in posterior]
+    if not missing:
+        return posterior
+    values = _over_draws(pm_model, posterior, [pm_model.replace_rvs_by_values([d])[0]
+                                               for d in missing])
+    dims = pm_model.named_vars_to_dims
+    for d, v in zip(missing, values, strict=True):
+        names = ("chain", "draw", *(dims.get(d.name) or [f"{d.name}_dim_{i}"
+                                                         for i in range(v.ndim - 2)]))
+        posterior = posterior.assign({d.name: (names, v)})
+        coords = {n: list(pm_model.coords[n]) for n in names[2:]
+                  if n in pm_model.coords and n not in posterior.coords}
+        posterior = posterior.assign_coords(coords)
+    return posterior
 
 
 def _sample_nutpie(pm_model, start, chains, draws, tune, seed, progressbar, target_accept, kw):
@@ -299,11 +339,19 @@ def _sample_nutpie(pm_model, start, chains, draws, tune, seed, progressbar, targ
     # initial_points by name; no jitter_rvs: nutpie freezes the model into a copy whose
     # variables are not ours, and its default jitters every free variable of that copy.
     t0 = time.perf_counter()
+    # nutpie 0.16 fails on the square LKJ deterministics of correlated IIV ("Unexpected expand
+    # key: expected chol_iiv_corr") and drops corr_iiv: leave them out of its trace;
+    # `_standardise` computes them from the draws.
+    square = {"chol_iiv_corr", "chol_iiv_stds", "corr_iiv"}
+    var_names = None
+    if square & {d.name for d in pm_model.deterministics}:
+        var_names = [v.name for v in pm_model.unobserved_value_vars if v.name not in square]
     compiled = nutpie.compile_pymc_model(
         pm_model,
         backend="jax",
         gradient_backend="jax",
         initial_points=start,
+        var_names=var_names,
     )
     _compile_logp_now(compiled)
     compile_s = time.perf_counter() - t0
@@ -585,7 +633,7 @@ def _standardise(idata: Any, pm_model: Any, info: ModelInfo, with_loglik: bool) 
 
     obs = info.observations
     keep = [rv.name for rv in pm_model.free_RVs] + [d.name for d in pm_model.deterministics]
-    post = idata.posterior
+    post = _fill_deterministics(pm_model, idata.posterior)
     post = post[[n for n in keep if n in post]]
     groups = {"posterior": post}
     if "sample_stats" in idata.groups():

@@ -60,6 +60,9 @@ class Population:
     provided : tuple of str
         Covariates that were given (the others are model defaults): mg/kg dosing needs ``WT``
         here, not a default weight.
+    corr_chol : numpy.ndarray or None
+        ``(D, K, K)`` lower Cholesky factor of the random effects' correlation per draw (a fit
+        with correlated IIV); None: independent random effects.
     """
 
     theta: np.ndarray
@@ -71,6 +74,27 @@ class Population:
     source: str
     patient_ids: np.ndarray
     provided: tuple[str, ...] = ()
+    corr_chol: np.ndarray | None = None
+
+    def eta(self, draws: np.ndarray, patients: np.ndarray) -> np.ndarray:
+        """Random effects of patients under draws (paired index arrays of equal length).
+
+        Parameters
+        ----------
+        draws, patients : numpy.ndarray
+            ``(M,)`` draw and patient indices.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(M, K)``: ``omega * z`` or, with correlated IIV, ``omega * (L z)`` where ``L`` is
+            the draw's correlation Cholesky factor; the same ``z`` either way (common random
+            numbers across strategies and draws).
+        """
+        z = self.z[patients]
+        if self.corr_chol is not None:
+            z = np.einsum("mjk,mk->mj", self.corr_chol[draws], z)
+        return z * self.omega[draws]
 
     @property
     def n_draws(self) -> int:
@@ -136,23 +160,29 @@ def typical_draws(spec: Any, n_draws: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 def posterior_draws(
-    fit: Any, n_draws: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw typical values and IIV SDs from a fit's posterior.
+    fit: Any, n_draws: int, rng: np.random.Generator, *, with_correlation: bool = False
+) -> tuple[np.ndarray, ...]:
+    """Draw typical values and IIV SDs (and IIV correlations) from a fit's posterior.
 
     Parameters
     ----------
     fit : Fit
         A fitted model (``fit.idata.posterior`` holds one variable per estimated parameter,
-        named as the parameter, and ``omega_<name>`` per IIV SD).
+        named as the parameter, ``omega_<name>`` per IIV SD and, for correlated IIV,
+        ``corr_iiv`` with dims ``(iiv, iiv_bis)``).
     n_draws : int
         Draws to take (without replacement when the posterior has enough).
     rng : numpy.random.Generator
+    with_correlation : bool, optional
+        Also return the Cholesky factors of the IIV correlation of the same draws.
 
     Returns
     -------
     theta, omega : numpy.ndarray
         ``(D, P)`` and ``(D, K)``.
+    corr_chol : numpy.ndarray or None
+        Only with ``with_correlation``: ``(D, K, K)`` in the model's IIV order, or None when
+        the fit has independent random effects.
     """
     spec = fit.spec
     post = fit.idata.posterior.stack(sample=("chain", "draw"))
@@ -170,7 +200,23 @@ def posterior_draws(
         var = f"omega_{name}"
         fallback = spec.parameters[name].iiv.median()
         omega[:, k] = np.asarray(post[var].values)[pick] if var in post else fallback
-    return theta, omega
+    if not with_correlation:
+        return theta, omega
+    if "corr_iiv" not in post:
+        return theta, omega, None
+    corr = post["corr_iiv"]
+    fitted = [str(v) for v in corr.coords[corr.dims[0]].values]
+    if fitted == [str(k) for k in range(len(names))]:  # unnamed dims: the model's IIV order
+        fitted = list(names)
+    if set(fitted) != set(names):
+        raise ValueError(f"the fit correlates the random effects of {fitted}, the model has IIV "
+                         f"on {names}: simulate with the fitted model")
+    order = [fitted.index(name) for name in names]
+    corr = np.asarray(corr.transpose(corr.dims[0], corr.dims[1], "sample").values)
+    corr = np.moveaxis(corr, -1, 0)[pick][:, order][:, :, order]  # (D, K, K), model order
+    # A jitter keeps a numerically semi-definite draw factorizable; it changes nothing else.
+    chol = np.linalg.cholesky(corr + 1e-12 * np.eye(len(names)))
+    return theta, omega, chol
 
 
 def covariates_from_cohort(
@@ -259,11 +305,12 @@ def make_population(
     rng = np.random.default_rng(seed)
     # Separate streams so that changing n_draws does not change the patients, and vice versa.
     rng_theta, rng_pat, rng_cov = (np.random.default_rng(s) for s in rng.integers(0, 2**63, 3))
+    corr_chol = None
     if typical:
         theta, omega = typical_draws(model.spec, n_draws)
         source = "typical values"
     elif fit is not None:
-        theta, omega = posterior_draws(fit, n_draws, rng_theta)
+        theta, omega, corr_chol = posterior_draws(fit, n_draws, rng_theta, with_correlation=True)
         source = "posterior"
     else:
         theta, omega = prior_draws(model.spec, n_draws, rng_theta)
@@ -291,7 +338,8 @@ def make_population(
         amt = amount(cov) if callable(amount) else amount
         doses.append(BaseDose(route, np.full(n_patients, float(day)), np.broadcast_to(
             np.asarray(amt, float), (n_patients,)).copy()))
-    return Population(theta, omega, z, u, cov, tuple(doses), source, np.asarray(ids), provided)
+    return Population(theta, omega, z, u, cov, tuple(doses), source, np.asarray(ids), provided,
+                      corr_chol)
 
 
 def base_from_cohort(model: Any, cohort: Any, route: str, pick: np.ndarray) -> BaseDose:

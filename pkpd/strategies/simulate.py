@@ -344,7 +344,7 @@ def simulate_strategies(
         m = idx.size
         n_real = real.size
         di, ni = idx // n, idx % n
-        eta = population.z[ni] * population.omega[di]
+        eta = population.eta(di, ni)
         p = np.asarray(_individual(model, jnp.asarray(population.theta[di]), jnp.asarray(eta),
                                    jnp.asarray(population.covariates[ni])))
         resolver = _Resolver(model, population.covariates, ni)

@@ -34,6 +34,39 @@ def test_posterior_draws_read_parameters_and_omegas_by_name(toy):
     assert np.all(theta[:, toy.parameter_index("kout")] == 2.0)
 
 
+def test_posterior_correlation_is_read_by_name_in_model_order():
+    model = pkpd.load_model("pk_1cmt_oral").compile()  # IIV on ka, CL, V
+    rng = np.random.default_rng(4)
+    fitted = ["V", "ka", "CL"]  # another order than the model's
+    corr = np.broadcast_to(np.eye(3), (2, 50, 3, 3)).copy()
+    corr[..., 0, 2] = corr[..., 2, 0] = 0.9  # corr(V, CL)
+    post = {"omega_ka": rng.uniform(0.5, 0.6, (2, 50)), "omega_CL": np.full((2, 50), 0.3),
+            "omega_V": np.full((2, 50), 0.2), "corr_iiv": corr}
+    idata = az.from_dict(posterior=post, dims={"corr_iiv": ["iiv", "iiv_bis"]},
+                         coords={"iiv": fitted, "iiv_bis": fitted})
+    fit = SimpleNamespace(spec=model.spec, idata=idata)
+    pop = make_population(model, n_patients=5000, n_draws=2, seed=0, fit=fit)
+    eta = pop.eta(np.zeros(5000, int), np.arange(5000))
+    r = np.corrcoef(eta.T)
+    assert r[1, 2] == pytest.approx(0.9, abs=0.02)  # CL, V in the model's order
+    assert abs(r[0, 1]) < 0.05 and abs(r[0, 2]) < 0.05
+    np.testing.assert_allclose(eta.std(axis=0)[1:], [0.3, 0.2], rtol=0.05)
+    # Without a correlation in the fit: independent effects, exactly omega * z as before.
+    del post["corr_iiv"]
+    plain = make_population(model, n_patients=50, n_draws=2, seed=0, fit=SimpleNamespace(
+        spec=model.spec, idata=az.from_dict(posterior=post)))
+    assert plain.corr_chol is None
+    np.testing.assert_array_equal(plain.eta(np.ones(50, int), np.arange(50)),
+                                  plain.z * plain.omega[1])
+    # A fit correlating other parameters than the model's IIV is refused.
+    post["corr_iiv"] = corr[..., :2, :2]
+    other = az.from_dict(posterior=post, dims={"corr_iiv": ["iiv", "iiv_bis"]},
+                         coords={"iiv": ["ka", "CL"], "iiv_bis": ["ka", "CL"]})
+    with pytest.raises(ValueError, match="simulate with the fitted model"):
+        make_population(model, n_patients=5, n_draws=2, seed=0,
+                        fit=SimpleNamespace(spec=model.spec, idata=other))
+
+
 def test_patients_do_not_change_with_the_number_of_draws(toy):
     a = make_population(toy, n_patients=10, n_draws=3, seed=4, covariates={"WT": 70.0})
     b = make_population(toy, n_patients=10, n_draws=30, seed=4, covariates={"WT": 70.0})
