@@ -56,3 +56,28 @@ def test_strategy_population_keeps_the_fitted_correlation(corr_fit):
         eta = pop.eta(np.full(4000, d), np.arange(4000))
         np.testing.assert_allclose(np.corrcoef(eta.T), target, atol=0.05)
         np.testing.assert_allclose(eta.std(axis=0), pop.omega[d], rtol=0.05)
+
+
+def test_compare_command_over_a_saved_fit(corr_fit, tmp_path):
+    # The whole path a user takes: a saved fit -> `pkpd compare` over its posterior.
+    import xarray as xr
+    from typer.testing import CliRunner
+
+    from pkpd.cli import app
+
+    path = tmp_path / "fit.nc"
+    corr_fit.save(path)
+    strategies = tmp_path / "s.toml"
+    strategies.write_text('[[strategy]]\nname = "single"\nreference = true\n\n'
+                          '[[strategy]]\nname = "second dose"\n[[strategy.regimen]]\n'
+                          'drug = "oral"\ndose = 320\nstart = "12 h"\n')
+    out = tmp_path / "c.nc"
+    result = CliRunner().invoke(app, [
+        "compare", str(path), str(strategies), "--cohort", "theophylline", "--base-route",
+        "oral", "--patients", "12", "--draws", "5", "--horizon", "2", "--seed", "1",
+        "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ds = xr.open_dataset(out)
+    assert ds.attrs["parameters_from"].startswith("posterior")
+    assert ds.sizes["draw"] == 5 and ds.sizes["patient"] == 12
+    assert list(ds["strategy"].values) == ["single", "second dose"]
