@@ -4,9 +4,10 @@ science.md section E: any CRS 55-95%, grade >= 3 5-25%, median onset 1-5 days. P
 drawn from the model files' priors (typical values, IIV SDs, sorted cutpoints), patients from
 `pkpd.data.virtual.draw_patients`. The published rates were observed under treatment, so they
 are compared with standard care (reactive tocilizumab for CRS grade >= 2, dexamethasone for ICANS
-grade >= 2). Untreated, the prior predictive rate of grade >= 3 CRS is ~20-35% (above the range):
-rescue matters. Under standard care the pooled estimates (4-12% grade >= 3, 57-74% any CRS,
-onset 1.0-1.75 d over seeds) sit near the lower ends of the ranges.
+grade >= 2). Untreated, the prior predictive rate of grade >= 3 CRS is ~19-22%; under standard
+care 4-5% (at the lower end of the range: reactive tocilizumab removes most severe CRS in the
+model; before the NET -> endothelium term of 2026-12-04 it was 2% at 120 x 100, seed 21), any
+CRS 63-67%, onset 1.5 d (`python scripts/prior_predictive.py`, seeds 7 and 21).
 ``scripts/prior_predictive.py`` reports the full table.
 """
 
