@@ -339,7 +339,7 @@ def _sample_nutpie(pm_model, start, chains, draws, tune, seed, progressbar, targ
     # initial_points by name; no jitter_rvs: nutpie freezes the model into a copy whose
     # variables are not ours, and its default jitters every free variable of that copy.
     t0 = time.perf_counter()
-    # nutpie 0.16 fails on the square LKJ deterministics of correlated IIV ("Unexpected expand
+    # nutpie 0.16 fails on the LKJ deterministics of correlated IIV ("Unexpected expand
     # key: expected chol_iiv_corr") and drops corr_iiv: leave them out of its trace;
     # `_standardise` computes them from the draws.
     square = {"chol_iiv_corr", "chol_iiv_stds", "corr_iiv"}
