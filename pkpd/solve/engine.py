@@ -259,16 +259,41 @@ def _status_of(result: Any) -> jax.Array:
     return jnp.where(ok, OK, jnp.where(steps, STEP_LIMIT, SOLVER_FAILURE)).astype(jnp.int32)
 
 
-def _solve_one_ode(
-    model: Any,
-    solver: Solver,
-    ev: dict[str, jax.Array],
-    obs_time: jax.Array,
-    obs_seq: jax.Array,
-    p: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    """Integrate one subject stopping at every event and observation; states ``(O, S)``."""
-    n_states = model.n_states
+class Stops(NamedTuple):
+    """One subject's events and requested times merged into one sorted sequence of stops.
+
+    ``xs`` holds ``K = E + O`` stops in the order the ordering rule gives (see the module
+    docstring); the other fields are what the integration needs besides the stops.
+    """
+
+    xs: dict[str, jax.Array]  # t, is_obs, index, kind, real, cmt, col, link, bolus; each (K,)
+    rate_by_col: jax.Array  # (E,) infusion rate of each original column (starts only, else 0)
+    cmt_by_col: jax.Array  # (E,) clipped target state of each original column
+    t0: jax.Array  # start of integration
+    t_stop: jax.Array  # end of integration (last requested time, at least t0)
+
+
+def merge_stops(
+    model: Any, ev: dict[str, jax.Array], obs_time: jax.Array, obs_seq: jax.Array, p: jax.Array
+) -> Stops:
+    """Merge one subject's prepared events and requested times into sorted stops.
+
+    Parameters
+    ----------
+    model : CompiledModel
+        The model (dose lags, bioavailability, scaling).
+    ev : dict of str to jax.Array
+        One subject's event columns (1-D, see `event_arrays`).
+    obs_time, obs_seq : jax.Array
+        ``(O,)`` requested times and their ordering keys; non-finite times are padding
+        (recorded at the start).
+    p : jax.Array
+        Individual vector ``(P+C,)``.
+
+    Returns
+    -------
+    Stops
+    """
     n_obs = obs_time.shape[0]
     pe = prepare_events(model, ev, p, obs_time, obs_seq)
     n_ev = pe.tau.shape[0]
@@ -297,7 +322,24 @@ def _solve_one_ode(
         "link": ev_col(pe.link, -1),
         "bolus": ev_col(pe.bolus, 0.0),
     }
-    rate_matrix = pe.rate_by_col[:, None] * jax.nn.one_hot(pe.cmt_by_col, n_states)
+    return Stops(xs, pe.rate_by_col, pe.cmt_by_col, pe.t0, t_stop)
+
+
+def _solve_one_ode(
+    model: Any,
+    solver: Solver,
+    ev: dict[str, jax.Array],
+    obs_time: jax.Array,
+    obs_seq: jax.Array,
+    p: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Integrate one subject stopping at every event and observation; states ``(O, S)``."""
+    n_states = model.n_states
+    n_obs = obs_time.shape[0]
+    n_ev = ev["time"].shape[0]
+    st = merge_stops(model, ev, obs_time, obs_seq, p)
+    xs, t_stop = st.xs, st.t_stop
+    rate_matrix = st.rate_by_col[:, None] * jax.nn.one_hot(st.cmt_by_col, n_states)
     y0 = jnp.asarray(model.initial(p), dtype=jnp.float64)
     cols = jnp.arange(n_ev)
     states = jnp.arange(n_states)
@@ -305,7 +347,7 @@ def _solve_one_ode(
     term = diffrax.ODETerm(lambda t, y, args: model.rhs(t, y, args[0]) + args[1])
     dsolver = solver.diffrax_solver()
     controller = diffrax.PIDController(rtol=solver.rtol, atol=solver.atol)
-    span = jax.lax.stop_gradient(jnp.maximum(t_stop - pe.t0, 1e-12))
+    span = jax.lax.stop_gradient(jnp.maximum(t_stop - st.t0, 1e-12))
     h0 = jnp.asarray(solver.dt0 if solver.dt0 is not None else 1e-3, jnp.float64) * (
         1.0 if solver.dt0 is not None else span
     )
@@ -363,7 +405,7 @@ def _solve_one_ode(
         jnp.zeros(n_ev, dtype=jnp.float64),
         jnp.zeros((n_obs, n_states), dtype=jnp.float64),
         jnp.asarray(OK, dtype=jnp.int32),
-        pe.t0,
+        st.t0,
         h0,
     )
     (_, _, out, status, _, _), _ = jax.lax.scan(step, init, xs)

@@ -1,0 +1,153 @@
+"""The subjects-last integrator (`pkpd.solve.lanes`) against the closed form and the engine."""
+
+import jax
+import numpy as np
+import pytest
+from handmodels import individual_vector
+from test_engine import N_EVENTS, SUBJECTS, records
+
+from pkpd.events import DoseRecords, build_event_table
+from pkpd.solve import NONFINITE, OK, SOLVER_FAILURE, STEP_LIMIT, Solver, solve
+from pkpd.solve.analytic import analytic_amounts
+from pkpd.solve.engine import event_arrays
+from pkpd.solve.lanes import solve_lanes, supports
+
+TIGHT = Solver("tsit5", rtol=1e-10, atol=1e-12)
+
+
+def lanes(model, ev, t, seq, p, solver=TIGHT):
+    f = jax.jit(lambda *a: solve_lanes(model, solver, *a))
+    return f(event_arrays(ev), np.asarray(t, float), np.asarray(seq, float), np.asarray(p, float))
+
+
+@pytest.fixture(scope="module")
+def cohort(model2):
+    # oral doses with a lag and q12h repeats, an infusion by rate and one by duration, a reset
+    # (EVID 3) and a reset-and-dose (EVID 4); an observation grid that crosses all of them
+    ev = build_event_table(SUBJECTS, min_events=N_EVENTS)
+    t = np.tile(np.linspace(0.0, 48.0, 49), (3, 1))
+    seq = np.full(t.shape, 1e6)
+    rng = np.random.default_rng(1)
+    p = np.stack([individual_vector(model2)] * 3) * np.exp(rng.normal(0, 0.2, (3, 7)))
+    return ev, t, seq, p
+
+
+def test_matches_the_closed_form(model2, cohort):
+    ev, t, seq, p = cohort
+    res = lanes(model2, ev, t, seq, p)
+    assert bool(res.ok.all())
+    ref = analytic_amounts(model2, ev, t, seq, p)
+    np.testing.assert_allclose(res.y, ref, rtol=1e-7, atol=1e-9)
+
+
+def test_matches_the_engine_with_unsorted_times(model2, cohort):
+    ev, t, seq, p = cohort
+    order = np.random.default_rng(3).permutation(t.shape[1])
+    a = lanes(model2, ev, t[:, order], seq[:, order], p, Solver("tsit5", rtol=1e-8, atol=1e-10))
+    b = solve(model2, ev, t[:, order], seq[:, order], p, Solver("tsit5", rtol=1e-8, atol=1e-10))
+    np.testing.assert_allclose(a.y, b.y, rtol=1e-6, atol=1e-8)
+
+
+def test_ordering_rule_at_a_dose_time(model1):
+    # Observations at the dose time: key 1 (before the dose's key 2) sees the pre-dose state,
+    # key 9 the post-dose state; an IV bolus of 100 into an empty central compartment.
+    ev = build_event_table([records([0.0, 5.0], [0.0, 100.0], [1, 1])], min_events=4)
+    t = np.array([[5.0, 5.0, 6.0]])
+    seq = np.array([[1.0, 9.0, 9.0]])
+    p = individual_vector(model1)[None]
+    res = lanes(model1, ev, t, seq, p)
+    central = model1.state_index("central")
+    assert float(res.y[0, 0, central]) == 0.0
+    assert float(res.y[0, 1, central]) == pytest.approx(100.0, rel=1e-12)
+    k = p[0, 0] / p[0, 1]
+    assert float(res.y[0, 2, central]) == pytest.approx(100.0 * np.exp(-k), rel=1e-8)
+
+
+def test_simultaneous_zero_doses_are_exact_no_ops(model1):
+    one = build_event_table([records([0.0, 2.0], [100.0, 0.0], [1, 1])], min_events=N_EVENTS)
+    many = build_event_table(
+        [records([0.0] + [2.0] * 5, [100.0] + [0.0] * 5, [1] * 6)], min_events=N_EVENTS
+    )
+    t = np.array([[1.0, 2.0, 3.0]])
+    seq = np.full(t.shape, 1e6)
+    p = individual_vector(model1)[None]
+    np.testing.assert_array_equal(lanes(model1, one, t, seq, p).y, lanes(model1, many, t, seq, p).y)
+
+
+def test_subjects_are_independent(model2, cohort):
+    # A subject's solution does not depend on who else is in the batch (each has its own time,
+    # step size and stops).
+    ev, t, seq, p = cohort
+    whole = lanes(model2, ev, t, seq, p)
+    for i, rec in enumerate(SUBJECTS):
+        one = lanes(model2, build_event_table([rec], min_events=N_EVENTS), t[i:i + 1],
+                    seq[i:i + 1], p[i:i + 1])
+        # equal up to rounding: XLA may vectorise a batch of 3 and a batch of 1 differently
+        np.testing.assert_allclose(one.y[0], whole.y[i], rtol=1e-12, atol=1e-14)
+
+
+def test_failures_are_reported_per_subject(blowup_model):
+    # y' = a y^2 from 1 blows up at 1/a: a = 1 fails before t = 3, a = 0.1 does not
+    ev = build_event_table(
+        [DoseRecords(*(np.zeros(0) for _ in range(6)), addl=np.zeros(0, int),
+                     evid=np.zeros(0, int), seq=np.zeros(0))] * 2, min_events=1)
+    t = np.tile([0.0, 0.5, 3.0], (2, 1))
+    res = lanes(blowup_model, ev, t, np.full(t.shape, 9.0), np.array([[1.0], [0.1]]),
+                Solver("tsit5", max_steps=4096))
+    assert int(res.status[0]) in (NONFINITE, STEP_LIMIT, SOLVER_FAILURE)
+    assert np.isnan(np.asarray(res.y[0])).all()
+    assert int(res.status[1]) == OK
+    np.testing.assert_allclose(res.y[1, :, 0], 1 / (1 - 0.1 * t[1]), rtol=1e-7)
+
+
+def test_step_limit_between_two_stops(model1):
+    rec = records([0.0], [100.0], [1])
+    ev = build_event_table([rec, rec])
+    t = np.array([[1.0, 200.0], [1.0, 2.0]])
+    p = np.stack([individual_vector(model1)] * 2)
+    res = lanes(model1, ev, t, np.full(t.shape, 9.0), p, Solver("tsit5", max_steps=8))
+    assert int(res.status[0]) == STEP_LIMIT
+    assert np.isnan(np.asarray(res.y[0])).all()
+
+
+def test_only_explicit_methods(model2):
+    assert supports(model2, Solver("tsit5"))
+    assert supports(model2, Solver("dopri8"))
+    assert not supports(model2, Solver("kvaerno5"))
+    assert not supports(model2, Solver("auto"))  # the closed form is used instead
+    with pytest.raises(ValueError, match="explicit method"):
+        solve_lanes(model2, Solver("kvaerno5"), {}, np.zeros((1, 1)), np.zeros((1, 1)),
+                    np.zeros((1, 7)))
+
+
+def test_cart_crs_matches_the_engine():
+    # The model and drugs strategies simulate: CAR-T bolus, a 1 h tocilizumab infusion at a
+    # different time per patient, a 6-hourly grid to day 28.
+    import jax.numpy as jnp
+
+    import pkpd
+    from pkpd.events import BOLUS, INFUSION_END, INFUSION_START
+
+    m = pkpd.load_model("cart_crs").compile()
+    n, rng = 6, np.random.default_rng(0)
+    cov = np.array([d if np.isfinite(d) else 70.0 for d in m.covariate_defaults])
+    eta = rng.normal(size=(n, len(m.iiv))) * 0.3
+    p = np.asarray(jax.vmap(lambda e: m.individual(jnp.asarray(m.typical_values), e,
+                                                   jnp.asarray(cov)))(jnp.asarray(eta)))
+    ev = {k: np.zeros((n, 3)) for k in ("time", "amount", "rate", "duration", "seq")}
+    toc = m.dose_targets["tocilizumab_iv"]
+    ev.update(kind=np.array([[BOLUS, INFUSION_START, INFUSION_END]] * n),
+              cmt=np.array([[m.dose_targets["cart_iv"], toc, toc]] * n),
+              link=np.array([[-1, 2, 1]] * n), mask=np.ones((n, 3), bool))
+    ev["amount"][:] = [1e8, 8.0, 8.0]
+    ev["duration"][:, 1:] = 1 / 24
+    ev["seq"][:] = [2.0, 0.0, 1.0]
+    ev["time"][:, 1:] = rng.uniform(0, 3, (n, 1))
+    grid = np.tile(np.linspace(0.0, 28.0, 113), (n, 1))
+    seq = np.full(grid.shape, 0.5)
+    solver = Solver("tsit5", rtol=1e-6, atol=1e-9)
+    a = lanes(m, ev, grid, seq, p, solver)
+    b = solve(m, ev, grid, seq, p, solver)
+    assert bool(a.ok.all()) and bool(b.ok.all())
+    scale = np.abs(np.asarray(b.y)).max(axis=1, keepdims=True) + 1e-12
+    assert np.max(np.abs(np.asarray(a.y) - np.asarray(b.y)) / scale) < 1e-4
