@@ -1,9 +1,10 @@
 """Counterfactual simulation of strategies over parameter draws x virtual patients.
 
-Every strategy is resolved to dose events of the model's own dose routes and integrated by the
-same engine that fits the model (`pkpd.solve.solve_batch`), so what is compared is exactly the
-fitted model. Every (draw, patient) pair is one simulation; all pairs of a chunk are one batched
-solve.
+Every strategy is resolved to dose events of the model's own dose routes and integrated with the
+events, ordering rule and numerical method that fit the model (explicit methods through the
+subjects-last loop of `pkpd.solve.lanes`, others through `pkpd.solve.solve_batch`), so what is
+compared is exactly the fitted model. Every (draw, patient) pair is one simulation; all pairs of a
+chunk are one batched solve.
 
 Reactive policies are resolved by *time-ordered fixed-point iteration*: simulate with the doses
 decided so far; for each simulation find the earliest assessment (after the last decision time)
