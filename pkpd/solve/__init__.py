@@ -4,6 +4,7 @@
 - `bind`: a `Cohort` in a model's terms (`BoundCohort`: event table, observation times/keys,
   endpoints, covariates).
 - `solve` / `solve_dense`: the compiled, vmapped, differentiable engine on arrays.
+- `solve_lanes`: the same method with subjects on the last axis, forward-only (simulation).
 - `analytic_amounts`: closed-form 1-/2-compartment PK (also the solver's ``"analytic"`` path).
 - `simulate`: the high-level API returning an `xarray.Dataset`.
 
@@ -29,6 +30,7 @@ from pkpd.solve.engine import (  # noqa: E402
     solve_batch,
     solve_dense,
 )
+from pkpd.solve.lanes import solve_lanes  # noqa: E402
 from pkpd.solve.simulate import simulate  # noqa: E402
 
 __all__ = [
@@ -48,4 +50,5 @@ __all__ = [
     "solve",
     "solve_batch",
     "solve_dense",
+    "solve_lanes",
 ]
