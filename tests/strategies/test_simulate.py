@@ -115,3 +115,29 @@ def test_drug_that_does_not_touch_a_pathway_leaves_it_unchanged(sim):
         sim["traj"].sel(strategy="none", endpoint="crs_grade").values,
         sim["traj"].sel(strategy="prophylactic", endpoint="crs_grade").values,
     )
+
+
+def test_lanes_and_engine_integrators_agree(toy, population, sim):
+    # The default ("auto") runs the subjects-last loop; the engine is the fits' integrator. Same
+    # method and tolerances, so trajectories agree to the tolerance and grades almost everywhere.
+    assert sim.attrs["integrator"] == "lanes"
+    eng = simulate_strategies(toy, population, [NONE, ZERO, PROPHYLACTIC, REACTIVE],
+                              keep_trajectories=10_000, integrator="engine")
+    assert eng.attrs["integrator"] == "engine"
+    il6_a = sim["traj"].sel(endpoint="il6").values
+    il6_b = eng["traj"].sel(endpoint="il6").values
+    np.testing.assert_allclose(il6_a, il6_b, rtol=1e-4, atol=1e-6 * np.abs(il6_b).max())
+    same = sim["max_crs_grade"].values == eng["max_crs_grade"].values
+    assert same.mean() > 0.99
+    np.testing.assert_array_equal(sim["doses_tocilizumab"].values.sum() > 0,
+                                  eng["doses_tocilizumab"].values.sum() > 0)
+
+
+def test_unknown_or_impossible_integrator_is_refused(toy, population):
+    from pkpd.solve import Solver
+
+    with pytest.raises(ValueError, match="integrator must be one of"):
+        simulate_strategies(toy, population, [NONE], integrator="fast")
+    with pytest.raises(ValueError, match="explicit method"):
+        simulate_strategies(toy, population, [NONE], integrator="lanes",
+                            solver=Solver("kvaerno5"))
