@@ -224,8 +224,10 @@ def solve_lanes(
         stale = (stale & ~fresh) | ~jnp.asarray(tab.fsal) | is_bolus | switched
         ptr = ptr + reached
 
+        # A non-finite trial step is only rejected (its error is infinite: the step shrinks), as
+        # in diffrax; a subject fails when its state itself is not finite, or the step collapses.
         code = jnp.where(
-            ~finite & live & (he > 0),
+            live & ~jnp.all(jnp.isfinite(y), axis=0),
             NONFINITE,
             jnp.where(
                 since > max_steps,

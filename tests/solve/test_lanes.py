@@ -154,3 +154,24 @@ def test_cart_crs_matches_the_engine():
     assert bool(a.ok.all()) and bool(b.ok.all())
     scale = np.abs(np.asarray(b.y)).max(axis=1, keepdims=True) + 1e-12
     assert np.max(np.abs(np.asarray(a.y) - np.asarray(b.y)) / scale) < 1e-4
+
+
+def test_a_non_finite_trial_step_is_rejected_not_fatal(blowup_model):
+    # y' = 1 - exp(y - 1) from 0 settles at 1. A first step of 1e4 puts a stage at y ~ 1000,
+    # where exp overflows: that trial step must be rejected and shrunk (as diffrax does), not
+    # mark the subject as failed (regression: it was NONFINITE).
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    model = dataclasses.replace(blowup_model, rhs=lambda t, y, p: 1.0 - jnp.exp(y - 1.0) + 0 * p[0],
+                                initial=lambda p: jnp.zeros(1) + 0 * p[0])
+    ev = build_event_table(
+        [DoseRecords(*(np.zeros(0) for _ in range(6)), addl=np.zeros(0, int),
+                     evid=np.zeros(0, int), seq=np.zeros(0))], min_events=1)
+    t = np.array([[0.0, 2e4, 5e4]])
+    seq = np.full(t.shape, 9.0)
+    res = lanes(model, ev, t, seq, np.array([[1.0]]), Solver("tsit5", dt0=1e4))
+    assert int(res.status[0]) == OK
+    ref = solve(model, ev, t, seq, np.array([[1.0]]), Solver("tsit5", rtol=1e-10, atol=1e-12))
+    np.testing.assert_allclose(res.y, ref.y, rtol=1e-6, atol=1e-8)
