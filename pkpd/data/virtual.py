@@ -295,6 +295,7 @@ def simulate_courses(
     times: Sequence[float] | None = None,
     typical: bool = True,
     solver: Any = None,
+    integrator: str = "engine",
 ) -> VirtualCourses:
     """Simulate virtual patients under a strategy (by default `rescue_strategy`).
 
@@ -314,6 +315,10 @@ def simulate_courses(
         Typical values with IIV (True) or one draw of the population priors (False).
     solver : Solver, optional
         Default Tsit5, rtol 1e-6, atol 1e-9.
+    integrator : {"engine", "lanes", "auto"}, optional
+        Passed to `simulate_strategies`. The default is the fits' own integrator: a dataset is
+        small, so speed does not matter, and the same seed then gives the same records whatever
+        becomes of the faster forward-only path.
 
     Returns
     -------
@@ -328,7 +333,13 @@ def simulate_courses(
     pop = make_population(model, patients, seed, typical=typical)
     n = len(patients)
     sim = simulate_strategies(
-        model, pop, [strategy], grid=grid, solver=solver, keep_trajectories=n
+        model,
+        pop,
+        [strategy],
+        grid=grid,
+        solver=solver,
+        keep_trajectories=n,
+        integrator=integrator,
     )
     order = np.asarray(sim["pair_patient"].values)
     values = np.empty_like(sim["traj"].values[0])
