@@ -1,4 +1,4 @@
-"""The test command's own settings (pyproject's pytest options) keep CI from hanging.
+"""The test command's own settings (pyproject's pytest options, conftest) keep CI from hanging.
 
 Regression: on 2026-12-04 a worker segfaulted inside XLA's compiler near the end of the suite and
 pytest-xdist (``--dist loadfile``) replaced it and then waited for ever, so CI ran out of its
@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).parents[1]
 
@@ -39,3 +41,21 @@ def test_a_hung_test_is_stopped_by_the_timeout(tmp_path):
     # The suite's own limit: set, and far above its slowest test (~3 min on 2 cores).
     options = (ROOT / "pyproject.toml").read_text().split("[tool.pytest.ini_options]")[1]
     assert "\ntimeout = 1200\n" in options.split("\n[")[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
+def test_compiled_code_is_released_between_modules():
+    # Regression: CI's worker segfaulted in XLA's compiler with the process at the kernel's
+    # map limit; conftest clears JAX's caches between modules past MAP_LIMIT maps.
+    import jax
+    import jax.numpy as jnp
+    from conftest import MAP_LIMIT, memory_maps, release_compiled_code
+
+    assert MAP_LIMIT <= 65530 // 3
+    functions = [jax.jit(lambda x, k=k: jnp.sin(x) * k) for k in range(100)]
+    for f in functions:
+        f(jnp.ones(2)).block_until_ready()
+    before = memory_maps()
+    assert not release_compiled_code(limit=before + 1000)
+    assert release_compiled_code(limit=0)
+    assert memory_maps() < before - 200  # ~3 maps per executable, 100 executables
