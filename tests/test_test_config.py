@@ -20,8 +20,18 @@ def test_a_crashing_worker_fails_the_run_quickly_and_names_its_test(tmp_path):
     (tmp_path / "test_1_crash.py").write_text(crash)
     (tmp_path / "test_2_ok.py").write_text("def test_ok():\n    pass\n")
     (tmp_path / "test_3_crash.py").write_text(crash)
-    cmd = [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"),
-           "--rootdir", str(tmp_path), "-p", "no:cacheprovider", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        "--rootdir",
+        str(tmp_path),
+        "-p",
+        "no:cacheprovider",
+        str(tmp_path),
+    ]
     # The old settings never return here; 120 s is ~10x what a crash-and-stop takes.
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     out = run.stdout + run.stderr
@@ -31,8 +41,20 @@ def test_a_crashing_worker_fails_the_run_quickly_and_names_its_test(tmp_path):
 
 def test_a_hung_test_is_stopped_by_the_timeout(tmp_path):
     (tmp_path / "test_hang.py").write_text("import time\n\ndef test_hang():\n    time.sleep(600)\n")
-    cmd = [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"),
-           "--rootdir", str(tmp_path), "-p", "no:cacheprovider", "--timeout", "3", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        "--rootdir",
+        str(tmp_path),
+        "-p",
+        "no:cacheprovider",
+        "--timeout",
+        "3",
+        str(tmp_path),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     out = run.stdout + run.stderr
     assert run.returncode != 0
@@ -44,12 +66,12 @@ def test_a_hung_test_is_stopped_by_the_timeout(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc")
-def test_compiled_code_is_released_between_modules():
+def test_compiled_code_is_released_between_tests():
     # Regression: CI's worker segfaulted in XLA's compiler with the process at the kernel's
-    # map limit; conftest clears JAX's caches between modules past MAP_LIMIT maps.
+    # map limit; conftest clears JAX's caches after a test past MAP_LIMIT maps.
     import jax
     import jax.numpy as jnp
-    from conftest import MAP_LIMIT, memory_maps, release_compiled_code
+    from compiled_code import MAP_LIMIT, memory_maps, release_compiled_code
 
     assert MAP_LIMIT <= 65530 // 3
     functions = [jax.jit(lambda x, k=k: jnp.sin(x) * k) for k in range(100)]
