@@ -15,49 +15,29 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
+def run_with_project_settings(folder: Path, *options: str) -> tuple[int, str]:
+    """Run pytest on `folder` with this project's pytest settings; (return code, output)."""
+    cmd = [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml")]
+    cmd += ["--rootdir", str(folder), "-p", "no:cacheprovider", *options, str(folder)]
+    # The old settings never return on a crash; 120 s is ~10x what a crash-and-stop takes.
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=folder)
+    return run.returncode, run.stdout + run.stderr
+
+
 def test_a_crashing_worker_fails_the_run_quickly_and_names_its_test(tmp_path):
     crash = "import os, signal\n\ndef test_crash():\n    os.kill(os.getpid(), signal.SIGSEGV)\n"
     (tmp_path / "test_1_crash.py").write_text(crash)
     (tmp_path / "test_2_ok.py").write_text("def test_ok():\n    pass\n")
     (tmp_path / "test_3_crash.py").write_text(crash)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-c",
-        str(ROOT / "pyproject.toml"),
-        "--rootdir",
-        str(tmp_path),
-        "-p",
-        "no:cacheprovider",
-        str(tmp_path),
-    ]
-    # The old settings never return here; 120 s is ~10x what a crash-and-stop takes.
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    out = run.stdout + run.stderr
-    assert run.returncode != 0
+    code, out = run_with_project_settings(tmp_path)
+    assert code != 0
     assert "crashed while running" in out and "test_crash" in out, textwrap.shorten(out, 2000)
 
 
 def test_a_hung_test_is_stopped_by_the_timeout(tmp_path):
     (tmp_path / "test_hang.py").write_text("import time\n\ndef test_hang():\n    time.sleep(600)\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-c",
-        str(ROOT / "pyproject.toml"),
-        "--rootdir",
-        str(tmp_path),
-        "-p",
-        "no:cacheprovider",
-        "--timeout",
-        "3",
-        str(tmp_path),
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    out = run.stdout + run.stderr
-    assert run.returncode != 0
+    code, out = run_with_project_settings(tmp_path, "--timeout", "3")
+    assert code != 0
     # The thread method ends the worker (xdist drops its stack dump), so the run names the test.
     assert "crashed while running 'test_hang.py::test_hang'" in out, textwrap.shorten(out, 2000)
     # The suite's own limit: set, and far above its slowest test (~3 min on 2 cores).
