@@ -21,6 +21,8 @@ for a profile's last stage, and prints one JSON line per configuration:
 
     python benchmarks/cart_recovery.py --timing --patients 5 60 --profile cart_crs_core
     python benchmarks/cart_recovery.py --timing --patients 5 --profile all --gradient reverse
+    python benchmarks/cart_recovery.py --timing --patients 60 --profile cart_crs_core \
+        --integrator engine
 
 ``--write`` appends the table (date, machine, load, settings) to ``benchmarks/RESULTS.md``. One
 replicate per cohort size: coverage of a single fit is anecdotal (each 90% interval misses the
@@ -42,6 +44,9 @@ import numpy as np
 import pandas as pd
 
 MASS = 0.90
+#: Calls timed after the compiling one (``--timing`` reports their median: single calls vary by
+#: up to 2x on a 2-core machine).
+REPEATS = 7
 
 
 def truth_of(spec, name: str) -> float:
@@ -51,7 +56,8 @@ def truth_of(spec, name: str) -> float:
     return float(spec.parameters[name].typical)
 
 
-def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune: int) -> dict:
+def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune: int,
+        integrator: str = "auto") -> dict:
     """Generate one virtual cohort, fit it, and return the recovery table and diagnostics."""
     import pkpd
     from pkpd.data import from_dataframe
@@ -67,7 +73,7 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
 
     t0 = time.perf_counter()
     result = fit_staged("cart_crs", cohort, profile=profile, seed=seed, chains=chains,
-                        draws=draws, tune=tune)
+                        draws=draws, tune=tune, integrator=integrator)
     fit_s = time.perf_counter() - t0
     generator = pkpd.load_model("cart_crs")
     post = result.idata.posterior
@@ -106,13 +112,15 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
     }
 
 
-def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto") -> dict:
+def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto",
+           integrator: str = "auto") -> dict:
     """Time one log-density and one gradient of ``cart_crs`` (all parameters, or a profile).
 
     Pre-infusion CAR-T records are left out in both (they carry no information, see
     `pkpd.inference.profiles.select_endpoints`); ``"all"`` keeps every endpoint of the cohort,
     a profile only its last stage's endpoints. ``solver`` is a method of `pkpd.solve.Solver`
-    with the fitting tolerances (`pkpd.inference.builder.FIT_ATOL`, ``FIT_MAX_STEPS``).
+    with the fitting tolerances (`pkpd.inference.builder.FIT_ATOL`, ``FIT_MAX_STEPS``);
+    ``integrator`` is the fit's option (`pkpd.inference.predict.resolve_integrator`).
     """
     import jax
     import jax.numpy as jnp
@@ -139,8 +147,10 @@ def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto") -
     cohort = select_endpoints(cohort, endpoints, base, spec, ["cart_blood"])
     t0 = time.perf_counter()
     ode = Solver(solver, rtol=FIT_RTOL, atol=FIT_ATOL, max_steps=FIT_MAX_STEPS)
-    pm_model, info = build_model(spec, cohort, gradient=gradient, solver=ode)
-    out = {"model": spec.name, "gradient": gradient, "solver": solver, "patients": n_patients,
+    pm_model, info = build_model(spec, cohort, gradient=gradient, solver=ode,
+                                 integrator=integrator)
+    out = {"model": spec.name, "gradient": gradient, "solver": solver,
+           "integrator": info.integrator, "patients": n_patients,
            "estimated": len(spec.estimated()), "iiv": len(info.iiv),
            "observations": len(info.observations.value),
            "build_s": round(time.perf_counter() - t0, 2)}
@@ -158,10 +168,12 @@ def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto") -
         t0 = time.perf_counter()
         jax.block_until_ready(fn(x0))
         out[f"{label}_first_s"] = round(time.perf_counter() - t0, 2)  # compile + one call
-        t0 = time.perf_counter()
-        for _ in range(3):
+        times = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
             value = jax.block_until_ready(fn(x0))
-        out[f"{label}_s"] = round((time.perf_counter() - t0) / 3, 4)
+            times.append(time.perf_counter() - t0)
+        out[f"{label}_s"] = round(float(np.median(times)), 4)
     out["finite"] = bool(all(np.all(np.isfinite(np.asarray(v))) for v in
                              jax.tree_util.tree_leaves(value)))
     out["load"] = round(os.getloadavg()[0], 1)
@@ -205,17 +217,21 @@ def main() -> None:
     parser.add_argument("--gradient", default="forward", choices=["forward", "reverse"])
     parser.add_argument("--solver", default="auto",
                         help="with --timing: ODE method of pkpd.solve.Solver (e.g. kvaerno5)")
+    parser.add_argument("--integrator", default="auto", choices=["auto", "engine", "lanes"],
+                        help="the fit's integrator option (pkpd.inference.build_model)")
     args = parser.parse_args()
     if args.timing:
         import json
 
         for n in args.patients:
-            print(json.dumps(timing(n, args.profile, args.gradient, args.solver)), flush=True)
+            print(json.dumps(timing(n, args.profile, args.gradient, args.solver,
+                                    args.integrator)), flush=True)
         return
     load_before = os.getloadavg()
     parts = []
     for n in args.patients:
-        res = run(n, args.profile, args.seed, args.chains, args.draws, args.tune)
+        res = run(n, args.profile, args.seed, args.chains, args.draws, args.tune,
+                  args.integrator)
         text = markdown(res)
         print(text, flush=True)
         parts.append(text)
@@ -228,7 +244,8 @@ def main() -> None:
             f"\n\n### CAR-T recovery (profile {args.profile}), {stamp}\n\n"
             f"`python benchmarks/cart_recovery.py --patients {' '.join(map(str, args.patients))}"
             f" --profile {args.profile} --seed {args.seed} --chains {args.chains} --draws "
-            f"{args.draws} --tune {args.tune}`. Virtual cohorts from `pkpd.data.virtual` "
+            f"{args.draws} --tune {args.tune} --integrator {args.integrator}`. Virtual cohorts "
+            "from `pkpd.data.virtual` "
             "(cart_crs at its typical values, IIV, rescue drugs); fitted with "
             "`pkpd.inference.profiles.fit_staged`. Machine: "
             f"{platform.machine()}, {os.cpu_count()} CPUs, JAX {jax.devices()[0]}, jax "

@@ -647,9 +647,10 @@ def profile(args) -> str:
         x0 = np.concatenate([np.ravel(truth[n]) for n in names])
         return [jnp.asarray(x0 + rng.uniform(-0.1, 0.1, x0.size)) for _ in range(10)]
 
-    def timed(solver, gradient="forward", n_sub=N_SUBJECTS):
+    def timed(solver, gradient="forward", n_sub=N_SUBJECTS, integrator="auto"):
         sub = cohort if n_sub == N_SUBJECTS else cohort.subset(cohort.subjects[:n_sub])
-        pm_model, _ = build_model(spec, sub, solver=solver, gradient=gradient)
+        pm_model, _ = build_model(spec, sub, solver=solver, gradient=gradient,
+                                  integrator=integrator)
         f, _ = flat_logp(pm_model)
 
         pts = points(pm_model, n_sub)
@@ -669,45 +670,53 @@ def profile(args) -> str:
             Solver(diffrax.Tsit5(), rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS),
             "forward",
             None,
+            "engine",
         ),
-        ("Tsit5, stages unrolled (pkpd default)", fit_solver, "forward", None),
-        ("Tsit5, stages unrolled", fit_solver, "reverse", None),
+        ("Tsit5, stages unrolled, engine (pkpd default)", fit_solver, "forward", None, "engine"),
+        ("Tsit5, subjects-last lanes", fit_solver, "forward", None, "lanes"),
+        ("Tsit5, stages unrolled", fit_solver, "reverse", None, "engine"),
         (
-            "Dopri5, stages unrolled",
+            "Dopri5, lanes",
             Solver("dopri5", rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS),
             "forward",
             None,
+            "lanes",
         ),
         (
-            "Dopri8, stages unrolled",
+            "Dopri8, lanes",
             Solver("dopri8", rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS),
             "forward",
             None,
+            "lanes",
         ),
         (
             "Kvaerno5 (implicit)",
             Solver.stiff(rtol=RTOL, atol=ATOL, max_steps=MAX_STEPS),
             "forward",
             None,
+            "engine",
         ),
         (
-            "Tsit5 unrolled, atol 1e-9",
+            "Tsit5 lanes, atol 1e-9",
             Solver("tsit5", rtol=RTOL, atol=1e-9, max_steps=MAX_STEPS),
             "forward",
             None,
+            "lanes",
         ),
-        ("Tsit5 unrolled, 1 subject", fit_solver, "forward", 1),
-        ("Tsit5 unrolled, 5 subjects", fit_solver, "forward", 5),
+        ("Tsit5 lanes, 1 subject", fit_solver, "forward", 1, "lanes"),
+        ("Tsit5 lanes, 5 subjects", fit_solver, "forward", 5, "lanes"),
+        ("Tsit5 engine, 1 subject", fit_solver, "forward", 1, "engine"),
+        ("Tsit5 engine, 5 subjects", fit_solver, "forward", 5, "engine"),
     ]
     lines = [
         "| solver | gradient | subjects | log-density (ms) | log-density + gradient (ms) | "
         "compile (s) |",
         "|---|---|---|---|---|---|",
     ]
-    for label, solver, gradient, n_sub in variants:
+    for label, solver, gradient, n_sub, integrator in variants:
         n = n_sub or N_SUBJECTS
         try:
-            v, g, c = timed(solver, gradient, n)
+            v, g, c = timed(solver, gradient, n, integrator)
             lines.append(f"| {label} | {gradient} | {n} | {v:.2f} | {g:.2f} | {c:.1f} |")
         except Exception as exc:  # report and go on
             lines.append(f"| {label} | {gradient} | {n} | failed: {type(exc).__name__} | | |")

@@ -40,7 +40,7 @@ from pkpd.inference.likelihood import (
     observation_logp,
     residual_parameters,
 )
-from pkpd.inference.predict import make_predictor
+from pkpd.inference.predict import make_predictor, resolve_integrator
 from pkpd.solve import BoundCohort, Solver, bind
 
 #: Solver used for fitting when none is given: the closed form when the model declares one,
@@ -94,6 +94,9 @@ class ModelInfo:
         ``"m3"`` or ``"drop"``.
     gradient : str
         ``"forward"`` or ``"reverse"`` (see `pkpd.inference.predict`).
+    integrator : str
+        The integrator the predictions use, ``"lanes"`` or ``"engine"`` (``"auto"`` resolved,
+        `pkpd.inference.predict.resolve_integrator`).
     predict : callable
         The JAX function ``(theta (P,), eta (N, K)) -> (n_obs,)`` inside the model.
     coords : dict
@@ -114,6 +117,7 @@ class ModelInfo:
     censoring: str
     gradient: str
     predict: Any
+    integrator: str = "engine"
     coords: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -354,6 +358,7 @@ def prepare_model(
     correlated_iiv: bool = False,
     censoring: str = "m3",
     gradient: str = "forward",
+    integrator: str = "auto",
 ) -> ModelInfo:
     """Everything `build_model` needs except PyMC: compiled model, bound data, predictions.
 
@@ -386,8 +391,10 @@ def prepare_model(
         solver = default_solver(compiled, obs)
     elif not solver.uses_analytic(compiled):
         check_atol(solver, obs)
+    integrator = resolve_integrator(integrator, spec, compiled, bound, solver, gradient)
     predict = make_predictor(
-        spec, compiled, bound, solver, obs.subject, obs.column, gradient=gradient
+        spec, compiled, bound, solver, obs.subject, obs.column, gradient=gradient,
+        integrator=integrator,
     )
     iiv = tuple(compiled.iiv)
     if correlated_iiv and len(iiv) < 2:
@@ -415,6 +422,7 @@ def prepare_model(
         censoring=censoring,
         gradient=gradient,
         predict=predict,
+        integrator=integrator,
         coords=coords,
     )
 
@@ -427,6 +435,7 @@ def build_model(
     correlated_iiv: bool = False,
     censoring: str = "m3",
     gradient: str = "forward",
+    integrator: str = "auto",
     lkj_eta: float = 2.0,
     aggregate: Any = None,
 ) -> tuple[Any, ModelInfo]:
@@ -449,6 +458,11 @@ def build_model(
         Censored records (``obs_cens != 0``) enter through the M3 likelihood, or are dropped.
     gradient : {"forward", "reverse"}, optional
         How the prediction op differentiates the solve (see `pkpd.inference.predict`).
+    integrator : {"auto", "engine", "lanes"}, optional
+        Which integrator the predictions use: ``"auto"`` (default) takes the subjects-last
+        loop of `pkpd.solve.lanes` for forward gradients with an explicit method when no
+        estimated parameter moves an event time, else the engine
+        (`pkpd.inference.predict.resolve_integrator`).
     lkj_eta : float, optional
         Shape of the LKJ prior (2 favours weak correlations).
     aggregate : AggregateLikelihood, optional
@@ -479,7 +493,7 @@ def build_model(
     from pytensor import wrap_jax
 
     info = prepare_model(spec, cohort, solver=solver, correlated_iiv=correlated_iiv,
-                         censoring=censoring, gradient=gradient)
+                         censoring=censoring, gradient=gradient, integrator=integrator)
     spec, compiled, obs, predict = info.spec, info.model, info.observations, info.predict
     iiv, fixed, coords = info.iiv, info.fixed, info.coords
     n_sub, k_iiv = info.n_subjects, len(iiv)

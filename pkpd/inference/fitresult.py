@@ -127,6 +127,7 @@ class Fit:
                 correlated_iiv=self.settings.correlated_iiv,
                 censoring=self.settings.censoring,
                 gradient=self.settings.gradient,
+                integrator=self.settings.integrator,
             )
         return self._info
 

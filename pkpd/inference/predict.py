@@ -3,17 +3,26 @@
 The likelihood of a hierarchical model needs, at every proposal, the prediction of every
 observation of every subject: ``(theta, eta) -> pred``. `make_predictor` builds that function
 once per (model, cohort, solver): individual parameters through ``model.individual`` (vmapped
-over subjects, covariate effects included), the batched engine `pkpd.solve.solve_batch`, then
+over subjects, covariate effects included), a batched solve (see "Integrator" below), then
 ``model.observe``. The whole cohort is one XLA program; there is no loop over subjects.
 
 Gradients. Each subject's predictions depend only on its own individual vector ``p_i`` (a few
 numbers), so the Jacobian ``d pred_i / d p_i`` is cheap in forward mode: one tangent per
 parameter that can vary, shared by all subjects (a one-hot column of ``p``), pushed through the
-solve with `diffrax.ForwardMode`. A `jax.custom_vjp` turns that Jacobian into the reverse-mode
-gradient the samplers ask for. On theophylline (Tsit5, rtol 1e-6) this took 2.2 ms per
+solve (`diffrax.ForwardMode` in the engine). A `jax.custom_vjp` turns that Jacobian into the
+reverse-mode gradient the samplers ask for. On theophylline (Tsit5, rtol 1e-6) this took 2.2 ms per
 log-density and gradient against 6.7 ms for reverse mode through the solve
 (`diffrax.RecursiveCheckpointAdjoint`); see ``docs/inference.md``. ``gradient="reverse"`` keeps
 plain reverse mode.
+
+Integrator. In forward mode the tangents can be pushed through either the vmapped engine
+(`pkpd.solve.solve_batch`, subjects first) or the subjects-last loop (`pkpd.solve.lanes`), whose
+stops and step-size control are not differentiated: its forward sensitivities are exact when no
+event time depends on a parameter being estimated (no estimated lag, no estimated
+bioavailability with an infusion given by rate), which `lanes_gradient` checks. ``"auto"`` takes
+lanes when it applies and the problem is large enough for it to pay (`LANES_MIN_SIZE`). On
+``cart_crs`` (the ``cart_crs_core`` profile, 60 patients, 7 tangents) one log-density and
+gradient took 0.49 s against the engine's 2.1 s on 2 cores (``docs/cart-fitting.md``).
 """
 
 from __future__ import annotations
@@ -27,12 +36,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pkpd.events import INFUSION_START
 from pkpd.solve import BoundCohort, Solver, event_arrays, solve_batch
+from pkpd.solve.lanes import solve_lanes
+from pkpd.solve.lanes import supports as lanes_supports
 
 jax.config.update("jax_enable_x64", True)
 
 #: Accepted values of the ``gradient`` option.
 GRADIENT_MODES = ("forward", "reverse")
+
+#: Accepted values of the ``integrator`` option (see the module docstring).
+INTEGRATORS = ("auto", "engine", "lanes")
+
+#: Smallest states x subjects for which ``integrator="auto"`` takes lanes. Lanes costs more per
+#: loop iteration (every stop is processed inside the loop) and wins only when each iteration
+#: has enough arithmetic. Measured per log-density + gradient on 2 cores (2026-12-04,
+#: `benchmarks/fit.py --profile`, `benchmarks/cart_recovery.py --timing`): T/B/I, 3 states,
+#: 5 and 20 subjects, engine 0.77 and 1.43 ms, lanes 1.51 and 1.68 ms; cart_kinetics, 4 states,
+#: 10 / 25 / 60 patients, engine 2.1 / 3.1 / 6.2 ms, lanes 2.4 / 3.2 / 5.2 ms; cart_crs
+#: (`cart_crs_core`), 23 states, 5 and 60 patients, engine 0.2-0.4 and 2.1 s, lanes 0.08 and 0.49 s.
+LANES_MIN_SIZE = 100
 
 
 def dynamic_parameters(spec: Any) -> set[str]:
@@ -88,9 +112,89 @@ def varying_columns(spec: Any, model: Any) -> tuple[int, ...]:
     return tuple(out)
 
 
+def lanes_gradient(
+    spec: Any, model: Any, bound: BoundCohort, solver: Solver, gradient: str
+) -> tuple[bool, str]:
+    """Whether the subjects-last integrator gives exact predictions and gradients here.
+
+    `pkpd.solve.lanes` does not differentiate stop times, so its forward sensitivities miss
+    the derivative with respect to any parameter that moves an event: a dose lag, or the
+    bioavailability of an infusion given by rate (F sets its duration, NONMEM semantics).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model specification.
+    model : CompiledModel
+        Its compiled form.
+    bound : BoundCohort
+        The cohort in the model's terms (whether it has infusions given by rate).
+    solver : Solver
+        How to integrate.
+    gradient : {"forward", "reverse"}
+        How the gradient is computed (lanes has no reverse mode).
+
+    Returns
+    -------
+    (bool, str)
+        Whether lanes can be used, and why not (empty when it can).
+    """
+    if gradient != "forward":
+        return False, "the subjects-last integrator has no reverse mode (use gradient='forward')"
+    if not lanes_supports(model, solver):
+        return False, f"it needs an explicit Runge-Kutta method, not {solver.method!r}"
+    varying = {model.parameters[j] for j in varying_columns(spec, model)}
+    ev = bound.events
+    by_rate = np.asarray(ev.mask) & (np.asarray(ev.kind) == INFUSION_START) & (
+        np.asarray(ev.rate) > 0)
+    rate_states = {model.states[c] for c in np.unique(np.asarray(ev.cmt)[by_rate])}
+    for route, dose in spec.doses.items():
+        moved = {s.name for s in getattr(dose.lag, "free_symbols", ())} & varying
+        if dose.compartment in rate_states:
+            moved |= {s.name for s in getattr(dose.bioavailability, "free_symbols", ())} & varying
+        if moved:
+            return False, (f"dose route {route!r}: event times depend on estimated parameter(s) "
+                           f"{sorted(moved)}")
+    return True, ""
+
+
 def _observe_all(model: Any) -> Callable:
     """``(N, O), (N, O, S), (N, P+C) -> (N, O, E)``: every endpoint at every time."""
     return jax.vmap(jax.vmap(model.observe, in_axes=(0, 0, None)), in_axes=(0, 0, 0))
+
+
+def resolve_integrator(
+    integrator: str, spec: Any, model: Any, bound: BoundCohort, solver: Solver, gradient: str
+) -> str:
+    """Return the integrator a fit uses: ``"lanes"`` or ``"engine"``.
+
+    Parameters
+    ----------
+    integrator : {"auto", "engine", "lanes"}
+        ``"auto"``: lanes where `lanes_gradient` allows it and the problem has at least
+        `LANES_MIN_SIZE` states x subjects, else the engine.
+    spec, model, bound, solver, gradient
+        As in `make_predictor`.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or ``"lanes"`` where it does not apply (the reason is given).
+    """
+    if integrator not in INTEGRATORS:
+        raise ValueError(f"integrator must be one of {INTEGRATORS}, got {integrator!r}")
+    if integrator == "engine":
+        return "engine"
+    ok, why = lanes_gradient(spec, model, bound, solver, gradient)
+    if integrator == "lanes":
+        if not ok:
+            raise ValueError(f"integrator 'lanes' cannot be used for {spec.name!r}: {why}")
+        return "lanes"
+    return "lanes" if ok and model.n_states * bound.n_subjects >= LANES_MIN_SIZE else "engine"
 
 
 def make_predictor(
@@ -102,6 +206,7 @@ def make_predictor(
     obs_index: np.ndarray,
     *,
     gradient: str = "forward",
+    integrator: str = "auto",
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """Build ``predict(theta, eta) -> pred`` for the selected observations.
 
@@ -119,15 +224,24 @@ def make_predictor(
         ``(n,)`` subject row and observation column of each prediction wanted.
     gradient : {"forward", "reverse"}, optional
         How the gradient is computed (see the module docstring).
+    integrator : {"auto", "engine", "lanes"}, optional
+        Which integrator solves the ODE (see the module docstring and `resolve_integrator`).
 
     Returns
     -------
     callable
         A pure, jittable JAX function ``(theta (P,), eta (N, K)) -> (n,)``, differentiable in
         reverse mode. A failed solve gives NaN for that subject's predictions.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``gradient`` or ``integrator``, or ``"lanes"`` where it does not apply.
     """
     if gradient not in GRADIENT_MODES:
         raise ValueError(f"gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
+    solve_fn = solve_lanes if resolve_integrator(
+        integrator, spec, model, bound, solver, gradient) == "lanes" else solve_batch
     ev = event_arrays(bound.events)
     t = jnp.asarray(bound.obs_time, dtype=jnp.float64)
     seq = jnp.asarray(bound.obs_seq, dtype=jnp.float64)
@@ -144,7 +258,7 @@ def make_predictor(
         return jax.vmap(model.individual, in_axes=(None, 0, 0))(theta, eta, cov)
 
     def pred_matrix(p: jax.Array) -> jax.Array:
-        res = solve_batch(model, solver, ev, t, seq, p)
+        res = solve_fn(model, solver, ev, t, seq, p)
         every = observe(t, res.y, p)  # (N, O, E)
         return jnp.take_along_axis(every, endpoint[:, :, None], axis=2)[:, :, 0]
 

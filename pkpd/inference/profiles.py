@@ -298,6 +298,7 @@ def fit_staged(
     tune: int = 1000,
     init: str = "prior",
     gradient: str = "forward",
+    integrator: str = "auto",
     solver: Any = None,
     progressbar: bool = False,
     sampler_kwargs: Mapping[str, Any] | None = None,
@@ -322,9 +323,9 @@ def fit_staged(
         earlier stages for the parameters it estimates again, prior medians for the rest;
         ``"map"`` or ``"pathfinder"``: as in `fit`. An earlier stage always starts from the
         estimates of the stages before it.
-    chains, draws, tune, gradient, solver, progressbar, sampler_kwargs
+    chains, draws, tune, gradient, integrator, solver, progressbar, sampler_kwargs
         Settings of the last stage, passed to `pkpd.inference.fit` (earlier stages use the same
-        ``gradient`` and ``solver``).
+        ``gradient``, ``integrator`` and ``solver``).
 
     Returns
     -------
@@ -367,8 +368,8 @@ def fit_staged(
                                          suffix=f"{prof.name}.{stage.name}")
         stage_data = select_endpoints(data, stage.endpoints, base, full,
                                       [e for e in stage.predose_zero if e in stage.endpoints])
-        kwargs: dict[str, Any] = dict(seed=seed, gradient=gradient, solver=solver,
-                                      progressbar=progressbar)
+        kwargs: dict[str, Any] = dict(seed=seed, gradient=gradient, integrator=integrator,
+                                      solver=solver, progressbar=progressbar)
         # Earlier estimates as the start, unless the user chose another start for the last stage.
         stage_init: Any = init if last else "prior"
         if starts and stage_init == "prior":

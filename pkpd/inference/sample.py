@@ -62,6 +62,10 @@ class FitSettings:
     correlated_iiv : bool
     censoring : str
     gradient : str
+    integrator : str
+        ``"lanes"`` or ``"engine"``: the integrator of the likelihood's predictions
+        (`pkpd.inference.predict.resolve_integrator`; fits saved before it was recorded
+        read back as ``"engine"``, what they used).
     wall_time : dict of str to float
         Seconds spent building, initialising, sampling (including compilation) and
         post-processing.
@@ -83,6 +87,7 @@ class FitSettings:
     correlated_iiv: bool = False
     censoring: str = "m3"
     gradient: str = "forward"
+    integrator: str = "engine"
     wall_time: dict[str, float] = field(default_factory=dict)
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
     init_values: dict[str, float] = field(default_factory=dict)
@@ -480,6 +485,7 @@ def fit(
     correlated_iiv: bool = False,
     censoring: str = "m3",
     gradient: str = "forward",
+    integrator: str = "auto",
     log_likelihood_group: bool = True,
     sampler_kwargs: dict[str, Any] | None = None,
     aggregate: Any = None,
@@ -521,7 +527,7 @@ def fit(
         Show the sampler's progress bar.
     target_accept : float, optional
         NUTS target acceptance rate (raise it, e.g. 0.95, when there are divergences).
-    correlated_iiv, censoring, gradient
+    correlated_iiv, censoring, gradient, integrator
         Passed to `build_model`.
     log_likelihood_group : bool, optional
         Store the per-observation log-likelihood (needed for PSIS-LOO).
@@ -552,7 +558,8 @@ def fit(
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     pm_model, info = build_model(spec, cohort, solver=solver, correlated_iiv=correlated_iiv,
-                                 censoring=censoring, gradient=gradient, aggregate=aggregate)
+                                 censoring=censoring, gradient=gradient,
+                                 integrator=integrator, aggregate=aggregate)
     timing["build"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -615,6 +622,7 @@ def fit(
         correlated_iiv=correlated_iiv,
         censoring=censoring,
         gradient=gradient,
+        integrator=info.integrator,
         wall_time=timing,
         sampler_kwargs=dict(sampler_kwargs or {}),
         init_values=init_values,

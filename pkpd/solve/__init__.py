@@ -4,7 +4,8 @@
 - `bind`: a `Cohort` in a model's terms (`BoundCohort`: event table, observation times/keys,
   endpoints, covariates).
 - `solve` / `solve_dense`: the compiled, vmapped, differentiable engine on arrays.
-- `solve_lanes`: the same method with subjects on the last axis, forward-only (simulation).
+- `solve_lanes`: the same method with subjects on the last axis (simulation, and forward-mode
+  sensitivities for fitting; no reverse mode).
 - `analytic_amounts`: closed-form 1-/2-compartment PK (also the solver's ``"analytic"`` path).
 - `simulate`: the high-level API returning an `xarray.Dataset`.
 

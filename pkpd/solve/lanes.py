@@ -1,4 +1,4 @@
-"""A forward-only batched integrator with subjects on the last axis ("lanes"), for simulation.
+"""A batched integrator with subjects on the last axis ("lanes"), for simulation and fitting.
 
 `pkpd.solve.engine` writes the solve for one subject and `jax.vmap`s it: the batch axis of every
 array in the compiled loop is then the *first* one, ``(N, S)``, and each state of the model's
@@ -13,7 +13,13 @@ an integral controller: accept when the RMS of the scaled error is below 1, then
 
 - the step size is carried across stops (a stop clips a step; it does not restart the
   controller), so solutions agree with the engine's to the tolerances, not to rounding;
-- it is not differentiable (no adjoint): use it to simulate, not to fit.
+- it has no adjoint: `jax.jvp` (forward mode) works, reverse mode does not (a `while_loop`
+  of unknown length). Stop times and their order, and the step-size controller, are not
+  differentiated (as diffrax does for the controller), so the forward sensitivities are exact
+  with respect to everything but parameters that move an event time (a dose lag, or the
+  bioavailability of an infusion given by rate); dose amounts, infusion rates, initial states
+  and the right-hand side are differentiated. `pkpd.inference.predict.lanes_gradient` says
+  when a fit may use it.
 
 Each iteration every subject takes one step towards its next stop (a step of length 0 when it is
 already there) and, if it reaches it, processes that stop: records the state (a requested time)
@@ -125,8 +131,12 @@ def solve_lanes(
     stops = jax.vmap(lambda e, ot, os, pp: merge_stops(model, e, ot, os, pp))(
         ev, obs_time, obs_seq, p
     )
-    stops = jax.lax.stop_gradient(stops)
-    xs = stops.xs  # each (N, K)
+    # Stop times and their order are data here (forward mode differentiates amounts and rates,
+    # not event times; `differentiable` says when that is exact).
+    xs = dict(stops.xs)  # each (N, K)
+    xs["t"] = jax.lax.stop_gradient(xs["t"])
+    stops = stops._replace(xs=xs, t0=jax.lax.stop_gradient(stops.t0),
+                           t_stop=jax.lax.stop_gradient(stops.t_stop))
     n_stops = xs["t"].shape[1]
     lane = jnp.arange(n)
     states = jnp.arange(n_states)[:, None]
@@ -175,7 +185,8 @@ def solve_lanes(
         scale = atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))
         enorm = jnp.sqrt(jnp.mean((err / scale) ** 2, axis=0))
         finite = jnp.all(jnp.isfinite(y1), axis=0)
-        enorm = jnp.where(finite, enorm, jnp.inf)
+        # The step-size controller is not differentiated (as in diffrax's PIDController).
+        enorm = jax.lax.stop_gradient(jnp.where(finite, enorm, jnp.inf))
         accept = live & ((he == 0) | (enorm < 1.0))
         inv = 1.0 / jnp.maximum(enorm, 1e-300)
         factor = jnp.clip(

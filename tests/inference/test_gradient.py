@@ -57,8 +57,11 @@ def test_gradient_closed_form_reverse_mode():
     _check(pm_model, seed=11)
 
 
-def test_gradient_ode_forward_sensitivities():
-    pm_model, _ = build_model("pk_1cmt_oral", "theophylline", solver=TIGHT, gradient="forward")
+@pytest.mark.parametrize("integrator", ["engine", "lanes"])
+def test_gradient_ode_forward_sensitivities(integrator):
+    pm_model, info = build_model("pk_1cmt_oral", "theophylline", solver=TIGHT,
+                                 gradient="forward", integrator=integrator)
+    assert info.integrator == integrator
     _check(pm_model, seed=12)
 
 
