@@ -109,6 +109,9 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
         "fit_s": fit_s,
         "stage_s": {s["stage"]: s["wall_s"] for s in result.extra["staged"]["stages"]},
         "n_obs": final["n_observations"],
+        "integrator": result.settings.integrator,
+        "leapfrog": (float(result.idata.sample_stats["n_steps"].mean())
+                     if "n_steps" in result.idata.sample_stats else float("nan")),
     }
 
 
@@ -196,7 +199,8 @@ def markdown(res: dict) -> str:
     lines.append(
         f"{res['n']} patients, {res['n_obs']} observations in the last stage; R-hat max "
         f"{d['rhat_max']:.3f}, min bulk ESS {d['ess_bulk_min']:.0f}, divergences "
-        f"{d['divergences']}; generation {res['generate_s']:.0f} s, fit {res['fit_s']:.0f} s "
+        f"{d['divergences']}, {res['leapfrog']:.1f} leapfrog steps per kept draw, integrator "
+        f"{res['integrator']}; generation {res['generate_s']:.0f} s, fit {res['fit_s']:.0f} s "
         "(stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["stage_s"].items()) + ")."
     )
     return "\n".join(lines)

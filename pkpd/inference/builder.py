@@ -461,7 +461,8 @@ def build_model(
     integrator : {"auto", "engine", "lanes"}, optional
         Which integrator the predictions use: ``"auto"`` (default) takes the subjects-last
         loop of `pkpd.solve.lanes` for forward gradients with an explicit method when no
-        estimated parameter moves an event time, else the engine
+        estimated parameter moves an event time and the cohort has at least
+        `pkpd.inference.predict.LANES_MIN_SIZE` (100) states x subjects, else the engine
         (`pkpd.inference.predict.resolve_integrator`).
     lkj_eta : float, optional
         Shape of the LKJ prior (2 favours weak correlations).
