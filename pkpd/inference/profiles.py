@@ -113,6 +113,11 @@ _CORE_REASONS = {
     # V_car only scales the observed counts (no ODE sensitivity): estimating it costs a
     # dimension, not a solve, and a pooled-MAP plug-in was 15% low (docs/cart-fitting.md).
     "V_car": _KINETICS_REASONS["V_car"],
+    # FB again, with IIV: fixed at the pooled (no-IIV) MAP it was 0.0140 against the truth
+    # 0.0079 on the 60-patient virtual cohort, and without IIV on it the day-90 spread went
+    # into sigma_cart, as in the cart_kinetics profile (RESULTS.md, 2026-12-04 short
+    # cart_crs_core run; CAR-T recovery 07:48 vs 13:42). One more tangent (8 instead of 7).
+    "FB": _KINETICS_REASONS["FB"],
     "sigma_cart": _KINETICS_REASONS["sigma_cart"],
     "K_kill": "myeloid activation per engaged CAR-T cell: the timing of the IL-6 rise after "
     "the CAR-T expansion",
@@ -169,8 +174,8 @@ PROFILES: dict[str, Profile] = {
         name="cart_crs_core",
         description=(
             "CAR-T kinetics, IL-6 and CRS grades (model cart_crs): a pooled MAP of the nested "
-            "kinetics model on CAR-T counts (FB is fixed there), then NUTS from there on 13 "
-            "typical values with IIV on expansion, contraction, IL-6 production and baseline"
+            "kinetics model on CAR-T counts, then NUTS from there on 14 typical values with IIV "
+            "on expansion, contraction, memory, IL-6 production and baseline"
         ),
         stages=(
             replace(_POOLED_KINETICS, name="kinetics"),
@@ -178,10 +183,11 @@ PROFILES: dict[str, Profile] = {
                 name="core",
                 model=None,
                 typical=tuple(_CORE_REASONS),
-                # IIV on the two kinetics rates and on the IL-6 production and baseline: the
-                # between-patient spread of IL-6 peaks and baselines is large (CV ~100% in the
-                # model file's IIV priors) and drives who gets severe CRS.
-                iiv=("rho", "alpha", "p6", "I6_0"),
+                # IIV on the kinetics (as in the cart_kinetics profile) and on the IL-6
+                # production and baseline: the between-patient spread of IL-6 peaks and
+                # baselines is large (CV ~100% in the model file's IIV priors) and drives who
+                # gets severe CRS.
+                iiv=("rho", "alpha", "FB", "p6", "I6_0"),
                 endpoints=("cart_blood", "il6", "crs_grade"),
                 reasons=_CORE_REASONS,
             ),
