@@ -24,6 +24,11 @@ for a profile's last stage, and prints one JSON line per configuration:
     python benchmarks/cart_recovery.py --timing --patients 60 --profile cart_crs_core \
         --integrator engine
 
+``--steps`` counts the steps of the subjects-last solve (iterations, accepted and rejected steps,
+those after day 28) and times the solve alone with and without tangents:
+
+    python benchmarks/cart_recovery.py --steps --patients 60 --profile cart_crs_core
+
 ``--write`` appends the table (date, machine, load, settings) to ``benchmarks/RESULTS.md``. One
 replicate per cohort size: coverage of a single fit is anecdotal (each 90% interval misses the
 truth one time in ten); ``benchmarks/recovery.py`` measures coverage over replicates on a small
@@ -115,25 +120,11 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
     }
 
 
-def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto",
-           integrator: str = "auto") -> dict:
-    """Time one log-density and one gradient of ``cart_crs`` (all parameters, or a profile).
-
-    Pre-infusion CAR-T records are left out in both (they carry no information, see
-    `pkpd.inference.profiles.select_endpoints`); ``"all"`` keeps every endpoint of the cohort,
-    a profile only its last stage's endpoints. ``solver`` is a method of `pkpd.solve.Solver`
-    with the fitting tolerances (`pkpd.inference.builder.FIT_ATOL`, ``FIT_MAX_STEPS``);
-    ``integrator`` is the fit's option (`pkpd.inference.predict.resolve_integrator`).
-    """
-    import jax
-    import jax.numpy as jnp
-
+def _last_stage(n_patients: int, profile: str) -> tuple:
+    """The model a profile's last stage fits (``"all"``: cart_crs) and the first patients of
+    ``virtual_cart`` with that stage's endpoints (pre-infusion CAR-T records left out)."""
     import pkpd
-    from pkpd.inference import build_model
-    from pkpd.inference.builder import FIT_ATOL, FIT_MAX_STEPS, FIT_RTOL
     from pkpd.inference.profiles import get_profile, select_endpoints
-    from pkpd.inference.sample import _flat_fn
-    from pkpd.solve import Solver
 
     base = pkpd.load_model("cart_crs")
     cohort = pkpd.load_dataset("virtual_cart")
@@ -147,9 +138,95 @@ def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto",
         model = base if stage.model is None else pkpd.load_model(stage.model)
         spec = model.estimate_only(stage.typical, stage.iiv)
         endpoints = list(stage.endpoints)
-    cohort = select_endpoints(cohort, endpoints, base, spec, ["cart_blood"])
+    return spec, select_endpoints(cohort, endpoints, base, spec, ["cart_blood"])
+
+
+def _fit_solver(method: str = "auto"):
+    from pkpd.inference.builder import FIT_ATOL, FIT_MAX_STEPS, FIT_RTOL
+    from pkpd.solve import Solver
+
+    return Solver(method, rtol=FIT_RTOL, atol=FIT_ATOL, max_steps=FIT_MAX_STEPS)
+
+
+def steps(n_patients: int, profile: str, after: float = 28.0) -> dict:
+    """Where the subjects-last solve of a fit spends its time (``--steps``).
+
+    At the typical values (all random effects 0), fitting tolerances: loop iterations,
+    accepted and rejected steps per subject and the accepted ones after day ``after``
+    (`pkpd.solve.lanes.LanesStats`); then the solve alone (median of `REPEATS` calls, compiled
+    first): without tangents, with one, and with one per parameter whose tangent goes through
+    the solve (as `pkpd.inference.predict.make_predictor` pushes them).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from pkpd.inference.builder import prepare_model
+    from pkpd.inference.predict import solve_parameters, varying_columns
+    from pkpd.solve import event_arrays
+    from pkpd.solve.lanes import solve_lanes
+
+    spec, cohort = _last_stage(n_patients, profile)
+    info = prepare_model(spec, cohort, solver=_fit_solver(), integrator="lanes")
+    model, bound = info.model, info.bound
+    args = (event_arrays(bound.events), jnp.asarray(bound.obs_time, dtype=jnp.float64),
+            jnp.asarray(bound.obs_seq, dtype=jnp.float64))
+    cov = jnp.asarray(bound.covariates, dtype=jnp.float64)
+    p = jax.vmap(model.individual, in_axes=(None, None, 0))(
+        jnp.asarray(model.typical_values), jnp.zeros(len(model.iiv)), cov)
+    _, st = jax.jit(lambda q: solve_lanes(model, info.solver, *args, q, with_stats=True,
+                                          count_after=after))(p)
+    acc, rej, late = (np.asarray(a) for a in (st.accepted, st.rejected, st.accepted_after))
+    in_solve = solve_parameters(spec)
+    cols = [j for j in varying_columns(spec, model) if model.parameters[j] in in_solve]
+    out = {"model": spec.name, "patients": n_patients, "states": model.n_states,
+           "iterations": int(st.iterations), "accepted_mean": round(float(acc.mean()), 1),
+           "accepted_min": int(acc.min()), "accepted_max": int(acc.max()),
+           "rejected_mean": round(float(rej.mean()), 1),
+           f"accepted_after_day_{after:g}_mean": round(float(late.mean()), 1),
+           "tangents": len(cols)}
+
+    def solve_y(q):
+        return solve_lanes(model, info.solver, *args, q).y
+
+    def with_tangents(q, k):
+        def along(j):
+            return jax.jvp(solve_y, (q,), (jnp.zeros_like(q).at[:, j].set(1.0),))
+
+        return jax.vmap(along)(jnp.asarray(cols[:k], dtype=jnp.int32))
+
+    for label, fn in (("solve_s", jax.jit(solve_y)),
+                      ("solve_1_tangent_s", jax.jit(lambda q: with_tangents(q, 1))),
+                      (f"solve_{len(cols)}_tangents_s", jax.jit(lambda q: with_tangents(q, None)))):
+        jax.block_until_ready(fn(p))
+        times = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(p))
+            times.append(time.perf_counter() - t0)
+        out[label] = round(float(np.median(times)), 4)
+    out["load"] = round(os.getloadavg()[0], 1)
+    return out
+
+
+def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto",
+           integrator: str = "auto") -> dict:
+    """Time one log-density and one gradient of ``cart_crs`` (all parameters, or a profile).
+
+    Pre-infusion CAR-T records are left out in both (they carry no information, see
+    `pkpd.inference.profiles.select_endpoints`); ``"all"`` keeps every endpoint of the cohort,
+    a profile only its last stage's endpoints. ``solver`` is a method of `pkpd.solve.Solver`
+    with the fitting tolerances (`pkpd.inference.builder.FIT_ATOL`, ``FIT_MAX_STEPS``);
+    ``integrator`` is the fit's option (`pkpd.inference.predict.resolve_integrator`).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from pkpd.inference import build_model
+    from pkpd.inference.sample import _flat_fn
+
+    spec, cohort = _last_stage(n_patients, profile)
     t0 = time.perf_counter()
-    ode = Solver(solver, rtol=FIT_RTOL, atol=FIT_ATOL, max_steps=FIT_MAX_STEPS)
+    ode = _fit_solver(solver)
     pm_model, info = build_model(spec, cohort, gradient=gradient, solver=ode,
                                  integrator=integrator)
     out = {"model": spec.name, "gradient": gradient, "solver": solver,
@@ -223,13 +300,16 @@ def main() -> None:
                         help="with --timing: ODE method of pkpd.solve.Solver (e.g. kvaerno5)")
     parser.add_argument("--integrator", default="auto", choices=["auto", "engine", "lanes"],
                         help="the fit's integrator option (pkpd.inference.build_model)")
+    parser.add_argument("--steps", action="store_true",
+                        help="count the subjects-last solve's steps and time it with tangents")
     args = parser.parse_args()
-    if args.timing:
+    if args.timing or args.steps:
         import json
 
         for n in args.patients:
-            print(json.dumps(timing(n, args.profile, args.gradient, args.solver,
-                                    args.integrator)), flush=True)
+            res = (steps(n, args.profile) if args.steps else
+                   timing(n, args.profile, args.gradient, args.solver, args.integrator))
+            print(json.dumps(res), flush=True)
         return
     load_before = os.getloadavg()
     parts = []

@@ -22,7 +22,11 @@ event time depends on a parameter being estimated (no estimated lag, no estimate
 bioavailability with an infusion given by rate), which `lanes_gradient` checks. ``"auto"`` takes
 lanes when it applies and the problem is large enough for it to pay (`LANES_MIN_SIZE`). On
 ``cart_crs`` (the ``cart_crs_core`` profile, 60 patients, 7 tangents) one log-density and
-gradient took 0.49 s against the engine's 2.1 s on 2 cores (``docs/cart-fitting.md``).
+gradient took 0.42 s against the engine's 2.2 s on 2 cores (``docs/cart-fitting.md``).
+
+Parameters that only observation expressions use (`solve_parameters`) take no tangent through
+the solve: their sensitivities come from differentiating the observation function at the
+solved states.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ INTEGRATORS = ("auto", "engine", "lanes")
 #: `benchmarks/fit.py --profile`, `benchmarks/cart_recovery.py --timing`): T/B/I, 3 states,
 #: 5 and 20 subjects, engine 0.77 and 1.43 ms, lanes 1.51 and 1.68 ms; cart_kinetics, 4 states,
 #: 10 / 25 / 60 patients, engine 2.1 / 3.1 / 6.2 ms, lanes 2.4 / 3.2 / 5.2 ms; cart_crs
-#: (`cart_crs_core`), 23 states, 5 and 60 patients, engine 0.2-0.4 and 2.1 s, lanes 0.08 and 0.49 s.
+#: (`cart_crs_core`), 23 states, 5 and 60 patients, engine 0.2-0.4 and 2.1 s, lanes 0.08 and 0.49 s
+#: (0.09 and 0.42 s after lanes' unique-index scatter).
 LANES_MIN_SIZE = 100
 
 
@@ -82,6 +87,41 @@ def dynamic_parameters(spec: Any) -> set[str]:
         exprs += [dose.lag, dose.bioavailability, dose.scale]
     exprs += [o.expr for o in spec.observations.values()]
     names = {s.name for e in exprs for s in getattr(e, "free_symbols", ())}
+    return names & set(spec.parameters)
+
+
+def solve_parameters(spec: Any) -> set[str]:
+    """Names of the parameters that the solution of the ODE can depend on.
+
+    Those in a state equation, an initial value or a dose's lag, bioavailability or scaling,
+    directly or through derived quantities. A parameter that predictions use only through an
+    observation expression (an apparent volume that scales observed counts, the scale of an
+    ordinal latent) changes no state, so its forward sensitivity needs no tangent through the
+    solve: `make_predictor` differentiates only the observation function for it.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model specification.
+
+    Returns
+    -------
+    set of str
+    """
+    derived = {name: d.expr for name, d in spec.derived.items()}
+    exprs = [eq[0] for eq in spec.equations.values()]
+    exprs += [s.initial for s in spec.states.values()]
+    for dose in spec.doses.values():
+        exprs += [dose.lag, dose.bioavailability, dose.scale]
+    names: set[str] = set()
+    todo = [s.name for e in exprs for s in getattr(e, "free_symbols", ())]
+    while todo:
+        name = todo.pop()
+        if name in names:
+            continue
+        names.add(name)
+        if name in derived:
+            todo += [s.name for s in getattr(derived[name], "free_symbols", ())]
     return names & set(spec.parameters)
 
 
@@ -257,10 +297,15 @@ def make_predictor(
     def individual(theta: jax.Array, eta: jax.Array) -> jax.Array:
         return jax.vmap(model.individual, in_axes=(None, 0, 0))(theta, eta, cov)
 
-    def pred_matrix(p: jax.Array) -> jax.Array:
-        res = solve_fn(model, solver, ev, t, seq, p)
-        every = observe(t, res.y, p)  # (N, O, E)
+    def solve_y(p: jax.Array) -> jax.Array:
+        return solve_fn(model, solver, ev, t, seq, p).y
+
+    def pick(y: jax.Array, p: jax.Array) -> jax.Array:
+        every = observe(t, y, p)  # (N, O, E)
         return jnp.take_along_axis(every, endpoint[:, :, None], axis=2)[:, :, 0]
+
+    def pred_matrix(p: jax.Array) -> jax.Array:
+        return pick(solve_y(p), p)
 
     if gradient == "reverse":
 
@@ -269,21 +314,43 @@ def make_predictor(
 
         return predict
 
-    varying = jnp.asarray(varying_columns(spec, model), dtype=jnp.int32)
+    # Columns whose tangents go through the solve, then those that only the observation
+    # function uses (no tangent through the solve; cart_crs_core: V_car, one of 8 tangents).
+    in_solve = solve_parameters(spec)
+    columns = varying_columns(spec, model)
+    ode_cols = [j for j in columns if model.parameters[j] in in_solve]
+    obs_cols = [j for j in columns if model.parameters[j] not in in_solve]
+    varying = jnp.asarray(ode_cols + obs_cols, dtype=jnp.int32)
 
     @jax.custom_vjp
     def pred_p(p: jax.Array) -> jax.Array:
         return pred_matrix(p)
 
+    def one_hot(p: jax.Array, k: jax.Array) -> jax.Array:
+        return jnp.zeros_like(p).at[:, k].set(1.0)
+
     def pred_p_fwd(p: jax.Array) -> tuple[jax.Array, jax.Array]:
         # One tangent per varying column of p, the same column for every subject: subjects are
         # independent, so the JVP gives d pred[i, o] / d p[i, k] for all i at once.
-        def along(k: jax.Array) -> tuple[jax.Array, jax.Array]:
-            tangent = jnp.zeros_like(p).at[:, k].set(1.0)
-            return jax.jvp(pred_matrix, (p,), (tangent,))
+        def along(k: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+            def both(q: jax.Array) -> tuple[jax.Array, jax.Array]:
+                y = solve_y(q)
+                return pick(y, q), y
 
-        primal, jac = jax.vmap(along)(varying)  # (V, N, O) each
-        return primal[0], jac
+            (pred, y), (dpred, _) = jax.jvp(both, (p,), (one_hot(p, k),))
+            return (pred, y), dpred
+
+        if ode_cols:
+            (primal, y), jac = jax.vmap(along)(jnp.asarray(ode_cols, dtype=jnp.int32))
+            primal, y = primal[0], y[0]  # (V, ...) copies of the same primal
+        else:
+            y = solve_y(p)
+            primal, jac = pick(y, p), jnp.zeros((0, *t.shape), p.dtype)
+        if obs_cols:
+            jac_obs = jax.vmap(lambda k: jax.jvp(lambda q: pick(y, q), (p,), (one_hot(p, k),))[1])(
+                jnp.asarray(obs_cols, dtype=jnp.int32))
+            jac = jnp.concatenate([jac, jac_obs])
+        return primal, jac
 
     def pred_p_bwd(jac: jax.Array, g: jax.Array) -> tuple[jax.Array]:
         grad_varying = jnp.einsum("kno,no->nk", jac, g)  # (N, V)

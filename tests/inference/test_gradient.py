@@ -6,12 +6,16 @@ round-off ~eps |f| / h ~ 1e-8 for |f| ~ 400; the ODE runs at rtol 1e-12 so that 
 (~1e-12 |f| / h ~ 4e-5 at worst) stays below the tolerance. Measured: 9e-9 relative at worst.
 """
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pkpd
 from pkpd.inference import build_model
+from pkpd.inference.predict import dynamic_parameters, solve_parameters
 from pkpd.solve import Solver
 
 TIGHT = Solver("tsit5", rtol=1e-12, atol=1e-12)
@@ -68,6 +72,36 @@ def test_gradient_ode_forward_sensitivities(integrator):
 def test_gradient_censoring_ordinal_several_endpoints(multi_spec, multi_cohort):
     pm_model, _ = build_model(multi_spec, multi_cohort, solver=TIGHT)
     _check(pm_model, seed=13)
+
+
+@pytest.fixture(scope="module")
+def observe_only_spec(multi_spec, tmp_path_factory):
+    """The multi-endpoint model with C50 estimated: a parameter that only the grade's
+    observation expression uses (no state equation), like V_car in cart_crs."""
+    text = Path(multi_spec.main_file).read_text()
+    fixed = 'C50 = { unit = "mg/L", value = 2.0, source = "assumption: test" }'
+    assert fixed in text
+    path = tmp_path_factory.mktemp("obs_only") / "multi_endpoint_c50.toml"
+    path.write_text(text.replace(fixed, 'C50 = { unit = "mg/L", prior = "LogNormal(median=2.0, '
+                                        'cv=0.5)", source = "assumption: test" }'))
+    return pkpd.load_model(path)
+
+
+def test_solve_parameters_leave_out_observation_only_ones(observe_only_spec):
+    assert solve_parameters(observe_only_spec) == {"CL", "V"}
+    assert "C50" in dynamic_parameters(observe_only_spec)
+    assert {"V_car", "s_crs"} <= dynamic_parameters(pkpd.load_model("cart_crs")) - solve_parameters(
+        pkpd.load_model("cart_crs"))
+
+
+@pytest.mark.parametrize("integrator", ["engine", "lanes"])
+def test_gradient_of_an_observation_only_parameter(observe_only_spec, multi_cohort, integrator):
+    """C50 gets its sensitivity from the observation function alone (no tangent through the
+    solve); the gradient must still match central differences."""
+    pm_model, info = build_model(observe_only_spec, multi_cohort, solver=TIGHT,
+                                 integrator=integrator)
+    assert "C50" in info.estimated
+    _check(pm_model, seed=14)
 
 
 def test_failed_solve_rejects_the_proposal():

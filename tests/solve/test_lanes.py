@@ -175,3 +175,21 @@ def test_a_non_finite_trial_step_is_rejected_not_fatal(blowup_model):
     assert int(res.status[0]) == OK
     ref = solve(model, ev, t, seq, np.array([[1.0]]), Solver("tsit5", rtol=1e-10, atol=1e-12))
     np.testing.assert_allclose(res.y, ref.y, rtol=1e-6, atol=1e-8)
+
+
+def test_step_counts(model2, cohort):
+    """``with_stats`` leaves the solution unchanged and counts what the loop did."""
+    ev, t, seq, p = cohort
+    plain = lanes(model2, ev, t, seq, p)
+    args = (event_arrays(ev), np.asarray(t, float), np.asarray(seq, float), np.asarray(p, float))
+    middle = float(np.median(t))
+    res, stats = jax.jit(lambda *a: solve_lanes(model2, TIGHT, *a, with_stats=True,
+                                                count_after=middle))(*args)
+    np.testing.assert_array_equal(res.y, plain.y)
+    accepted, rejected = np.asarray(stats.accepted), np.asarray(stats.rejected)
+    after = np.asarray(stats.accepted_after)
+    assert accepted.shape == (p.shape[0],) and np.all(accepted > 0)
+    assert np.all((after > 0) & (after < accepted))
+    assert int(stats.iterations) >= int(np.max(accepted + rejected))
+    _, none_after = jax.jit(lambda *a: solve_lanes(model2, TIGHT, *a, with_stats=True))(*args)
+    assert not np.any(np.asarray(none_after.accepted_after))
