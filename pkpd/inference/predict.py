@@ -80,14 +80,20 @@ def dynamic_parameters(spec: Any) -> set[str]:
     -------
     set of str
     """
-    exprs = [eq[0] for eq in spec.equations.values()]
-    exprs += [s.initial for s in spec.states.values()]
+    exprs = _solve_expressions(spec)
     exprs += [d.expr for d in spec.derived.values()]
-    for dose in spec.doses.values():
-        exprs += [dose.lag, dose.bioavailability, dose.scale]
     exprs += [o.expr for o in spec.observations.values()]
     names = {s.name for e in exprs for s in getattr(e, "free_symbols", ())}
     return names & set(spec.parameters)
+
+
+def _solve_expressions(spec: Any) -> list[Any]:
+    """State equations, initial values and dose lags, bioavailabilities and scalings."""
+    exprs = [eq[0] for eq in spec.equations.values()]
+    exprs += [s.initial for s in spec.states.values()]
+    for dose in spec.doses.values():
+        exprs += [dose.lag, dose.bioavailability, dose.scale]
+    return exprs
 
 
 def solve_parameters(spec: Any) -> set[str]:
@@ -109,12 +115,8 @@ def solve_parameters(spec: Any) -> set[str]:
     set of str
     """
     derived = {name: d.expr for name, d in spec.derived.items()}
-    exprs = [eq[0] for eq in spec.equations.values()]
-    exprs += [s.initial for s in spec.states.values()]
-    for dose in spec.doses.values():
-        exprs += [dose.lag, dose.bioavailability, dose.scale]
     names: set[str] = set()
-    todo = [s.name for e in exprs for s in getattr(e, "free_symbols", ())]
+    todo = [s.name for e in _solve_expressions(spec) for s in getattr(e, "free_symbols", ())]
     while todo:
         name = todo.pop()
         if name in names:
