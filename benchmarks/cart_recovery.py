@@ -62,7 +62,7 @@ def truth_of(spec, name: str) -> float:
 
 
 def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune: int,
-        integrator: str = "auto") -> dict:
+        integrator: str = "auto", sampler: str = "auto") -> dict:
     """Generate one virtual cohort, fit it, and return the recovery table and diagnostics."""
     import pkpd
     from pkpd.data import from_dataframe
@@ -78,7 +78,7 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
 
     t0 = time.perf_counter()
     result = fit_staged("cart_crs", cohort, profile=profile, seed=seed, chains=chains,
-                        draws=draws, tune=tune, integrator=integrator)
+                        draws=draws, tune=tune, integrator=integrator, sampler=sampler)
     fit_s = time.perf_counter() - t0
     crs3 = None
     if "crs_grade" in get_profile(profile).final.endpoints:
@@ -121,6 +121,8 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
         "n_obs": final["n_observations"],
         "crs3": crs3,
         "integrator": result.settings.integrator,
+        "sampler": result.settings.sampler,
+        "gradient": result.settings.gradient,
         "leapfrog": (float(result.idata.sample_stats["n_steps"].mean())
                      if "n_steps" in result.idata.sample_stats else float("nan")),
     }
@@ -321,8 +323,10 @@ def markdown(res: dict) -> str:
     lines.append(
         f"{res['n']} patients, {res['n_obs']} observations in the last stage; R-hat max "
         f"{d['rhat_max']:.3f}, min bulk ESS {d['ess_bulk_min']:.0f}, divergences "
-        f"{d['divergences']}, {res['leapfrog']:.1f} leapfrog steps per kept draw, integrator "
-        f"{res['integrator']}; generation {res['generate_s']:.0f} s, fit {res['fit_s']:.0f} s "
+        f"{d['divergences']}, {res['leapfrog']:.1f} leapfrog steps per kept draw, last stage "
+        f"sampler {res.get('sampler', 'nutpie')}, integrator {res['integrator']}, gradient "
+        f"{res.get('gradient', 'forward')}; generation {res['generate_s']:.0f} s, fit "
+        f"{res['fit_s']:.0f} s "
         "(stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["stage_s"].items()) + ")."
     )
     c = res.get("crs3")
@@ -347,10 +351,13 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--tune", type=int, default=1000)
+    parser.add_argument("--sampler", default="auto",
+                        help="sampler of the last stage (pkpd.inference.fit: NUTS by default; "
+                        "'pathfinder' gives an approximate posterior)")
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
     parser.add_argument("--timing", action="store_true",
                         help="time one log-density and gradient instead of fitting")
-    parser.add_argument("--gradient", default="forward", choices=["forward", "reverse"])
+    parser.add_argument("--gradient", default="forward", choices=["forward", "reverse", "adjoint"])
     parser.add_argument("--solver", default="auto",
                         help="with --timing: ODE method of pkpd.solve.Solver (e.g. kvaerno5)")
     parser.add_argument("--integrator", default="auto", choices=["auto", "engine", "lanes"],
@@ -370,7 +377,7 @@ def main() -> None:
     parts = []
     for n in args.patients:
         res = run(n, args.profile, args.seed, args.chains, args.draws, args.tune,
-                  args.integrator)
+                  args.integrator, args.sampler)
         text = markdown(res)
         print(text, flush=True)
         parts.append(text)
@@ -383,7 +390,8 @@ def main() -> None:
             f"\n\n### CAR-T recovery (profile {args.profile}), {stamp}\n\n"
             f"`python benchmarks/cart_recovery.py --patients {' '.join(map(str, args.patients))}"
             f" --profile {args.profile} --seed {args.seed} --chains {args.chains} --draws "
-            f"{args.draws} --tune {args.tune} --integrator {args.integrator}`. Virtual cohorts "
+            f"{args.draws} --tune {args.tune} --integrator {args.integrator} --sampler "
+            f"{args.sampler}`. Virtual cohorts "
             "from `pkpd.data.virtual` "
             "(cart_crs at its typical values, IIV, rescue drugs); fitted with "
             "`pkpd.inference.profiles.fit_staged`. Machine: "

@@ -40,7 +40,7 @@ from pkpd.inference.likelihood import (
     observation_logp,
     residual_parameters,
 )
-from pkpd.inference.predict import make_predictor, resolve_integrator
+from pkpd.inference.predict import make_predictor, resolve_gradient, resolve_integrator
 from pkpd.solve import BoundCohort, Solver, bind
 
 #: Solver used for fitting when none is given: the closed form when the model declares one,
@@ -93,7 +93,8 @@ class ModelInfo:
     censoring : str
         ``"m3"`` or ``"drop"``.
     gradient : str
-        ``"forward"`` or ``"reverse"`` (see `pkpd.inference.predict`).
+        ``"forward"``, ``"reverse"`` or ``"adjoint"`` (``"auto"`` resolved,
+        `pkpd.inference.predict.resolve_gradient`).
     integrator : str
         The integrator the predictions use, ``"lanes"`` or ``"engine"`` (``"auto"`` resolved,
         `pkpd.inference.predict.resolve_integrator`).
@@ -357,7 +358,7 @@ def prepare_model(
     solver: Solver | None = None,
     correlated_iiv: bool = False,
     censoring: str = "m3",
-    gradient: str = "forward",
+    gradient: str = "auto",
     integrator: str = "auto",
 ) -> ModelInfo:
     """Everything `build_model` needs except PyMC: compiled model, bound data, predictions.
@@ -391,6 +392,7 @@ def prepare_model(
         solver = default_solver(compiled, obs)
     elif not solver.uses_analytic(compiled):
         check_atol(solver, obs)
+    gradient = resolve_gradient(gradient, integrator, spec, compiled, bound, solver)
     integrator = resolve_integrator(integrator, spec, compiled, bound, solver, gradient)
     predict = make_predictor(
         spec, compiled, bound, solver, obs.subject, obs.column, gradient=gradient,
@@ -434,7 +436,7 @@ def build_model(
     solver: Solver | None = None,
     correlated_iiv: bool = False,
     censoring: str = "m3",
-    gradient: str = "forward",
+    gradient: str = "auto",
     integrator: str = "auto",
     lkj_eta: float = 2.0,
     aggregate: Any = None,
@@ -456,8 +458,11 @@ def build_model(
         matrix (needs two or more parameters with IIV whose iiv priors share one family).
     censoring : {"m3", "drop"}, optional
         Censored records (``obs_cens != 0``) enter through the M3 likelihood, or are dropped.
-    gradient : {"forward", "reverse"}, optional
-        How the prediction op differentiates the solve (see `pkpd.inference.predict`).
+    gradient : {"auto", "forward", "reverse", "adjoint"}, optional
+        How the prediction op differentiates the solve (see `pkpd.inference.predict`):
+        ``"auto"`` (default) takes the discrete adjoint of the subjects-last loop when at least
+        `pkpd.inference.predict.ADJOINT_MIN_TANGENTS` parameters go through the solve and lanes
+        applies (below), else forward sensitivities (`pkpd.inference.predict.resolve_gradient`).
     integrator : {"auto", "engine", "lanes"}, optional
         Which integrator the predictions use: ``"auto"`` (default) takes the subjects-last
         loop of `pkpd.solve.lanes` for forward gradients with an explicit method when no

@@ -303,7 +303,7 @@ def fit_staged(
     draws: int = 1000,
     tune: int = 1000,
     init: str = "prior",
-    gradient: str = "forward",
+    gradient: str = "auto",
     integrator: str = "auto",
     solver: Any = None,
     progressbar: bool = False,

@@ -62,6 +62,8 @@ class FitSettings:
     correlated_iiv : bool
     censoring : str
     gradient : str
+        ``"forward"``, ``"reverse"`` or ``"adjoint"``: how the likelihood was differentiated
+        (``"auto"`` resolved, `pkpd.inference.predict.resolve_gradient`).
     integrator : str
         ``"lanes"`` or ``"engine"``: the integrator of the likelihood's predictions
         (`pkpd.inference.predict.resolve_integrator`; fits saved before it was recorded
@@ -484,7 +486,7 @@ def fit(
     target_accept: float = 0.8,
     correlated_iiv: bool = False,
     censoring: str = "m3",
-    gradient: str = "forward",
+    gradient: str = "auto",
     integrator: str = "auto",
     log_likelihood_group: bool = True,
     sampler_kwargs: dict[str, Any] | None = None,
@@ -621,7 +623,7 @@ def fit(
         solver=repr(info.solver),
         correlated_iiv=correlated_iiv,
         censoring=censoring,
-        gradient=gradient,
+        gradient=info.gradient,
         integrator=info.integrator,
         wall_time=timing,
         sampler_kwargs=dict(sampler_kwargs or {}),

@@ -99,6 +99,13 @@ def compile_spec(spec: ModelSpec) -> CompiledModel:
         env = full_env(t, y, p)
         return as_vector([f(env) for f in rhs_fns], p[0])
 
+    def rhs_rows(t, y, p):
+        # Every translated expression is elementwise, so rows of subjects go straight through;
+        # no stacking, so the reverse pass of `pkpd.solve.lanes` has no scatters.
+        env = full_env(t, y, p)
+        zero = jnp.zeros(jnp.broadcast_shapes(jnp.shape(t), *(jnp.shape(v) for v in y)))
+        return [jnp.asarray(f(env), dtype=jnp.float64) + zero for f in rhs_fns]
+
     def initial(p):
         env = static_env(p)
         return as_vector([f(env) for f in init_fns], p[0])
@@ -198,4 +205,5 @@ def compile_spec(spec: ModelSpec) -> CompiledModel:
         dose_targets={name: states.index(r.compartment) for name, r in spec.doses.items()},
         analytic=analytic,
         spec=spec,
+        rhs_rows=rhs_rows,
     )

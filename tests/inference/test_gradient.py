@@ -69,6 +69,23 @@ def test_gradient_ode_forward_sensitivities(integrator):
     _check(pm_model, seed=12)
 
 
+def test_gradient_lanes_adjoint(multi_spec, multi_cohort):
+    """The discrete adjoint of the subjects-last loop (`pkpd.solve.lanes.solve_lanes_adjoint`):
+    censoring, an ordinal endpoint and several endpoints, against central differences."""
+    pm_model, info = build_model(multi_spec, multi_cohort, solver=TIGHT, gradient="adjoint")
+    assert info.integrator == "lanes"
+    _check(pm_model, seed=15)
+
+
+def test_adjoint_needs_lanes(multi_spec, multi_cohort):
+    with pytest.raises(ValueError, match="adjoint"):
+        build_model(multi_spec, multi_cohort, solver=TIGHT, gradient="adjoint",
+                    integrator="engine")
+    with pytest.raises(ValueError, match="explicit Runge-Kutta"):
+        build_model(multi_spec, multi_cohort, solver=Solver("kvaerno5", rtol=1e-8),
+                    gradient="adjoint")
+
+
 def test_gradient_censoring_ordinal_several_endpoints(multi_spec, multi_cohort):
     pm_model, _ = build_model(multi_spec, multi_cohort, solver=TIGHT)
     _check(pm_model, seed=13)

@@ -126,7 +126,7 @@ def test_lanes_only_where_its_gradient_is_exact(tmp_path):
         chosen(lagged, integrator="lanes")
     with pytest.raises(ValueError, match=r"'iv'.*\['F'\]"):
         chosen(cohort=_cohort("RATE"), integrator="lanes")
-    with pytest.raises(ValueError, match="no reverse mode"):
+    with pytest.raises(ValueError, match="no plain reverse mode"):
         chosen(gradient="reverse", integrator="lanes")
     with pytest.raises(ValueError, match="explicit Runge-Kutta"):
         chosen(solver=Solver.stiff(rtol=1e-6, atol=1e-9), integrator="lanes")
@@ -149,7 +149,32 @@ def test_auto_takes_lanes_for_large_problems_only(tmp_path, monkeypatch):
     assert prepare_model(spec, _cohort("RATE"), solver=ode).integrator == "engine"
     monkeypatch.undo()
     cart = pkpd.load_dataset("virtual_cart")
-    assert prepare_model("cart_crs", cart.subset(cart.subjects[:5])).integrator == "lanes"
+    info = prepare_model("cart_crs", cart.subset(cart.subjects[:5]))
+    # 64 parameters go through the solve: the default gradient is the adjoint
+    assert (info.integrator, info.gradient) == ("lanes", "adjoint")
+
+
+def test_auto_gradient_takes_the_adjoint_for_many_tangents(tmp_path, monkeypatch):
+    """``gradient="auto"``: forward mode for few parameters through the solve, the adjoint
+    from `ADJOINT_MIN_TANGENTS` where lanes applies; never where lanes' derivative would miss
+    an event time (estimated lag), and ``"adjoint"`` there is an error naming it."""
+    from pkpd.inference import predict
+
+    spec, by_dur = _spec(tmp_path), _cohort("DUR")
+    ode = Solver("tsit5", rtol=1e-6, atol=1e-9)
+    monkeypatch.setattr(predict, "LANES_MIN_SIZE", 6)
+    assert prepare_model(spec, by_dur, solver=ode).gradient == "forward"
+    monkeypatch.setattr(predict, "ADJOINT_MIN_TANGENTS", 1)
+    info = prepare_model(spec, by_dur, solver=ode)
+    assert (info.integrator, info.gradient) == ("lanes", "adjoint")
+    assert prepare_model(spec, by_dur, solver=ode, integrator="engine").gradient == "forward"
+    lagged = _spec(tmp_path, ESTIMATED_LAG, "lagged.toml")
+    info = prepare_model(lagged, by_dur, solver=ode)
+    assert (info.integrator, info.gradient) == ("engine", "forward")
+    with pytest.raises(ValueError, match=r"adjoint.*'oral'.*\['tlag'\]"):
+        prepare_model(lagged, by_dur, solver=ode, gradient="adjoint")
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        prepare_model(spec, by_dur, solver=ode, gradient="backward")
 
 
 def test_engine_fallback_still_differentiates_the_lag(tmp_path, monkeypatch):
@@ -169,6 +194,7 @@ def test_fit_records_the_integrator_and_a_saved_fit_rebuilds_it(tmp_path):
     result = fit(spec, _cohort("DUR"), sampler="map", seed=1, progressbar=False,
                  solver=Solver("tsit5", rtol=1e-6, atol=1e-9), integrator="lanes")
     assert result.settings.integrator == "lanes"
+    assert result.settings.gradient == "forward"  # "auto" resolved: 2 parameters, few tangents
     path = tmp_path / "fit.nc"
     result.save(path)
     loaded = load_fit(path)
