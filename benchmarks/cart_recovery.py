@@ -175,6 +175,8 @@ def _last_stage(n_patients: int, profile: str) -> tuple:
 
     base = pkpd.load_model("cart_crs")
     cohort = pkpd.load_dataset("virtual_cart")
+    if n_patients > len(cohort.subjects):
+        raise ValueError(f"virtual_cart has {len(cohort.subjects)} patients, not {n_patients}")
     cohort = cohort.subset(cohort.subjects[:n_patients])
     if profile == "all":
         spec = base
