@@ -85,17 +85,6 @@ def _combine(coefs: Any, ks: list[jax.Array]) -> jax.Array | None:
     return total
 
 
-def _combine_rows(coefs: Any, ks: list[list[jax.Array]]) -> list[jax.Array]:
-    """`_combine` on lists of rows."""
-    total = None
-    for a, k in zip(coefs, ks, strict=False):
-        a = float(a)
-        if a != 0.0:
-            term = [a * v for v in k]
-            total = term if total is None else [x + z for x, z in zip(total, term, strict=True)]
-    return total
-
-
 def _stages(field: Any, tab: Any, t: jax.Array, he: jax.Array, y: jax.Array,
             f0: jax.Array) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
     """One explicit Runge-Kutta step of length ``he`` per lane: ``(y1, error, stage values)``."""
