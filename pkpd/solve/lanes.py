@@ -508,7 +508,9 @@ def solve_lanes_adjoint(
     Parameters
     ----------
     model, solver, ev, obs_time, obs_seq, p
-        As in `solve_lanes`.
+        As in `solve_lanes`; ``ev``, ``obs_time`` and ``obs_seq`` must be concrete arrays (data
+        the reverse rule closes over, as in a fit), not values traced by an enclosing
+        transformation.
     capacity : int
         Loop iterations the record holds (memory ``capacity x (S + E + 6) x N`` numbers). A solve
         that needs more falls back, in the reverse pass, to forward mode (exact, slower):
@@ -526,6 +528,9 @@ def solve_lanes_adjoint(
     capacity = int(capacity)
     if capacity < 1:
         raise ValueError(f"capacity must be at least 1, got {capacity}")
+    if any(isinstance(a, jax.core.Tracer) for a in (obs_time, obs_seq, *ev.values())):
+        raise ValueError("solve_lanes_adjoint needs concrete event and observation arrays "
+                         "(pass them as constants, not as arguments of a jitted function)")
     method = _method(model, solver)
     tab = method.tableau
     n_states = model.n_states

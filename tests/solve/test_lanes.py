@@ -226,6 +226,11 @@ def test_adjoint_matches_forward_mode(model2, cohort):
     for capacity in (n_iter, n_iter - 1):  # record just long enough; one short: fallback
         adj = jax.jit(jax.grad(_sum_of_outputs(model2, solver, args, weights, capacity)))(p)
         np.testing.assert_allclose(adj, forward, rtol=1e-10, atol=1e-12 * np.abs(forward).max())
+    from pkpd.solve.lanes import solve_lanes_adjoint
+
+    with pytest.raises(ValueError, match="concrete event and observation arrays"):
+        jax.jit(lambda tt: solve_lanes_adjoint(model2, solver, args[0], tt, args[2], p,
+                                               capacity=n_iter).y)(args[1])
 
 
 @pytest.mark.parametrize("rows", [False, True])
