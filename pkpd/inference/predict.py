@@ -256,13 +256,10 @@ def resolve_integrator(
             raise ValueError("gradient='adjoint' is the subjects-last integrator's (lanes)")
         return "engine"
     ok, why = lanes_gradient(spec, model, bound, solver, gradient)
-    if integrator == "lanes":
+    if integrator == "lanes" or gradient == "adjoint":
         if not ok:
-            raise ValueError(f"integrator 'lanes' cannot be used for {spec.name!r}: {why}")
-        return "lanes"
-    if gradient == "adjoint":
-        if not ok:
-            raise ValueError(f"gradient='adjoint' cannot be used for {spec.name!r}: {why}")
+            asked = "integrator 'lanes'" if integrator == "lanes" else "gradient='adjoint'"
+            raise ValueError(f"{asked} cannot be used for {spec.name!r}: {why}")
         return "lanes"
     return "lanes" if ok and model.n_states * bound.n_subjects >= LANES_MIN_SIZE else "engine"
 
