@@ -15,6 +15,10 @@ earlier stage's point estimate are listed with that estimate.
     python benchmarks/cart_recovery.py --patients 60 200 --write
     python benchmarks/cart_recovery.py --profile cart_crs_core --draws 500 --tune 500
 
+``--sampler map`` fits the last stage by its joint posterior mode only: the table then gives the
+point estimate against the truth, with no interval, coverage or contraction (a check of bias and
+of the optimiser's cost, not a recovery).
+
 ``--timing`` instead times one log-density and its gradient (what NUTS evaluates ~2^depth times
 per draw) on the first patients of the bundled ``virtual_cart`` cohort, for the full model and
 for a profile's last stage, and prints one JSON line per configuration:
@@ -23,6 +27,11 @@ for a profile's last stage, and prints one JSON line per configuration:
     python benchmarks/cart_recovery.py --timing --patients 5 --profile all --gradient reverse
     python benchmarks/cart_recovery.py --timing --patients 60 --profile cart_crs_core \
         --integrator engine
+    python benchmarks/cart_recovery.py --timing --generate --patients 100 --profile all \
+        --gradient adjoint
+
+(``--generate``: a cohort of each size from the generator, seed ``--seed``, instead of the first
+patients of the bundled ``virtual_cart``, which has 60.)
 
 ``--steps`` counts the steps of the subjects-last solve (iterations, accepted and rejected steps,
 those after day 28) and times the solve alone with and without tangents:
@@ -62,23 +71,21 @@ def truth_of(spec, name: str) -> float:
 
 
 def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune: int,
-        integrator: str = "auto", sampler: str = "auto") -> dict:
+        integrator: str = "auto", sampler: str = "auto",
+        parameterization: str | dict[str, str] = "noncentered") -> dict:
     """Generate one virtual cohort, fit it, and return the recovery table and diagnostics."""
     import pkpd
-    from pkpd.data import from_dataframe
-    from pkpd.data.virtual import draw_patients, make_virtual_cohort
     from pkpd.inference.identifiability import contraction
     from pkpd.inference.profiles import fit_staged, get_profile
 
     t0 = time.perf_counter()
-    patients = draw_patients(n_patients, seed=seed)
-    records = make_virtual_cohort(patients, seed=seed)  # default model cart_crs
-    cohort = from_dataframe(records, source=f"virtual_{n_patients}_{seed}", time_unit="day")
+    cohort = generated_cohort(n_patients, seed)  # default model cart_crs
     generate_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     result = fit_staged("cart_crs", cohort, profile=profile, seed=seed, chains=chains,
-                        draws=draws, tune=tune, integrator=integrator, sampler=sampler)
+                        draws=draws, tune=tune, integrator=integrator, sampler=sampler,
+                        iiv_parameterization=parameterization)
     fit_s = time.perf_counter() - t0
     crs3 = None
     if "crs_grade" in get_profile(profile).final.endpoints:
@@ -93,6 +100,7 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
         diag = result.diagnostics()
     final = result.extra["staged"]["stages"][-1]
     names = list(final["estimated"]) + [f"omega_{n}" for n in final["iiv"]]
+    point = result.settings.sampler == "map"  # one draw: an estimate, no interval
     rows = []
     for name in names:
         draws_ = np.asarray(post[name].values).ravel()
@@ -102,11 +110,11 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
             "parameter": name,
             "truth": truth,
             "median": med,
-            "lower": lo,
-            "upper": hi,
-            "covered": bool(lo <= truth <= hi),
-            "contraction": float(contr.loc[name, "contraction"]) if name in contr.index
-            else np.nan,
+            "lower": np.nan if point else lo,
+            "upper": np.nan if point else hi,
+            "covered": None if point else bool(lo <= truth <= hi),
+            "contraction": float(contr.loc[name, "contraction"])
+            if name in contr.index and not point else np.nan,
         })
     plug_ins = {n: (v["value"], v["stage"], truth_of(generator, n))
                 for n, v in final["fixed_from"].items()}
@@ -123,6 +131,7 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
         "integrator": result.settings.integrator,
         "sampler": result.settings.sampler,
         "gradient": result.settings.gradient,
+        "parameterization": result.settings.iiv_parameterization,
         "leapfrog": (float(result.idata.sample_stats["n_steps"].mean())
                      if "n_steps" in result.idata.sample_stats else float("nan")),
     }
@@ -167,17 +176,33 @@ def crs3_check(result, seed: int, n_patients: int = 1000, n_draws: int = 100,
             "patients": n_patients}
 
 
-def _last_stage(n_patients: int, profile: str) -> tuple:
-    """The model a profile's last stage fits (``"all"``: cart_crs) and the first patients of
-    ``virtual_cart`` with that stage's endpoints (pre-infusion CAR-T records left out)."""
+def generated_cohort(n_patients: int, seed: int):
+    """A virtual cohort of ``n_patients`` from the library's generator (as `run` makes them)."""
+    from pkpd.data import from_dataframe
+    from pkpd.data.virtual import draw_patients, make_virtual_cohort
+
+    records = make_virtual_cohort(draw_patients(n_patients, seed=seed), seed=seed)
+    return from_dataframe(records, source=f"virtual_{n_patients}_{seed}", time_unit="day")
+
+
+def _last_stage(n_patients: int, profile: str, seed: int | None = None) -> tuple:
+    """The model a profile's last stage fits (``"all"``: cart_crs) and its cohort, with that
+    stage's endpoints (pre-infusion CAR-T records left out): the first patients of
+    ``virtual_cart``, or with ``seed`` a cohort of ``n_patients`` from the generator."""
     import pkpd
     from pkpd.inference.profiles import get_profile, select_endpoints
 
     base = pkpd.load_model("cart_crs")
-    cohort = pkpd.load_dataset("virtual_cart")
-    if n_patients > len(cohort.subjects):
-        raise ValueError(f"virtual_cart has {len(cohort.subjects)} patients, not {n_patients}")
-    cohort = cohort.subset(cohort.subjects[:n_patients])
+    if seed is not None:
+        cohort = generated_cohort(n_patients, seed)
+    else:
+        cohort = pkpd.load_dataset("virtual_cart")
+        if n_patients > len(cohort.subjects):
+            raise ValueError(
+                f"virtual_cart has {len(cohort.subjects)} patients, not {n_patients} "
+                "(--generate times a cohort of any size from the generator)"
+            )
+        cohort = cohort.subset(cohort.subjects[:n_patients])
     if profile == "all":
         spec = base
         endpoints = [name for name, o in base.observations.items()
@@ -197,7 +222,7 @@ def _fit_solver(method: str = "auto"):
     return Solver(method, rtol=FIT_RTOL, atol=FIT_ATOL, max_steps=FIT_MAX_STEPS)
 
 
-def steps(n_patients: int, profile: str, after: float = 28.0) -> dict:
+def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None = None) -> dict:
     """Where the subjects-last solve of a fit spends its time (``--steps``).
 
     At the typical values (all random effects 0), fitting tolerances: loop iterations,
@@ -214,7 +239,7 @@ def steps(n_patients: int, profile: str, after: float = 28.0) -> dict:
     from pkpd.solve import event_arrays
     from pkpd.solve.lanes import solve_lanes
 
-    spec, cohort = _last_stage(n_patients, profile)
+    spec, cohort = _last_stage(n_patients, profile, seed)
     info = prepare_model(spec, cohort, solver=_fit_solver(), integrator="lanes")
     model, bound = info.model, info.bound
     args = (event_arrays(bound.events), jnp.asarray(bound.obs_time, dtype=jnp.float64),
@@ -258,7 +283,7 @@ def steps(n_patients: int, profile: str, after: float = 28.0) -> dict:
 
 
 def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto",
-           integrator: str = "auto") -> dict:
+           integrator: str = "auto", seed: int | None = None) -> dict:
     """Time one log-density and one gradient of ``cart_crs`` (all parameters, or a profile).
 
     Pre-infusion CAR-T records are left out in both (they carry no information, see
@@ -273,13 +298,14 @@ def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto",
     from pkpd.inference import build_model
     from pkpd.inference.sample import _flat_fn
 
-    spec, cohort = _last_stage(n_patients, profile)
+    spec, cohort = _last_stage(n_patients, profile, seed)
     t0 = time.perf_counter()
     ode = _fit_solver(solver)
     pm_model, info = build_model(spec, cohort, gradient=gradient, solver=ode,
                                  integrator=integrator)
     out = {"model": spec.name, "gradient": gradient, "solver": solver,
            "integrator": info.integrator, "patients": n_patients,
+           "cohort": cohort.source,
            "estimated": len(spec.estimated()), "iiv": len(info.iiv),
            "observations": len(info.observations.value),
            "build_s": round(time.perf_counter() - t0, 2)}
@@ -311,9 +337,14 @@ def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto",
 
 def markdown(res: dict) -> str:
     """Return the recovery table of one run as markdown."""
-    lines = ["| parameter | truth | posterior median | 90% CrI | covered | contraction |",
+    point = res.get("sampler") == "map"
+    estimate = "MAP (joint mode)" if point else "posterior median"
+    lines = [f"| parameter | truth | {estimate} | 90% CrI | covered | contraction |",
              "|---|---|---|---|---|---|"]
     for name, r in res["table"].iterrows():
+        if point:
+            lines.append(f"| {name} | {r.truth:.4g} | {r['median']:.4g} | - | - | - |")
+            continue
         lines.append(f"| {name} | {r.truth:.4g} | {r['median']:.4g} | "
                      f"[{r.lower:.4g}, {r.upper:.4g}] | {'yes' if r.covered else 'NO'} | "
                      f"{r.contraction:.2f} |")
@@ -321,27 +352,49 @@ def markdown(res: dict) -> str:
         lines.append(f"| {name} (fixed at stage {stage!r} MAP) | {truth:.4g} | {value:.4g} | "
                      "- | - | - |")
     d = res["diag"]
+    mixing = ("a point estimate (no R-hat, ESS or interval)" if point else
+              f"R-hat max {d['rhat_max']:.3f}, min bulk ESS {d['ess_bulk_min']:.0f}, divergences "
+              f"{d['divergences']}, {res['leapfrog']:.1f} leapfrog steps per kept draw, "
+              f"{d['ess_bulk_min'] / list(res['stage_s'].values())[-1]:.3f} min bulk ESS per "
+              "second of the last stage (compilation included)")
     lines.append("")
     lines.append(
-        f"{res['n']} patients, {res['n_obs']} observations in the last stage; R-hat max "
-        f"{d['rhat_max']:.3f}, min bulk ESS {d['ess_bulk_min']:.0f}, divergences "
-        f"{d['divergences']}, {res['leapfrog']:.1f} leapfrog steps per kept draw, last stage "
+        f"{res['n']} patients, {res['n_obs']} observations in the last stage; {mixing}, last stage "
         f"sampler {res.get('sampler', 'nutpie')}, integrator {res['integrator']}, gradient "
-        f"{res.get('gradient', 'forward')}; generation {res['generate_s']:.0f} s, fit "
-        f"{res['fit_s']:.0f} s "
+        f"{res.get('gradient', 'forward')}, random effects "
+        f"{_parameterization_text(res.get('parameterization'))}; generation "
+        f"{res['generate_s']:.0f} s, fit {res['fit_s']:.0f} s "
         "(stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["stage_s"].items()) + ")."
     )
     c = res.get("crs3")
     if c:
         lines.append("")
+        source = ("at the MAP only: the interval is the binomial noise of the new patients, "
+                  "without parameter uncertainty" if point else
+                  f"{c['draws']} posterior draws")
         lines.append(
             f"Posterior predictive P(CRS >= 3) of new patients (standard rescue, "
-            f"{c['draws']} posterior draws x {c['patients']} patients): median "
+            f"{c['patients']} patients per draw, {source}): median "
             f"{c['median']:.3f}, 90% interval [{c['lower']:.3f}, {c['upper']:.3f}]; generating "
             f"truth {c['truth']:.3f} ({c['truth_n']} patients of the generator): "
             f"{'covered' if c['covered'] else 'NOT covered'} ({c['wall_s']:.0f} s)."
         )
     return "\n".join(lines)
+
+
+def _parameterization_text(chosen: dict[str, str] | None) -> str:
+    if not chosen or set(chosen.values()) == {"noncentered"}:
+        return "non-centred"
+    if set(chosen.values()) == {"centered"}:
+        return "centred"
+    return "centred on " + ", ".join(n for n, c in chosen.items() if c == "centered")
+
+
+def parse_parameterization(text: str) -> str | dict[str, str]:
+    """``"centered"``, ``"noncentered"`` or ``"rho,alpha"`` (those centred, the rest not)."""
+    if text in ("centered", "noncentered"):
+        return text
+    return {name.strip(): "centered" for name in text.split(",") if name.strip()}
 
 
 def main() -> None:
@@ -356,6 +409,9 @@ def main() -> None:
     parser.add_argument("--sampler", default="auto",
                         help="sampler of the last stage (pkpd.inference.fit: NUTS by default; "
                         "'pathfinder' gives an approximate posterior)")
+    parser.add_argument("--iiv-parameterization", default="noncentered",
+                        help="random effects of the last stage: noncentered (default), centered, "
+                        "or a comma-separated list of parameters to centre")
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
     parser.add_argument("--timing", action="store_true",
                         help="time one log-density and gradient instead of fitting")
@@ -366,20 +422,24 @@ def main() -> None:
                         help="the fit's integrator option (pkpd.inference.build_model)")
     parser.add_argument("--steps", action="store_true",
                         help="count the subjects-last solve's steps and time it with tangents")
+    parser.add_argument("--generate", action="store_true",
+                        help="with --timing/--steps: a cohort of each size from the generator "
+                        "(--seed) instead of the first patients of virtual_cart")
     args = parser.parse_args()
     if args.timing or args.steps:
         import json
 
         for n in args.patients:
-            res = (steps(n, args.profile) if args.steps else
-                   timing(n, args.profile, args.gradient, args.solver, args.integrator))
+            seed = args.seed if args.generate else None
+            res = (steps(n, args.profile, seed=seed) if args.steps else
+                   timing(n, args.profile, args.gradient, args.solver, args.integrator, seed))
             print(json.dumps(res), flush=True)
         return
     load_before = os.getloadavg()
     parts = []
     for n in args.patients:
         res = run(n, args.profile, args.seed, args.chains, args.draws, args.tune,
-                  args.integrator, args.sampler)
+                  args.integrator, args.sampler, parse_parameterization(args.iiv_parameterization))
         text = markdown(res)
         print(text, flush=True)
         parts.append(text)
@@ -393,7 +453,7 @@ def main() -> None:
             f"`python benchmarks/cart_recovery.py --patients {' '.join(map(str, args.patients))}"
             f" --profile {args.profile} --seed {args.seed} --chains {args.chains} --draws "
             f"{args.draws} --tune {args.tune} --integrator {args.integrator} --sampler "
-            f"{args.sampler}`. Virtual cohorts "
+            f"{args.sampler} --iiv-parameterization {args.iiv_parameterization}`. Virtual cohorts "
             "from `pkpd.data.virtual` "
             "(cart_crs at its typical values, IIV, rescue drugs); fitted with "
             "`pkpd.inference.profiles.fit_staged`. Machine: "

@@ -22,3 +22,50 @@ def test_cart_recovery_refuses_more_patients_than_the_dataset_has():
     assert len(cohort.subjects) == 3
     with pytest.raises(ValueError, match="virtual_cart has 60 patients, not 61"):
         cart_recovery._last_stage(61, "cart_crs_core")
+
+
+def test_cart_recovery_map_table_claims_no_interval_or_coverage():
+    # A MAP has one draw: its "90% CrI" would be the point itself and "covered" almost always
+    # NO; the table must show the estimate only.
+    import numpy as np
+    import pandas as pd
+
+    cart_recovery = _load("cart_recovery")
+    table = pd.DataFrame(
+        [{"parameter": "rho", "truth": 0.89, "median": 0.87, "lower": np.nan,
+          "upper": np.nan, "covered": None, "contraction": np.nan}]
+    ).set_index("parameter")
+    res = {"n": 5, "n_obs": 50, "table": table, "plug_ins": {}, "sampler": "map",
+           "diag": {"rhat_max": np.nan, "ess_bulk_min": np.nan, "divergences": 0},
+           "leapfrog": np.nan, "integrator": "lanes", "gradient": "forward",
+           "generate_s": 1.0, "fit_s": 2.0, "stage_s": {"core": 2.0},
+           "crs3": {"truth": 0.01, "truth_n": 10, "median": 0.02, "lower": 0.01,
+                    "upper": 0.03, "covered": True, "draws": 1, "patients": 10, "wall_s": 1.0}}
+    text = cart_recovery.markdown(res)
+    assert "| rho | 0.89 | 0.87 | - | - | - |" in text
+    assert "MAP (joint mode)" in text and "posterior median" not in text
+    assert "R-hat max" not in text and "a point estimate" in text
+    assert "at the MAP" in text
+    res["sampler"] = "nutpie"
+    table.loc["rho", ["lower", "upper", "covered", "contraction"]] = [0.8, 0.9, True, 0.5]
+    assert "| rho | 0.89 | 0.87 | [0.8, 0.9] | yes | 0.50 |" in cart_recovery.markdown(res)
+
+
+@pytest.mark.slow
+def test_cart_recovery_times_generated_cohorts_of_any_size():
+    cart_recovery = _load("cart_recovery")
+    spec, cohort = cart_recovery._last_stage(3, "cart_crs_core", seed=7)
+    assert len(cohort.subjects) == 3
+    assert cohort.source.startswith("virtual_3_7")
+    _, again = cart_recovery._last_stage(3, "cart_crs_core", seed=7)
+    assert again.to_dataframe().equals(cohort.to_dataframe())
+
+
+def test_cart_recovery_parameterization_option():
+    cart_recovery = _load("cart_recovery")
+    parse, text = cart_recovery.parse_parameterization, cart_recovery._parameterization_text
+    assert parse("centered") == "centered" and parse("noncentered") == "noncentered"
+    assert parse("rho, alpha") == {"rho": "centered", "alpha": "centered"}
+    assert text({"rho": "centered", "FB": "noncentered"}) == "centred on rho"
+    assert text({"rho": "centered"}) == "centred"
+    assert text({"rho": "noncentered"}) == text({}) == "non-centred"

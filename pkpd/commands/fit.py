@@ -66,6 +66,11 @@ def fit_cmd(
         bool, typer.Option("--correlated-iiv", help="LKJ prior on IIV correlations.")
     ] = False,
     censoring: Annotated[str, typer.Option(help="m3 (censored likelihood) or drop.")] = "m3",
+    centered: Annotated[
+        list[str] | None,
+        typer.Option(help="Centre the random effect of this parameter (repeatable; 'all' for "
+                     "every one): for random effects each subject's data pin down."),
+    ] = None,
     solver: Annotated[
         str, typer.Option(help="auto (closed form when available), tsit5, kvaerno5, ...")
     ] = "auto",
@@ -100,13 +105,16 @@ def fit_cmd(
         _fail(str(exc))
     if not out.parent.exists():
         _fail(f"output folder {out.parent} does not exist")
+    names = list(centered or [])
+    parameterization: Any = ("centered" if "all" in names else
+                             {n: "centered" for n in names})
     typer.echo(f"fitting {spec.name} to {cohort.source} ({cohort.n_subjects} subjects) with "
                f"{sampler}, {chains} chains x {draws} draws (+{tune} warm-up), seed {seed}")
     try:
         result = fit(spec, cohort, sampler=sampler, chains=chains, draws=draws, tune=tune,
                      seed=seed, init=init, solver=cfg, progressbar=progress,
                      target_accept=target_accept, correlated_iiv=correlated_iiv,
-                     censoring=censoring)
+                     censoring=censoring, iiv_parameterization=parameterization)
     except (DatasetError, ValueError) as exc:
         _fail(str(exc))
     result.save(out)

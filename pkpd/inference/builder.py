@@ -10,10 +10,13 @@ The model, in the terms of the field:
   ``CL = exp(log_CL)``), ``LogitNormal`` on the logit scale; bounded families (``HalfNormal``,
   ``Beta``, ...) through PyMC's usual log / logit transforms. Fixed parameters stay at their
   value. The posterior has one variable per parameter, named as in the model file.
-- **between-subject variability** (OMEGA), non-centred: ``z ~ Normal(0, 1)`` of shape
-  ``(subject, iiv)``, ``eta = z * omega`` with ``omega_<name>`` drawn from the parameter's
+- **between-subject variability** (OMEGA), non-centred by default: ``z ~ Normal(0, 1)`` of
+  shape ``(subject, iiv)``, ``eta = z * omega`` with ``omega_<name>`` drawn from the parameter's
   ``iiv`` prior; with ``correlated_iiv=True`` an LKJ prior on the correlation
-  (``eta_i = L z_i`` with ``L`` the Cholesky factor of the covariance). How ``eta`` enters a
+  (``eta_i = L z_i`` with ``L`` the Cholesky factor of the covariance). Centred
+  (``iiv_parameterization``): ``eta ~ Normal(0, omega)`` itself, for random effects that each
+  subject's data pin down (the non-centred form then ties ``z`` and ``omega`` together and NUTS
+  takes small steps; the centred one funnels when the data say little). How ``eta`` enters a
   parameter (``p = theta * exp(eta)``, or on the logit scale) and covariate effects (power,
   exponential, ... with fixed or estimated coefficients) are the model's own
   ``individual(theta, eta, cov)``.
@@ -28,6 +31,7 @@ The model, in the terms of the field:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +62,45 @@ FIT_ATOL = 1.0e-14
 FIT_MAX_STEPS = 4096
 
 #: Names the builder gives its own variables (a model parameter may not use them).
-RESERVED = ("z", "eta", "y", "chol_iiv", "corr_iiv", "theta")
+RESERVED = ("z", "eta", "eta_centered", "y", "chol_iiv", "corr_iiv", "theta")
+
+#: How a random effect can be written (`build_model`'s ``iiv_parameterization``).
+PARAMETERIZATIONS = ("noncentered", "centered")
+
+
+def resolve_parameterization(option: str | Mapping[str, str], iiv: Sequence[str]) -> dict[str, str]:
+    """One of `PARAMETERIZATIONS` per parameter with IIV.
+
+    Parameters
+    ----------
+    option : str or mapping
+        One choice for every random effect, or ``{parameter: choice}`` (parameters left out
+        are non-centred).
+    iiv : sequence of str
+        The parameters with IIV, in ``eta`` order.
+
+    Returns
+    -------
+    dict of str to str
+
+    Raises
+    ------
+    ValueError
+        For an unknown choice, or a parameter of the mapping that has no IIV.
+    """
+    if isinstance(option, str):
+        chosen = {name: option for name in iiv}
+    else:
+        unknown = sorted(set(option) - set(iiv))
+        if unknown:
+            raise ValueError(f"iiv_parameterization names parameters without IIV: "
+                             f"{', '.join(unknown)} (IIV on: {', '.join(iiv) or 'none'})")
+        chosen = {name: option.get(name, "noncentered") for name in iiv}
+    bad = sorted({c for c in chosen.values() if c not in PARAMETERIZATIONS})
+    if bad or (isinstance(option, str) and option not in PARAMETERIZATIONS):
+        raise ValueError(f"unknown IIV parameterization {bad[0] if bad else option!r}; choose "
+                         f"from {', '.join(PARAMETERIZATIONS)}")
+    return chosen
 
 
 @dataclass
@@ -440,6 +482,7 @@ def build_model(
     integrator: str = "auto",
     lkj_eta: float = 2.0,
     aggregate: Any = None,
+    iiv_parameterization: str | Mapping[str, str] = "noncentered",
 ) -> tuple[Any, ModelInfo]:
     """Build the hierarchical Bayesian model of a model file fitted to a cohort.
 
@@ -476,12 +519,21 @@ def build_model(
         is added as ``pm.Potential("aggregate")``, a function of its ``parameters`` taken from
         this model's variables (typical values, ``omega_<name>``); the others stay at its fixed
         values.
+    iiv_parameterization : str or mapping, optional
+        ``"noncentered"`` (default): ``eta = omega * z`` with ``z ~ Normal(0, 1)``, right when a
+        subject's data say little about its random effect; ``"centered"``: ``eta ~ Normal(0,
+        omega)`` (``MvNormal`` with ``correlated_iiv``), right when they pin it down; or
+        ``{parameter: choice}`` per random effect (the others non-centred; not with
+        ``correlated_iiv``). Mixed, the free variables are ``z`` (coordinate
+        ``iiv_noncentered``) and ``eta_centered`` (``iiv_centered``); ``eta`` is always the
+        ``(subject, iiv)`` random effects. The choice changes how NUTS sees the posterior,
+        not the posterior.
 
     Returns
     -------
     model : pymc.Model
         Coordinates ``subject``, ``iiv``, ``obs_id``; variables named after the parameters,
-        ``omega_<name>``, ``z``, ``eta``, and the observed ``y``.
+        ``omega_<name>``, ``z`` (non-centred), ``eta``, and the observed ``y``.
     info : ModelInfo
         The compiled model, bound cohort, observations, solver and prediction function.
 
@@ -492,7 +544,8 @@ def build_model(
         `pkpd.inference.likelihood.collect_observations`).
     ValueError
         For a parameter named like one of the builder's variables (`RESERVED`), an unknown
-        option, or ``correlated_iiv`` with fewer than two random effects.
+        option, ``correlated_iiv`` with fewer than two random effects, or with a mixed
+        parameterization.
     """
     import pymc as pm
     import pytensor.tensor as pt
@@ -503,6 +556,11 @@ def build_model(
     spec, compiled, obs, predict = info.spec, info.model, info.observations, info.predict
     iiv, fixed, coords = info.iiv, info.fixed, info.coords
     n_sub, k_iiv = info.n_subjects, len(iiv)
+    chosen = resolve_parameterization(iiv_parameterization, iiv)
+    centered = [k for k, n in enumerate(iiv) if chosen[n] == "centered"]
+    if correlated_iiv and 0 < len(centered) < k_iiv:
+        raise ValueError("correlated_iiv needs one parameterization for all random effects, got "
+                         f"{chosen}")
 
     with pm.Model(coords=coords) as pm_model:
         values: dict[str, Any] = {n: pt.constant(v, dtype="float64") for n, v in fixed.items()}
@@ -525,14 +583,17 @@ def build_model(
             for k, name in enumerate(iiv):
                 pm.Deterministic(f"omega_{name}", stds[k])
             pm.Deterministic("corr_iiv", corr, dims=("iiv", "iiv_bis"))
-            z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, k_iiv), dims=("subject", "iiv"))
-            eta = pm.Deterministic("eta", z @ chol.T, dims=("subject", "iiv"))
+            if centered:
+                eta = pm.MvNormal("eta", mu=pt.zeros(k_iiv), chol=chol, shape=(n_sub, k_iiv),
+                                  dims=("subject", "iiv"))
+            else:
+                z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, k_iiv), dims=("subject", "iiv"))
+                eta = pm.Deterministic("eta", z @ chol.T, dims=("subject", "iiv"))
         else:
             omega = pt.stack(
                 [prior_variable(f"omega_{n}", spec.parameters[n].iiv) for n in iiv]
             )
-            z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, k_iiv), dims=("subject", "iiv"))
-            eta = pm.Deterministic("eta", z * omega[None, :], dims=("subject", "iiv"))
+            eta = _random_effects(pm_model, omega, iiv, centered, n_sub)
         eta = pt.specify_shape(pt.as_tensor(eta, dtype="float64"), (n_sub, k_iiv))
         theta = pt.specify_shape(theta, (len(compiled.parameters),))
 
@@ -557,4 +618,29 @@ def build_model(
         )
 
     return pm_model, info
+
+
+def _random_effects(pm_model: Any, omega: Any, iiv: Sequence[str], centered: Sequence[int],
+                    n_sub: int) -> Any:
+    """``eta (subject, iiv)`` of uncorrelated random effects, centred where asked."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    k_iiv = len(iiv)
+    if not centered:
+        z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, k_iiv), dims=("subject", "iiv"))
+        return pm.Deterministic("eta", z * omega[None, :], dims=("subject", "iiv"))
+    if len(centered) == k_iiv:
+        return pm.Normal("eta", 0.0, omega[None, :], shape=(n_sub, k_iiv),
+                         dims=("subject", "iiv"))
+    rest = [k for k in range(k_iiv) if k not in centered]
+    pm_model.add_coord("iiv_noncentered", [iiv[k] for k in rest])
+    pm_model.add_coord("iiv_centered", [iiv[k] for k in centered])
+    z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, len(rest)), dims=("subject", "iiv_noncentered"))
+    eta_c = pm.Normal("eta_centered", 0.0, omega[centered][None, :],
+                      shape=(n_sub, len(centered)), dims=("subject", "iiv_centered"))
+    columns = {k: z[:, j] * omega[k] for j, k in enumerate(rest)}
+    columns.update({k: eta_c[:, j] for j, k in enumerate(centered)})
+    return pm.Deterministic("eta", pt.stack([columns[k] for k in range(k_iiv)], axis=1),
+                            dims=("subject", "iiv"))
 

@@ -308,6 +308,7 @@ def fit_staged(
     solver: Any = None,
     progressbar: bool = False,
     sampler_kwargs: Mapping[str, Any] | None = None,
+    iiv_parameterization: str | Mapping[str, str] = "noncentered",
 ) -> Any:
     """Fit a model in the stages of a profile; return the last stage's fit.
 
@@ -332,6 +333,10 @@ def fit_staged(
     chains, draws, tune, gradient, integrator, solver, progressbar, sampler_kwargs
         Settings of the last stage, passed to `pkpd.inference.fit` (earlier stages use the same
         ``gradient``, ``integrator`` and ``solver``).
+    iiv_parameterization : str or mapping, optional
+        How the last stage writes its random effects (`pkpd.inference.build_model`; a mapping
+        names parameters of the last stage's ``iiv``). Earlier stages stay non-centred: they
+        are MAP or Pathfinder fits.
 
     Returns
     -------
@@ -382,7 +387,8 @@ def fit_staged(
             stage_init = {n: v for n, (v, _) in starts.items()}
         if last:
             kwargs.update(sampler=sampler, chains=chains, draws=draws, tune=tune,
-                          init=stage_init, sampler_kwargs=dict(sampler_kwargs or {}))
+                          init=stage_init, sampler_kwargs=dict(sampler_kwargs or {}),
+                          iiv_parameterization=iiv_parameterization)
         else:
             kwargs.update(sampler=stage.sampler, log_likelihood_group=False, init=stage_init)
             if stage.sampler == "pathfinder":

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pkpd.inference.builder import ModelInfo, build_model
+from pkpd.inference.builder import ModelInfo, build_model, resolve_parameterization
 from pkpd.solve import Solver
 
 #: Sampler names accepted by `fit`.
@@ -68,6 +68,9 @@ class FitSettings:
         ``"lanes"`` or ``"engine"``: the integrator of the likelihood's predictions
         (`pkpd.inference.predict.resolve_integrator`; fits saved before it was recorded
         read back as ``"engine"``, what they used).
+    iiv_parameterization : dict of str to str
+        ``"centered"`` or ``"noncentered"`` per parameter with IIV (`build_model`; fits saved
+        before it was recorded read back empty: they were all non-centred).
     wall_time : dict of str to float
         Seconds spent building, initialising, sampling (including compilation) and
         post-processing.
@@ -90,6 +93,7 @@ class FitSettings:
     censoring: str = "m3"
     gradient: str = "forward"
     integrator: str = "engine"
+    iiv_parameterization: dict[str, str] = field(default_factory=dict)
     wall_time: dict[str, float] = field(default_factory=dict)
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
     init_values: dict[str, float] = field(default_factory=dict)
@@ -491,6 +495,7 @@ def fit(
     log_likelihood_group: bool = True,
     sampler_kwargs: dict[str, Any] | None = None,
     aggregate: Any = None,
+    iiv_parameterization: str | Mapping[str, str] = "noncentered",
 ) -> Any:
     """Fit a model to a cohort.
 
@@ -529,8 +534,10 @@ def fit(
         Show the sampler's progress bar.
     target_accept : float, optional
         NUTS target acceptance rate (raise it, e.g. 0.95, when there are divergences).
-    correlated_iiv, censoring, gradient, integrator
-        Passed to `build_model`.
+    correlated_iiv, censoring, gradient, integrator, iiv_parameterization
+        Passed to `build_model`. A centred random effect (``iiv_parameterization``) cannot go
+        with ``sampler="map"`` or ``init="map"``: the joint mode of a centred hierarchy is at
+        ``omega -> 0``.
     log_likelihood_group : bool, optional
         Store the per-observation log-likelihood (needed for PSIS-LOO).
     sampler_kwargs : dict, optional
@@ -561,7 +568,13 @@ def fit(
     t0 = time.perf_counter()
     pm_model, info = build_model(spec, cohort, solver=solver, correlated_iiv=correlated_iiv,
                                  censoring=censoring, gradient=gradient,
-                                 integrator=integrator, aggregate=aggregate)
+                                 integrator=integrator, aggregate=aggregate,
+                                 iiv_parameterization=iiv_parameterization)
+    parameterization = resolve_parameterization(iiv_parameterization, info.iiv)
+    if "centered" in parameterization.values() and "map" in (chosen, init):
+        # Density -> infinity as omega -> 0 with eta = 0: the optimiser would chase that.
+        raise ValueError("a MAP (sampler or init 'map') needs non-centred random effects; "
+                         f"got {parameterization}")
     timing["build"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -625,6 +638,7 @@ def fit(
         censoring=censoring,
         gradient=info.gradient,
         integrator=info.integrator,
+        iiv_parameterization=parameterization,
         wall_time=timing,
         sampler_kwargs=dict(sampler_kwargs or {}),
         init_values=init_values,

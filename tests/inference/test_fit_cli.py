@@ -36,11 +36,14 @@ def test_vpc_of_a_good_fit(theo_fit, tmp_path):
 def test_fit_command_flags_a_short_fit(tmp_path):
     out = tmp_path / "short.nc"
     result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--chains", 1,
-                    "--draws", 40, "--tune", 40, "--seed", 4, "--no-progress")
+                    "--draws", 40, "--tune", 40, "--seed", 4, "--no-progress", "--centered", "CL")
     assert result.exit_code == 1, result.output
     assert "FLAGGED" in result.stderr
     assert out.is_file()
-    assert load_fit(out).settings.draws == 40
+    saved = load_fit(out).settings
+    assert saved.draws == 40
+    assert saved.iiv_parameterization == {"ka": "noncentered", "CL": "centered",
+                                          "V": "noncentered"}
     summary = invoke("summary", out)
     assert summary.exit_code == 1
     assert summary.output.startswith("FLAGGED")
@@ -54,6 +57,14 @@ def test_bad_inputs_exit_2(tmp_path):
     assert result.exit_code == 2
     assert "unknown sampler" in result.stderr
     assert invoke("summary", tmp_path / "missing.nc").exit_code == 2
+    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", tmp_path / "x.nc",
+                    "--centered", "tlag")
+    assert result.exit_code == 2
+    assert "without IIV: tlag" in result.stderr
+    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", tmp_path / "x.nc",
+                    "--centered", "all", "--sampler", "map")
+    assert result.exit_code == 2
+    assert "non-centred random effects" in result.stderr
 
 
 def test_fit_command_uses_the_fitting_tolerances(tmp_path):
