@@ -48,8 +48,8 @@ import numpy as np
 
 from pkpd.events import INFUSION_START
 from pkpd.solve import BoundCohort, Solver, event_arrays, solve_batch
+from pkpd.solve.lanes import AdjointCounter, solve_lanes, solve_lanes_adjoint
 from pkpd.solve.lanes import iterations as lanes_iterations
-from pkpd.solve.lanes import solve_lanes, solve_lanes_adjoint
 from pkpd.solve.lanes import supports as lanes_supports
 
 jax.config.update("jax_enable_x64", True)
@@ -335,7 +335,9 @@ def make_predictor(
     -------
     callable
         A pure, jittable JAX function ``(theta (P,), eta (N, K)) -> (n,)``, differentiable in
-        reverse mode. A failed solve gives NaN for that subject's predictions.
+        reverse mode. A failed solve gives NaN for that subject's predictions. With the
+        adjoint it carries ``adjoint_counter`` (`pkpd.solve.lanes.AdjointCounter`: reverse
+        passes, and those that fell back to forward mode) and ``adjoint_capacity``.
 
     Raises
     ------
@@ -369,10 +371,11 @@ def make_predictor(
             jnp.asarray(model.typical_values), jnp.zeros(len(model.iiv)), cov)
         capacity = int(ADJOINT_MARGIN * lanes_iterations(model, solver, ev, t, seq, typical)
                        ) + ADJOINT_SLACK
+        counter = AdjointCounter()
 
         def solve_y(p: jax.Array) -> jax.Array:  # noqa: F811 - the adjoint's solve
             return solve_lanes_adjoint(model, solver, ev, t, seq, p, capacity=capacity,
-                                       columns=columns).y
+                                       columns=columns, counter=counter).y
 
     def pick(y: jax.Array, p: jax.Array) -> jax.Array:
         every = observe(t, y, p)  # (N, O, E)
@@ -386,6 +389,9 @@ def make_predictor(
         def predict(theta: jax.Array, eta: jax.Array) -> jax.Array:
             return pred_matrix(individual(theta, eta))[rows, cols]
 
+        if gradient == "adjoint":
+            predict.adjoint_counter = counter  # type: ignore[attr-defined]
+            predict.adjoint_capacity = capacity  # type: ignore[attr-defined]
         return predict
 
     # Columns whose tangents go through the solve, then those that only the observation

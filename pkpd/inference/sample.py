@@ -621,6 +621,16 @@ def fit(
                                 target_accept, dict(sampler_kwargs or {}))
         n_chains, n_draws, n_tune = chains, draws, tune
     timing["sample"] = time.perf_counter() - t0
+    counter = getattr(info.predict, "adjoint_counter", None)
+    if counter is not None:
+        extra["adjoint"] = {"capacity": int(info.predict.adjoint_capacity),
+                            "gradients": counter.gradients, "fallbacks": counter.fallbacks}
+        if counter.fallbacks:
+            warnings.warn(
+                f"{counter.fallbacks} of {counter.gradients} gradients needed more solver loop "
+                f"iterations than the adjoint's record holds ({info.predict.adjoint_capacity}) "
+                "and took forward mode (exact, slower); see pkpd.inference.predict.ADJOINT_MARGIN",
+                stacklevel=2)
 
     t0 = time.perf_counter()
     idata = _standardise(idata, pm_model, info, log_likelihood_group and chosen != "map")

@@ -35,6 +35,7 @@ Measured on ``cart_crs`` (23 states, 28 days, output every 6 h): see ``benchmark
 
 from __future__ import annotations
 
+import threading
 from typing import Any, NamedTuple
 
 import jax
@@ -482,6 +483,35 @@ def iterations(model: Any, solver: Solver, ev: dict[str, jax.Array], obs_time: j
     return int(jax.jit(count)(p))
 
 
+class AdjointCounter:
+    """How many reverse passes of `solve_lanes_adjoint` ran, and how many fell back.
+
+    A reverse pass whose solve needed more loop iterations than the record holds takes forward
+    mode instead (exact, slower); a fit reports the count (`pkpd.inference.fit`).
+
+    Attributes
+    ----------
+    gradients : int
+        Reverse passes run.
+    fallbacks : int
+        Those that took forward mode.
+    """
+
+    def __init__(self) -> None:
+        self.gradients = 0
+        self.fallbacks = 0
+        self._lock = threading.Lock()  # chains may differentiate from several threads
+
+    def record(self, fell_back: Any) -> None:
+        """Count one reverse pass (called from the compiled code, `jax.debug.callback`)."""
+        with self._lock:
+            self.gradients += 1
+            self.fallbacks += int(bool(fell_back))
+
+    def __repr__(self) -> str:
+        return f"AdjointCounter(gradients={self.gradients}, fallbacks={self.fallbacks})"
+
+
 def solve_lanes_adjoint(
     model: Any,
     solver: Solver,
@@ -492,6 +522,7 @@ def solve_lanes_adjoint(
     *,
     capacity: int,
     columns: Any = None,
+    counter: AdjointCounter | None = None,
 ) -> SolveResult:
     """`solve_lanes` with a discrete adjoint: reverse mode at a cost that does not grow with P.
 
@@ -518,6 +549,8 @@ def solve_lanes_adjoint(
     columns : sequence of int, optional
         Columns of ``p`` the fallback pushes tangents for (default: all); the others get a
         zero cotangent there.
+    counter : AdjointCounter, optional
+        Counts the reverse passes and the fallbacks (one host callback per reverse pass).
 
     Returns
     -------
@@ -615,7 +648,10 @@ def solve_lanes_adjoint(
 
             return jnp.zeros_like(q).at[:, cols].set(jax.vmap(along)(cols).T)
 
-        grad = jax.lax.cond(tape["iterations"] > capacity, forward_mode, adjoint, None)
+        over = tape["iterations"] > capacity
+        if counter is not None:
+            jax.debug.callback(counter.record, over)
+        grad = jax.lax.cond(over, forward_mode, adjoint, None)
         return (grad,)
 
     solve.defvjp(fwd, bwd)

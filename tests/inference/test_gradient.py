@@ -160,3 +160,24 @@ def test_pytensor_gradient_matches_the_jax_gradient(multi_spec, multi_cohort):
     assert np.isfinite(float(value))
     assert float(logp_pt) == pytest.approx(float(value), rel=1e-12)
     np.testing.assert_allclose(np.asarray(dlogp_pt), np.asarray(grad), rtol=1e-9, atol=1e-10)
+
+
+def test_fit_counts_the_adjoint_s_reverse_passes(multi_spec, multi_cohort, monkeypatch):
+    """A fit with the adjoint reports its reverse passes and warns when some of them outgrew
+    the record and took forward mode (they were silent before)."""
+    import pkpd.inference.predict as predict
+    from pkpd.inference import fit
+
+    result = fit(multi_spec, multi_cohort, sampler="map", gradient="adjoint", solver=TIGHT,
+                 progressbar=False)
+    counts = result.extra["adjoint"]
+    assert counts["gradients"] > 0 and counts["fallbacks"] == 0
+    assert counts["capacity"] > predict.ADJOINT_SLACK
+    monkeypatch.setattr(predict, "ADJOINT_MARGIN", 0.0)
+    monkeypatch.setattr(predict, "ADJOINT_SLACK", 1)
+    with pytest.warns(UserWarning, match="took forward mode"):
+        small = fit(multi_spec, multi_cohort, sampler="map", gradient="adjoint", solver=TIGHT,
+                    progressbar=False)
+    counts = small.extra["adjoint"]
+    assert counts["capacity"] == 1 and counts["fallbacks"] == counts["gradients"] > 0
+    # (That the fallback's gradient is the adjoint's: tests/solve/test_lanes.py.)

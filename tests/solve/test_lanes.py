@@ -196,14 +196,15 @@ def test_step_counts(model2, cohort):
     assert not np.any(np.asarray(none_after.accepted_after))
 
 
-def _sum_of_outputs(model, solver, args, weights, adjoint_capacity=None):
+def _sum_of_outputs(model, solver, args, weights, adjoint_capacity=None, counter=None):
     from pkpd.solve.lanes import solve_lanes_adjoint
 
     def loss(q):
         if adjoint_capacity is None:
             y = solve_lanes(model, solver, *args, q).y
         else:
-            y = solve_lanes_adjoint(model, solver, *args, q, capacity=adjoint_capacity).y
+            y = solve_lanes_adjoint(model, solver, *args, q, capacity=adjoint_capacity,
+                                    counter=counter).y
         return (y * weights).sum()
 
     return loss
@@ -213,7 +214,7 @@ def test_adjoint_matches_forward_mode(model2, cohort):
     """The discrete adjoint differentiates the same scheme as forward mode: same gradient to
     rounding, through lags, infusions by rate and by duration, resets and repeated doses;
     and when the record is too short it falls back to forward mode."""
-    from pkpd.solve.lanes import iterations
+    from pkpd.solve.lanes import AdjointCounter, iterations
 
     ev, t, seq, p = cohort
     solver = Solver("tsit5", rtol=1e-8, atol=1e-10)
@@ -223,9 +224,14 @@ def test_adjoint_matches_forward_mode(model2, cohort):
     n_iter = iterations(model2, solver, *args, p)
     forward = jax.jit(jax.jacfwd(_sum_of_outputs(model2, solver, args, weights)))(p)
     assert np.all(np.isfinite(forward)) and np.abs(forward).max() > 0
+    counter = AdjointCounter()
     for capacity in (n_iter, n_iter - 1):  # record just long enough; one short: fallback
-        adj = jax.jit(jax.grad(_sum_of_outputs(model2, solver, args, weights, capacity)))(p)
+        adj = jax.jit(jax.grad(_sum_of_outputs(model2, solver, args, weights, capacity,
+                                               counter)))(p)
         np.testing.assert_allclose(adj, forward, rtol=1e-10, atol=1e-12 * np.abs(forward).max())
+    jax.effects_barrier()
+    # Two reverse passes, the second one past the record's end.
+    assert (counter.gradients, counter.fallbacks) == (2, 1)
     from pkpd.solve.lanes import solve_lanes_adjoint
 
     with pytest.raises(ValueError, match="concrete event and observation arrays"):
