@@ -37,6 +37,12 @@ patients of the bundled ``virtual_cart``, which has 60.)
 those after day 28) and times the solve alone with and without tangents:
 
     python benchmarks/cart_recovery.py --steps --patients 60 --profile cart_crs_core
+    python benchmarks/cart_recovery.py --steps --patients 60 --profile cart_crs_core --copies 4
+
+``--generator-rates`` prints the generator's own outcome rates (worst CRS and ICANS grade >= k,
+drug use) under the virtual cohort's rescue and untreated, for ``--patients`` virtual patients:
+
+    python benchmarks/cart_recovery.py --generator-rates --patients 2000 --seed 20261124
 
 ``--write`` appends the table (date, machine, load, settings) to ``benchmarks/RESULTS.md``. One
 replicate per cohort size: coverage of a single fit is anecdotal (each 90% interval misses the
@@ -132,9 +138,16 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
         "sampler": result.settings.sampler,
         "gradient": result.settings.gradient,
         "parameterization": result.settings.iiv_parameterization,
-        "leapfrog": (float(result.idata.sample_stats["n_steps"].mean())
-                     if "n_steps" in result.idata.sample_stats else float("nan")),
+        "leapfrog": leapfrog_per_draw(result.idata),
     }
+
+
+def leapfrog_per_draw(idata) -> float:
+    """Mean leapfrog steps per kept draw (NaN without NUTS statistics, e.g. a MAP)."""
+    stats = getattr(idata, "sample_stats", None)
+    if stats is None or "n_steps" not in stats:
+        return float("nan")
+    return float(stats["n_steps"].mean())
 
 
 def crs3_check(result, seed: int, n_patients: int = 1000, n_draws: int = 100,
@@ -174,6 +187,36 @@ def crs3_check(result, seed: int, n_patients: int = 1000, n_draws: int = 100,
     return {"truth": truth, "truth_n": n_truth, "median": float(med), "lower": float(lo),
             "upper": float(hi), "covered": bool(lo <= truth <= hi), "draws": n_draws,
             "patients": n_patients}
+
+
+def generator_rates(n_patients: int, seed: int) -> dict:
+    """Outcome rates of the virtual-cohort generator (``--generator-rates``).
+
+    ``cart_crs`` at its typical values with IIV, covariates from `draw_patients`, under the
+    virtual cohort's management (`pkpd.data.virtual.rescue_strategy`) and untreated: the
+    fraction of patients with worst CRS and ICANS grade >= k and, under rescue, the fraction
+    given tocilizumab and dexamethasone. What the recovery's P(CRS >= 3) check has to work with.
+    """
+    import pkpd
+    from pkpd.data.virtual import SAMPLING, draw_patients, simulate_courses
+    from pkpd.strategies import strategy_from_dict
+
+    grid = np.asarray(sorted({float(t) for sched, _ in SAMPLING.values() for t in sched}))
+    patients = draw_patients(n_patients, seed=seed)
+    generator = pkpd.load_model("cart_crs").compile()
+    out: dict = {"patients": n_patients, "seed": seed}
+    for label, strategy in (("rescue", None), ("untreated", strategy_from_dict({"name": "none"}))):
+        t0 = time.perf_counter()
+        o = simulate_courses(generator, patients, seed, times=grid, strategy=strategy).outcomes
+        for endpoint in ("crs", "icans"):
+            worst = o[f"max_{endpoint}_grade"].to_numpy()
+            out[f"{label}_{endpoint}_ge"] = [round(float(np.mean(worst >= k)), 4)
+                                             for k in range(1, 5)]
+        if label == "rescue":
+            for drug in ("tocilizumab", "dexamethasone"):
+                out[f"given_{drug}"] = round(float(np.mean(o[f"doses_{drug}"] > 0)), 4)
+        out[f"{label}_s"] = round(time.perf_counter() - t0, 1)
+    return out
 
 
 def generated_cohort(n_patients: int, seed: int):
@@ -222,7 +265,8 @@ def _fit_solver(method: str = "auto"):
     return Solver(method, rtol=FIT_RTOL, atol=FIT_ATOL, max_steps=FIT_MAX_STEPS)
 
 
-def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None = None) -> dict:
+def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None = None,
+          copies: int = 1) -> dict:
     """Where the subjects-last solve of a fit spends its time (``--steps``).
 
     At the typical values (all random effects 0), fitting tolerances: loop iterations,
@@ -247,12 +291,16 @@ def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None =
     cov = jnp.asarray(bound.covariates, dtype=jnp.float64)
     p = jax.vmap(model.individual, in_axes=(None, None, 0))(
         jnp.asarray(model.typical_values), jnp.zeros(len(model.iiv)), cov)
+    if copies > 1:  # the cohort repeated: what one solve for several chains at once would cost
+        args = jax.tree_util.tree_map(lambda a: jnp.concatenate([a] * copies), args)
+        p = jnp.concatenate([p] * copies)
     _, st = jax.jit(lambda q: solve_lanes(model, info.solver, *args, q, with_stats=True,
                                           count_after=after))(p)
     acc, rej, late = (np.asarray(a) for a in (st.accepted, st.rejected, st.accepted_after))
     in_solve = solve_parameters(spec)
     cols = [j for j in varying_columns(spec, model) if model.parameters[j] in in_solve]
-    out = {"model": spec.name, "patients": n_patients, "states": model.n_states,
+    out = {"model": spec.name, "patients": n_patients, "copies": copies,
+           "states": model.n_states,
            "iterations": int(st.iterations), "accepted_mean": round(float(acc.mean()), 1),
            "accepted_min": int(acc.min()), "accepted_max": int(acc.max()),
            "rejected_mean": round(float(rej.mean()), 1),
@@ -422,16 +470,27 @@ def main() -> None:
                         help="the fit's integrator option (pkpd.inference.build_model)")
     parser.add_argument("--steps", action="store_true",
                         help="count the subjects-last solve's steps and time it with tangents")
+    parser.add_argument("--generator-rates", action="store_true",
+                        help="print the generator's CRS/ICANS rates with and without rescue")
+    parser.add_argument("--copies", type=int, default=1,
+                        help="with --steps: solve the cohort repeated this many times in one "
+                        "call (the cost of batching chains)")
     parser.add_argument("--generate", action="store_true",
                         help="with --timing/--steps: a cohort of each size from the generator "
                         "(--seed) instead of the first patients of virtual_cart")
     args = parser.parse_args()
+    if args.generator_rates:
+        import json
+
+        for n in args.patients:
+            print(json.dumps(generator_rates(n, args.seed)), flush=True)
+        return
     if args.timing or args.steps:
         import json
 
         for n in args.patients:
             seed = args.seed if args.generate else None
-            res = (steps(n, args.profile, seed=seed) if args.steps else
+            res = (steps(n, args.profile, seed=seed, copies=args.copies) if args.steps else
                    timing(n, args.profile, args.gradient, args.solver, args.integrator, seed))
             print(json.dumps(res), flush=True)
         return

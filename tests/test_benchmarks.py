@@ -69,3 +69,16 @@ def test_cart_recovery_parameterization_option():
     assert text({"rho": "centered", "FB": "noncentered"}) == "centred on rho"
     assert text({"rho": "centered"}) == "centred"
     assert text({"rho": "noncentered"}) == text({}) == "non-centred"
+
+
+def test_cart_recovery_leapfrog_count_of_a_map():
+    # Regression: a MAP's InferenceData has no sample_stats, and the script crashed on it
+    # after a 20-minute fit.
+    import arviz as az
+    import numpy as np
+
+    cart_recovery = _load("cart_recovery")
+    posterior = {"rho": np.zeros((1, 1))}
+    assert np.isnan(cart_recovery.leapfrog_per_draw(az.from_dict(posterior=posterior)))
+    nuts = az.from_dict(posterior=posterior, sample_stats={"n_steps": np.array([[7.0]])})
+    assert cart_recovery.leapfrog_per_draw(nuts) == 7.0
