@@ -82,3 +82,11 @@ def test_cart_recovery_leapfrog_count_of_a_map():
     assert np.isnan(cart_recovery.leapfrog_per_draw(az.from_dict(posterior=posterior)))
     nuts = az.from_dict(posterior=posterior, sample_stats={"n_steps": np.array([[7.0]])})
     assert cart_recovery.leapfrog_per_draw(nuts) == 7.0
+
+
+def test_fit_benchmark_has_a_runner_for_every_backend():
+    # Regression: the pkpd_centred variant was added without a runner and failed with KeyError
+    # after the 6-minute default row had run.
+    fit_bench = _load("fit")
+    assert set(fit_bench.RUNNERS) == set(fit_bench.BACKENDS)
+    assert fit_bench.RUNNERS["pkpd_centred"].keywords == {"variant": "pkpd_centred"}
