@@ -404,7 +404,7 @@ def markdown(res: dict) -> str:
               f"R-hat max {d['rhat_max']:.3f}, min bulk ESS {d['ess_bulk_min']:.0f}, divergences "
               f"{d['divergences']}, {res['leapfrog']:.1f} leapfrog steps per kept draw, "
               f"{d['ess_bulk_min'] / list(res['stage_s'].values())[-1]:.3f} min bulk ESS per "
-              "second of the last stage (compilation included)")
+              "second of the last stage (compilation included)" + _worst_text(d))
     lines.append("")
     lines.append(
         f"{res['n']} patients, {res['n_obs']} observations in the last stage; {mixing}, last stage "
@@ -428,6 +428,16 @@ def markdown(res: dict) -> str:
             f"{'covered' if c['covered'] else 'NOT covered'} ({c['wall_s']:.0f} s)."
         )
     return "\n".join(lines)
+
+
+def _worst_text(diag: dict) -> str:
+    """The variable that fails the convergence checks worst, if any."""
+    flagged = diag.get("flagged_parameters") or []
+    if not flagged:
+        return ""
+    w = flagged[0]
+    return (f"; worst-mixing variable {w['name']} (R-hat {w['rhat']:.3f}, bulk ESS "
+            f"{w['ess_bulk']:.0f}, of {len(flagged)} flagged)")
 
 
 def _parameterization_text(chosen: dict[str, str] | None) -> str:

@@ -49,6 +49,11 @@ def test_cart_recovery_map_table_claims_no_interval_or_coverage():
     res["sampler"] = "nutpie"
     table.loc["rho", ["lower", "upper", "covered", "contraction"]] = [0.8, 0.9, True, 0.5]
     assert "| rho | 0.89 | 0.87 | [0.8, 0.9] | yes | 0.50 |" in cart_recovery.markdown(res)
+    assert "worst-mixing" not in cart_recovery.markdown(res)
+    res["diag"]["flagged_parameters"] = [
+        {"name": "eta[FB]", "rhat": 1.017, "ess_bulk": 279.0, "ess_tail": 500.0, "severity": 1.7}]
+    assert "worst-mixing variable eta[FB] (R-hat 1.017, bulk ESS 279, of 1 flagged)" in (
+        cart_recovery.markdown(res))
 
 
 @pytest.mark.slow
