@@ -45,7 +45,8 @@ def test_cart_recovery_map_table_claims_no_interval_or_coverage():
     assert "| rho | 0.89 | 0.87 | - | - | - |" in text
     assert "MAP (joint mode)" in text and "posterior median" not in text
     assert "R-hat max" not in text and "a point estimate" in text
-    assert "at the MAP" in text
+    assert "at the MAP only: no parameter uncertainty" in text
+    assert "NOT covered" not in text
     res["sampler"] = "nutpie"
     table.loc["rho", ["lower", "upper", "covered", "contraction"]] = [0.8, 0.9, True, 0.5]
     assert "| rho | 0.89 | 0.87 | [0.8, 0.9] | yes | 0.50 |" in cart_recovery.markdown(res)
@@ -95,3 +96,16 @@ def test_fit_benchmark_has_a_runner_for_every_backend():
     fit_bench = _load("fit")
     assert set(fit_bench.RUNNERS) == set(fit_bench.BACKENDS)
     assert fit_bench.RUNNERS["pkpd_centred"].keywords == {"variant": "pkpd_centred"}
+
+
+def test_cart_recovery_crs3_margin_is_the_monte_carlo_noise():
+    # Regression: the P(CRS >= 3) check simulates the same new patients under every posterior
+    # draw, so its interval had no sampling noise; a MAP "missed" a truth of 5/1000 with 4/1000.
+    import numpy as np
+
+    cart_recovery = _load("cart_recovery")
+    m = cart_recovery.mc_margin(0.004, 1000, 0.005, 4000)
+    se = np.sqrt((4.5 / 1001) * (1 - 4.5 / 1001) / 1000 + (20.5 / 4001) * (1 - 20.5 / 4001) / 4000)
+    assert m == pytest.approx(1.645 * se)
+    assert 0.004 + m > 0.005  # that run is within the noise
+    assert cart_recovery.mc_margin(0.0, 1000, 0.0, 4000) > 0  # no events: still an error
