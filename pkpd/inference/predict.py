@@ -337,7 +337,7 @@ def make_predictor(
         A pure, jittable JAX function ``(theta (P,), eta (N, K)) -> (n,)``, differentiable in
         reverse mode. A failed solve gives NaN for that subject's predictions. With the
         adjoint it carries ``adjoint_counter`` (`pkpd.solve.lanes.AdjointCounter`: reverse
-        passes, and those that fell back to forward mode) and ``adjoint_capacity``.
+        passes, those that fell back to forward mode, and the record's capacity).
 
     Raises
     ------
@@ -391,7 +391,6 @@ def make_predictor(
 
         if gradient == "adjoint":
             predict.adjoint_counter = counter  # type: ignore[attr-defined]
-            predict.adjoint_capacity = capacity  # type: ignore[attr-defined]
         return predict
 
     # Columns whose tangents go through the solve, then those that only the observation

@@ -623,12 +623,12 @@ def fit(
     timing["sample"] = time.perf_counter() - t0
     counter = getattr(info.predict, "adjoint_counter", None)
     if counter is not None:
-        extra["adjoint"] = {"capacity": int(info.predict.adjoint_capacity),
+        extra["adjoint"] = {"capacity": int(counter.capacity),
                             "gradients": counter.gradients, "fallbacks": counter.fallbacks}
         if counter.fallbacks:
             warnings.warn(
                 f"{counter.fallbacks} of {counter.gradients} gradients needed more solver loop "
-                f"iterations than the adjoint's record holds ({info.predict.adjoint_capacity}) "
+                f"iterations than the adjoint's record holds ({counter.capacity}) "
                 "and took forward mode (exact, slower); see pkpd.inference.predict.ADJOINT_MARGIN",
                 stacklevel=2)
 

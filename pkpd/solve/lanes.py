@@ -495,11 +495,14 @@ class AdjointCounter:
         Reverse passes run.
     fallbacks : int
         Those that took forward mode.
+    capacity : int or None
+        The record's size in loop iterations (set by `solve_lanes_adjoint`).
     """
 
     def __init__(self) -> None:
         self.gradients = 0
         self.fallbacks = 0
+        self.capacity: int | None = None
         self._lock = threading.Lock()  # chains may differentiate from several threads
 
     def record(self, fell_back: Any) -> None:
@@ -509,7 +512,8 @@ class AdjointCounter:
             self.fallbacks += int(bool(fell_back))
 
     def __repr__(self) -> str:
-        return f"AdjointCounter(gradients={self.gradients}, fallbacks={self.fallbacks})"
+        return (f"AdjointCounter(gradients={self.gradients}, fallbacks={self.fallbacks}, "
+                f"capacity={self.capacity})")
 
 
 def solve_lanes_adjoint(
@@ -550,7 +554,8 @@ def solve_lanes_adjoint(
         Columns of ``p`` the fallback pushes tangents for (default: all); the others get a
         zero cotangent there.
     counter : AdjointCounter, optional
-        Counts the reverse passes and the fallbacks (one host callback per reverse pass).
+        Counts the reverse passes and the fallbacks (one host callback per reverse pass) and
+        records ``capacity``.
 
     Returns
     -------
@@ -564,6 +569,8 @@ def solve_lanes_adjoint(
     if any(isinstance(a, jax.core.Tracer) for a in (obs_time, obs_seq, *ev.values())):
         raise ValueError("solve_lanes_adjoint needs concrete event and observation arrays "
                          "(pass them as constants, not as arguments of a jitted function)")
+    if counter is not None:
+        counter.capacity = capacity
     method = _method(model, solver)
     tab = method.tableau
     n_states = model.n_states
