@@ -51,6 +51,10 @@ def test_cart_recovery_map_table_claims_no_interval_or_coverage():
     table.loc["rho", ["lower", "upper", "covered", "contraction"]] = [0.8, 0.9, True, 0.5]
     assert "| rho | 0.89 | 0.87 | [0.8, 0.9] | yes | 0.50 |" in cart_recovery.markdown(res)
     assert "worst-mixing" not in cart_recovery.markdown(res)
+    assert "diagonal mass matrix, target acceptance 0.8" in cart_recovery.markdown(res)
+    res.update(sampler_kwargs={"low_rank_modified_mass_matrix": True}, target_accept=0.9)
+    assert "low-rank modified mass matrix, target acceptance 0.9" in cart_recovery.markdown(res)
+    assert "mass matrix" not in text  # a MAP has no sampler settings
     res["diag"]["flagged_parameters"] = [
         {"name": "eta[FB]", "rhat": 1.017, "ess_bulk": 279.0, "ess_tail": 500.0, "severity": 1.7}]
     assert "worst-mixing variable eta[FB] (R-hat 1.017, bulk ESS 279, of 1 flagged)" in (
@@ -109,3 +113,35 @@ def test_cart_recovery_crs3_margin_is_the_monte_carlo_noise():
     assert m == pytest.approx(1.645 * se)
     assert 0.004 + m > 0.005  # that run is within the noise
     assert cart_recovery.mc_margin(0.0, 1000, 0.0, 4000) > 0  # no events: still an error
+
+
+def test_cart_recovery_random_effect_structure_options():
+    """--add-iiv extends the fit's random effects; --generator-iiv chooses the generator's."""
+    cart_recovery = _load("cart_recovery")
+    from pkpd.inference.profiles import get_profile
+
+    prof = cart_recovery.profile_with_iiv("cart_crs_core", ("K_kill",))
+    assert prof.final.iiv == ("rho", "alpha", "FB", "p6", "I6_0", "K_kill")
+    assert prof.stages[:-1] == get_profile("cart_crs_core").stages[:-1]
+    assert "K_kill" in prof.name
+    assert cart_recovery.profile_with_iiv("cart_crs_core", ()) == "cart_crs_core"
+    with pytest.raises(ValueError, match="not estimated"):
+        cart_recovery.profile_with_iiv("cart_crs_core", ("CL_toc",))
+
+    stage = get_profile("cart_crs_core").final
+    assert cart_recovery.generator_model(stage, "all") is None
+    gen = cart_recovery.generator_model(stage, ["K_kill", "r_B"])
+    with_iiv = {n for n, p in gen.spec.parameters.items() if p.iiv is not None}
+    assert with_iiv == {"K_kill", "r_B"}
+    gen = cart_recovery.generator_model(stage, "profile")
+    assert {n for n, p in gen.spec.parameters.items() if p.iiv is not None} == set(stage.iiv)
+    with pytest.raises(ValueError, match="no IIV"):
+        cart_recovery.generator_model(stage, ["V_car"])
+    with pytest.raises(ValueError, match="generator_iiv"):
+        cart_recovery.generator_model(stage, "some")
+
+
+def test_optimizer_benchmark_runs(capsys):
+    _load("optimizer").main()
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 6 and rows[-1].startswith("| bowl failing beyond a box")
