@@ -19,6 +19,17 @@ earlier stage's point estimate are listed with that estimate.
 point estimate against the truth, with no interval, coverage or contraction (a check of bias and
 of the optimiser's cost, not a recovery).
 
+The random-effect structure can be varied on both sides: ``--generator-iiv profile`` generates
+with IIV only where the profile's last stage has it (the correctly specified case),
+``--generator-iiv rho,alpha,...`` only on the listed parameters, and ``--add-iiv K_kill`` gives
+the fit IIV on more of its parameters (a misspecified fit is a robustness check, not recovery):
+
+    python benchmarks/cart_recovery.py --profile cart_crs_core --sampler map --no-ppc \
+        --generator-iiv profile --progress
+
+``--low-rank`` and ``--target-accept`` set the last stage's NUTS (nutpie's low-rank modified
+mass matrix; default diagonal, 0.8).
+
 ``--timing`` instead times one log-density and its gradient (what NUTS evaluates ~2^depth times
 per draw) on the first patients of the bundled ``virtual_cart`` cohort, for the full model and
 for a profile's last stage, and prints one JSON line per configuration:
@@ -69,6 +80,48 @@ MASS = 0.90
 REPEATS = 7
 
 
+def profile_with_iiv(profile, add_iiv=()):
+    """The profile (a name or `Profile`) with IIV on more of its last stage's parameters."""
+    from dataclasses import replace
+
+    from pkpd.inference.profiles import get_profile
+
+    if not add_iiv:
+        return profile
+    prof = get_profile(profile)
+    final = prof.final
+    unknown = [n for n in add_iiv if n not in final.typical]
+    if unknown:
+        raise ValueError(f"--add-iiv {unknown}: not estimated by the profile's last stage "
+                         f"({', '.join(final.typical)})")
+    iiv = tuple(dict.fromkeys((*final.iiv, *add_iiv)))
+    name = f"{prof.name}+iiv({','.join(add_iiv)})"
+    return replace(prof, name=name, stages=(*prof.stages[:-1], replace(final, iiv=iiv)))
+
+
+def generator_model(stage, generator_iiv="all"):
+    """The compiled model that generates the cohort: None for cart_crs itself (``"all"``), or
+    cart_crs with IIV only on the stage's random effects (``"profile"``) or on the listed
+    parameters (everyone else at the typical values)."""
+    import pkpd
+
+    if isinstance(generator_iiv, str):
+        if generator_iiv == "all":
+            return None
+        if generator_iiv != "profile":
+            raise ValueError(f"generator_iiv must be 'all', 'profile' or a list of parameters, "
+                             f"got {generator_iiv!r}")
+        iiv = list(stage.iiv)
+    else:
+        iiv = list(generator_iiv)
+    full = pkpd.load_model("cart_crs")
+    no_iiv = [n for n in iiv if full.parameters[n].iiv is None]
+    if no_iiv:
+        raise ValueError(f"cart_crs has no IIV on {no_iiv}")
+    typical = list(dict.fromkeys((*stage.typical, *iiv)))
+    return full.estimate_only(typical, iiv).compile()
+
+
 def truth_of(spec, name: str) -> float:
     """The value that generated the cohort: typical value, or the IIV SD's prior median."""
     if name.startswith("omega_"):
@@ -78,33 +131,38 @@ def truth_of(spec, name: str) -> float:
 
 def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune: int,
         integrator: str = "auto", sampler: str = "auto",
-        parameterization: str | dict[str, str] = "noncentered", generator_iiv: str = "all",
-        ppc: bool = True) -> dict:
+        parameterization: str | dict[str, str] = "noncentered",
+        generator_iiv: str | list[str] = "all", ppc: bool = True, progress: bool = False,
+        add_iiv: tuple[str, ...] = (), low_rank: bool = False,
+        target_accept: float = 0.8) -> dict:
     """Generate one virtual cohort, fit it, and return the recovery table and diagnostics.
 
     ``generator_iiv="profile"`` generates the cohort with IIV only where the profile's last stage
     has it (the other parameters at their typical values for everyone): the fit's random-effect
-    structure is then the true one, which separates misspecification from identifiability.
+    structure is then the true one, which separates misspecification from identifiability. A
+    list of parameter names generates with IIV on those only. ``add_iiv`` gives the profile's
+    last stage IIV on more of its parameters (`profile_with_iiv`). ``low_rank`` samples with
+    nutpie's low-rank modified mass matrix.
     ``ppc=False`` skips the posterior predictive P(CRS >= 3) check (minutes of simulation).
+    ``progress=True`` shows the samplers' progress (a MAP prints a line every 10 s).
     """
     import pkpd
     from pkpd.inference.identifiability import contraction
     from pkpd.inference.profiles import fit_staged, get_profile
 
     t0 = time.perf_counter()
-    gen_model = None
-    if generator_iiv == "profile":
-        stage = get_profile(profile).final
-        gen_model = pkpd.load_model("cart_crs").estimate_only(stage.typical, stage.iiv).compile()
-    elif generator_iiv != "all":
-        raise ValueError(f"generator_iiv must be 'all' or 'profile', got {generator_iiv!r}")
+    profile = profile_with_iiv(profile, add_iiv)
+    gen_model = generator_model(get_profile(profile).final, generator_iiv)
     cohort = generated_cohort(n_patients, seed, gen_model)  # default model cart_crs
     generate_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     result = fit_staged("cart_crs", cohort, profile=profile, seed=seed, chains=chains,
                         draws=draws, tune=tune, integrator=integrator, sampler=sampler,
-                        iiv_parameterization=parameterization)
+                        iiv_parameterization=parameterization, progressbar=progress,
+                        target_accept=target_accept,
+                        sampler_kwargs={"low_rank_modified_mass_matrix": True} if low_rank
+                        else None)
     fit_s = time.perf_counter() - t0
     crs3 = None
     if ppc and gen_model is None and "crs_grade" in get_profile(profile).final.endpoints:
@@ -151,6 +209,8 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
         "sampler": result.settings.sampler,
         "gradient": result.settings.gradient,
         "parameterization": result.settings.iiv_parameterization,
+        "target_accept": result.settings.target_accept,
+        "sampler_kwargs": dict(result.settings.sampler_kwargs),
         "leapfrog": leapfrog_per_draw(result.idata),
     }
 
@@ -440,7 +500,8 @@ def markdown(res: dict) -> str:
         f"{res['n']} patients, {res['n_obs']} observations in the last stage; {mixing}, last stage "
         f"sampler {res.get('sampler', 'nutpie')}, integrator {res['integrator']}, gradient "
         f"{res.get('gradient', 'forward')}, random effects "
-        f"{_parameterization_text(res.get('parameterization'))}; generation "
+        f"{_parameterization_text(res.get('parameterization'))}"
+        + ("" if point else _nuts_text(res)) + "; generation "
         f"{res['generate_s']:.0f} s, fit {res['fit_s']:.0f} s "
         "(stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["stage_s"].items()) + ")."
     )
@@ -459,6 +520,13 @@ def markdown(res: dict) -> str:
             f"+/-{margin:.3f} for the Monte-Carlo noise of both rates ({c['wall_s']:.0f} s)."
         )
     return "\n".join(lines)
+
+
+def _nuts_text(res: dict) -> str:
+    """The NUTS settings the table depends on: mass matrix and target acceptance."""
+    low_rank = res.get("sampler_kwargs", {}).get("low_rank_modified_mass_matrix", False)
+    return (f", {'low-rank modified' if low_rank else 'diagonal'} mass matrix, target acceptance "
+            f"{res.get('target_accept', 0.8)}")
 
 
 def _worst_text(diag: dict) -> str:
@@ -501,10 +569,19 @@ def main() -> None:
     parser.add_argument("--iiv-parameterization", default="noncentered",
                         help="random effects of the last stage: noncentered (default), centered, "
                         "or a comma-separated list of parameters to centre")
-    parser.add_argument("--generator-iiv", default="all", choices=["all", "profile"],
-                        help="generate with cart_crs's IIV (all) or only the profile's")
+    parser.add_argument("--generator-iiv", default="all",
+                        help="generate with cart_crs's IIV (all), only the profile's (profile), "
+                        "or a comma-separated list of parameters with IIV")
+    parser.add_argument("--low-rank", action="store_true",
+                        help="NUTS with nutpie's low-rank modified mass matrix")
+    parser.add_argument("--target-accept", type=float, default=0.8)
+    parser.add_argument("--add-iiv", default="",
+                        help="comma-separated parameters of the profile's last stage to give "
+                        "IIV (besides the profile's own)")
     parser.add_argument("--no-ppc", action="store_true",
                         help="skip the posterior predictive P(CRS >= 3) check")
+    parser.add_argument("--progress", action="store_true",
+                        help="show the samplers' progress (stderr)")
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
     parser.add_argument("--timing", action="store_true",
                         help="time one log-density and gradient instead of fitting")
@@ -541,10 +618,14 @@ def main() -> None:
         return
     load_before = os.getloadavg()
     parts = []
+    generator_iiv = (args.generator_iiv if args.generator_iiv in ("all", "profile")
+                     else [x for x in args.generator_iiv.split(",") if x])
+    add_iiv = tuple(x for x in args.add_iiv.split(",") if x)
     for n in args.patients:
         res = run(n, args.profile, args.seed, args.chains, args.draws, args.tune,
                   args.integrator, args.sampler, parse_parameterization(args.iiv_parameterization),
-                  args.generator_iiv, not args.no_ppc)
+                  generator_iiv, not args.no_ppc, args.progress, add_iiv, args.low_rank,
+                  args.target_accept)
         text = markdown(res)
         print(text, flush=True)
         parts.append(text)
@@ -559,7 +640,11 @@ def main() -> None:
             f" --profile {args.profile} --seed {args.seed} --chains {args.chains} --draws "
             f"{args.draws} --tune {args.tune} --integrator {args.integrator} --sampler "
             f"{args.sampler} --iiv-parameterization {args.iiv_parameterization} --generator-iiv "
-            f"{args.generator_iiv}{' --no-ppc' if args.no_ppc else ''}`. Virtual cohorts "
+            f"{args.generator_iiv}{' --no-ppc' if args.no_ppc else ''}"
+            f"{' --add-iiv ' + args.add_iiv if args.add_iiv else ''}"
+            f"{' --low-rank' if args.low_rank else ''}"
+            f"{f' --target-accept {args.target_accept}' if args.target_accept != 0.8 else ''}"
+            "`. Virtual cohorts "
             "from `pkpd.data.virtual` "
             "(cart_crs at its typical values, IIV, rescue drugs); fitted with "
             "`pkpd.inference.profiles.fit_staged`. Machine: "

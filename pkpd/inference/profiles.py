@@ -309,6 +309,7 @@ def fit_staged(
     progressbar: bool = False,
     sampler_kwargs: Mapping[str, Any] | None = None,
     iiv_parameterization: str | Mapping[str, str] = "noncentered",
+    target_accept: float = 0.8,
 ) -> Any:
     """Fit a model in the stages of a profile; return the last stage's fit.
 
@@ -330,7 +331,7 @@ def fit_staged(
         earlier stages for the parameters it estimates again, prior medians for the rest;
         ``"map"`` or ``"pathfinder"``: as in `fit`. An earlier stage always starts from the
         estimates of the stages before it.
-    chains, draws, tune, gradient, integrator, solver, progressbar, sampler_kwargs
+    chains, draws, tune, gradient, integrator, solver, progressbar, sampler_kwargs, target_accept
         Settings of the last stage, passed to `pkpd.inference.fit` (earlier stages use the same
         ``gradient``, ``integrator`` and ``solver``).
     iiv_parameterization : str or mapping, optional
@@ -388,6 +389,7 @@ def fit_staged(
         if last:
             kwargs.update(sampler=sampler, chains=chains, draws=draws, tune=tune,
                           init=stage_init, sampler_kwargs=dict(sampler_kwargs or {}),
+                          target_accept=target_accept,
                           iiv_parameterization=iiv_parameterization)
         else:
             kwargs.update(sampler=stage.sampler, log_likelihood_group=False, init=stage_init)

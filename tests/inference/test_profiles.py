@@ -126,7 +126,7 @@ def test_an_earlier_stage_must_be_a_point_estimate(tiny):
 
 @pytest.mark.slow
 def test_staged_fit_records_its_stages_and_is_reproducible(tiny, tmp_path):
-    kw = dict(profile="cart_kinetics", seed=3, chains=2, draws=30, tune=30)
+    kw = dict(profile="cart_kinetics", seed=3, chains=2, draws=30, tune=30, target_accept=0.9)
     first = fit_staged("cart_crs", tiny, **kw)
     staged = first.extra["staged"]
     assert staged["profile"] == "cart_kinetics"
@@ -134,6 +134,7 @@ def test_staged_fit_records_its_stages_and_is_reproducible(tiny, tmp_path):
     pooled, final = staged["stages"]
     assert pooled["settings"]["sampler"] == "map" and final["settings"]["sampler"] == "nutpie"
     assert final["settings"]["draws"] == 30 and final["settings"]["seed"] == 3
+    assert final["settings"]["target_accept"] == 0.9
     # every parameter of the pooled stage is estimated again: none fixed, all started there
     assert final["fixed_from"] == {}
     assert final["started_from"] == {n: {"value": v, "stage": "pooled"}
