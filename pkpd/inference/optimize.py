@@ -155,7 +155,6 @@ def lbfgs(
         raise ValueError("the objective or its gradient is not finite at the start point")
     pairs: deque = deque(maxlen=history)
     nit = capped = 0
-    success, message = False, "iteration limit reached"
 
     def done(ok_: bool, why: str) -> Minimum:
         return Minimum(x=x, fun=f, grad=g, success=ok_, message=why, nit=nit,
@@ -210,4 +209,4 @@ def lbfgs(
                 return done(False, "stopped at the edge of the region where the objective "
                                    "can be evaluated")
             pairs.clear()
-    return done(success, message)
+    return done(False, "iteration limit reached")
