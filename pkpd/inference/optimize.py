@@ -95,7 +95,7 @@ def lbfgs(
     ftol: float = 2.2e-9,
     c1: float = 1e-4,
     max_backtracks: int = 40,
-    callback: Callable[[np.ndarray, float], None] | None = None,
+    callback: Callable[[np.ndarray, float, int, int], None] | None = None,
 ) -> Minimum:
     """Minimise a smooth function whose evaluation may fail (L-BFGS with a capped step).
 
@@ -124,7 +124,7 @@ def lbfgs(
     max_backtracks : int, optional
         Step shortenings per line search before giving up.
     callback : callable, optional
-        ``callback(x, value)`` after each accepted step.
+        ``callback(x, value, nit, nfev)`` after each accepted step.
 
     Returns
     -------
@@ -199,7 +199,7 @@ def lbfgs(
         x, f, g = x_new, f_new, g_new
         nit += 1
         if callback is not None:
-            callback(x, f)
+            callback(x, f, nit, count["nfev"])
         if reduction <= ftol:
             if not hit_failure:
                 return done(True, "relative reduction of the objective below ftol")

@@ -174,21 +174,19 @@ def map_estimate(pm_model: Any, start: dict[str, np.ndarray] | None = None,
         return -logp(*unflatten(x))[0]
 
     value_and_grad = jax.jit(jax.value_and_grad(neg))
-    state = {"nit": 0, "t0": time.perf_counter(), "nfev": 0}
-    state["shown"] = state["t0"]
+    t0 = time.perf_counter()
+    shown = [t0]
 
     def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
         v, g = value_and_grad(jnp.asarray(x))
-        state["nfev"] += 1
         return float(v), np.asarray(g, dtype=float)
 
-    def callback(_x: np.ndarray, value: float) -> None:
-        state["nit"] += 1
+    def callback(_x: np.ndarray, value: float, nit: int, nfev: int) -> None:
         now = time.perf_counter()
-        if progress and now - state["shown"] >= every_s:
-            state["shown"] = now
-            print(f"MAP: iteration {state['nit']}, {state['nfev']} evaluations, "
-                  f"logp {-value:.6g}, {now - state['t0']:.0f} s", file=sys.stderr, flush=True)
+        if progress and now - shown[0] >= every_s:
+            shown[0] = now
+            print(f"MAP: iteration {nit}, {nfev} evaluations, "
+                  f"logp {-value:.6g}, {now - t0:.0f} s", file=sys.stderr, flush=True)
 
     x0 = np.concatenate([np.ravel(np.asarray(start[n], dtype=float)) for n in names])
     try:
@@ -199,7 +197,7 @@ def map_estimate(pm_model: Any, start: dict[str, np.ndarray] | None = None,
     if progress:
         print(f"MAP: {res.message} after {res.nit} iterations, {res.nfev} evaluations "
               f"({res.failed} failed), logp {-res.fun:.6g}, "
-              f"{time.perf_counter() - state['t0']:.0f} s", file=sys.stderr, flush=True)
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     values = unflatten(jnp.asarray(res.x))
     expand = get_jaxified_graph(inputs=pm_model.value_vars,
                                 outputs=pm_model.unobserved_value_vars)
@@ -208,7 +206,7 @@ def map_estimate(pm_model: Any, start: dict[str, np.ndarray] | None = None,
     report = {"logp": -float(res.fun), "success": bool(res.success),
               "message": str(res.message), "nit": int(res.nit), "nfev": int(res.nfev),
               "failed": int(res.failed), "capped": int(res.capped),
-              "wall_s": time.perf_counter() - state["t0"]}
+              "wall_s": time.perf_counter() - t0}
     return out, report
 
 
