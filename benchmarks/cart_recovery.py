@@ -67,6 +67,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -134,7 +135,8 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
         parameterization: str | dict[str, str] = "noncentered",
         generator_iiv: str | list[str] = "all", ppc: bool = True, progress: bool = False,
         add_iiv: tuple[str, ...] = (), low_rank: bool = False,
-        target_accept: float = 0.8) -> dict:
+        target_accept: float = 0.8, checkpoint: str | Path | None = None,
+        max_seconds: float | None = None, init: str = "prior") -> dict:
     """Generate one virtual cohort, fit it, and return the recovery table and diagnostics.
 
     ``generator_iiv="profile"`` generates the cohort with IIV only where the profile's last stage
@@ -145,6 +147,12 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
     nutpie's low-rank modified mass matrix.
     ``ppc=False`` skips the posterior predictive P(CRS >= 3) check (minutes of simulation).
     ``progress=True`` shows the samplers' progress (a MAP prints a line every 10 s).
+    ``init`` is the last stage's start (`pkpd.inference.profiles.fit_staged`: ``"prior"``,
+    earlier stages' estimates and prior medians, every patient typical; ``"map"``, its joint
+    mode, reached non-centred whatever the parameterization).
+    ``checkpoint`` runs the last stage's NUTS in pieces saved to that folder
+    (`pkpd.inference.resumable`), for at most ``max_seconds`` per call: the same command goes on
+    from where the last call stopped (`SamplingPaused` until it is done).
     """
     import pkpd
     from pkpd.inference.identifiability import contraction
@@ -160,9 +168,8 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
     result = fit_staged("cart_crs", cohort, profile=profile, seed=seed, chains=chains,
                         draws=draws, tune=tune, integrator=integrator, sampler=sampler,
                         iiv_parameterization=parameterization, progressbar=progress,
-                        target_accept=target_accept,
-                        sampler_kwargs={"low_rank_modified_mass_matrix": True} if low_rank
-                        else None)
+                        target_accept=target_accept, checkpoint=checkpoint, init=init,
+                        sampler_kwargs=_sampler_kwargs(low_rank, checkpoint, max_seconds))
     fit_s = time.perf_counter() - t0
     crs3 = None
     if ppc and gen_model is None and "crs_grade" in get_profile(profile).final.endpoints:
@@ -212,7 +219,19 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
         "target_accept": result.settings.target_accept,
         "sampler_kwargs": dict(result.settings.sampler_kwargs),
         "leapfrog": leapfrog_per_draw(result.idata),
+        "checkpoint": result.extra.get("checkpoint"),
     }
+
+
+def _sampler_kwargs(low_rank: bool, checkpoint: str | Path | None,
+                    max_seconds: float | None) -> dict | None:
+    if checkpoint is None:
+        if max_seconds is not None:
+            raise ValueError("--max-seconds needs --checkpoint")
+        return {"low_rank_modified_mass_matrix": True} if low_rank else None
+    if low_rank:
+        raise ValueError("--low-rank is nutpie's; --checkpoint samples with numpyro's NUTS")
+    return {} if max_seconds is None else {"max_seconds": max_seconds}
 
 
 def leapfrog_per_draw(idata) -> float:
@@ -493,8 +512,7 @@ def markdown(res: dict) -> str:
     mixing = ("a point estimate (no R-hat, ESS or interval)" if point else
               f"R-hat max {d['rhat_max']:.3f}, min bulk ESS {d['ess_bulk_min']:.0f}, divergences "
               f"{d['divergences']}, {res['leapfrog']:.1f} leapfrog steps per kept draw, "
-              f"{d['ess_bulk_min'] / list(res['stage_s'].values())[-1]:.3f} min bulk ESS per "
-              "second of the last stage (compilation included)" + _worst_text(d))
+              + _ess_rate_text(res) + _worst_text(d))
     lines.append("")
     lines.append(
         f"{res['n']} patients, {res['n_obs']} observations in the last stage; {mixing}, last stage "
@@ -525,8 +543,24 @@ def markdown(res: dict) -> str:
 def _nuts_text(res: dict) -> str:
     """The NUTS settings the table depends on: mass matrix and target acceptance."""
     low_rank = res.get("sampler_kwargs", {}).get("low_rank_modified_mass_matrix", False)
-    return (f", {'low-rank modified' if low_rank else 'diagonal'} mass matrix, target acceptance "
-            f"{res.get('target_accept', 0.8)}")
+    text = (f", {'low-rank modified' if low_rank else 'diagonal'} mass matrix, target "
+            f"acceptance {res.get('target_accept', 0.8)}")
+    ck = res.get("checkpoint")
+    if ck:
+        text += (f", NUTS in pieces (numpyro's kernel, `pkpd.inference.resumable`) over "
+                 f"{ck['calls']} call(s)")
+    return text
+
+
+def _ess_rate_text(res: dict) -> str:
+    """Min bulk ESS per second of the last stage's sampling."""
+    ess = res["diag"]["ess_bulk_min"]
+    ck = res.get("checkpoint")
+    if ck:  # the last call's stage time would leave out the earlier calls
+        return (f"{ess / ck['sampling_s']:.3f} min bulk ESS per second of sampling "
+                f"({ck['sampling_s']:.0f} s over the calls, compilation included)")
+    return (f"{ess / list(res['stage_s'].values())[-1]:.3f} min bulk ESS per second of the last "
+            "stage (compilation included)")
 
 
 def _worst_text(diag: dict) -> str:
@@ -575,6 +609,14 @@ def main() -> None:
     parser.add_argument("--low-rank", action="store_true",
                         help="NUTS with nutpie's low-rank modified mass matrix")
     parser.add_argument("--target-accept", type=float, default=0.8)
+    parser.add_argument("--init", default="prior", choices=["prior", "map", "pathfinder"],
+                        help="start of the last stage (fit_staged's init)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="folder: run the last stage's NUTS in pieces saved under "
+                        "FOLDER/n<patients> (the same command goes on from there)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="with --checkpoint: stop sampling after this many seconds per "
+                        "call (exit status 3; run the same command again to go on)")
     parser.add_argument("--add-iiv", default="",
                         help="comma-separated parameters of the profile's last stage to give "
                         "IIV (besides the profile's own)")
@@ -621,11 +663,19 @@ def main() -> None:
     generator_iiv = (args.generator_iiv if args.generator_iiv in ("all", "profile")
                      else [x for x in args.generator_iiv.split(",") if x])
     add_iiv = tuple(x for x in args.add_iiv.split(",") if x)
+    from pkpd.inference.resumable import SamplingPaused
+
     for n in args.patients:
-        res = run(n, args.profile, args.seed, args.chains, args.draws, args.tune,
-                  args.integrator, args.sampler, parse_parameterization(args.iiv_parameterization),
-                  generator_iiv, not args.no_ppc, args.progress, add_iiv, args.low_rank,
-                  args.target_accept)
+        checkpoint = None if args.checkpoint is None else Path(args.checkpoint) / f"n{n}"
+        try:
+            res = run(n, args.profile, args.seed, args.chains, args.draws, args.tune,
+                      args.integrator, args.sampler,
+                      parse_parameterization(args.iiv_parameterization), generator_iiv,
+                      not args.no_ppc, args.progress, add_iiv, args.low_rank,
+                      args.target_accept, checkpoint, args.max_seconds, args.init)
+        except SamplingPaused as paused:
+            print(f"{n} patients: {paused}", file=sys.stderr, flush=True)
+            sys.exit(3)
         text = markdown(res)
         print(text, flush=True)
         parts.append(text)
@@ -644,6 +694,9 @@ def main() -> None:
             f"{' --add-iiv ' + args.add_iiv if args.add_iiv else ''}"
             f"{' --low-rank' if args.low_rank else ''}"
             f"{f' --target-accept {args.target_accept}' if args.target_accept != 0.8 else ''}"
+            f"{f' --init {args.init}' if args.init != 'prior' else ''}"
+            f"{f' --checkpoint {args.checkpoint}' if args.checkpoint else ''}"
+            f"{f' --max-seconds {args.max_seconds:g}' if args.max_seconds else ''}"
             "`. Virtual cohorts "
             "from `pkpd.data.virtual` "
             "(cart_crs at its typical values, IIV, rescue drugs); fitted with "

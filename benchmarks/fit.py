@@ -6,7 +6,7 @@ One hierarchical ODE model and one simulated dataset, fitted in one run by
 - **pkpd_lowrank**: the same with nutpie's low-rank modified mass matrix
   (``sampler_kwargs={"low_rank_modified_mass_matrix": True}``); **pkpd_lowrank_ta90**: that
   with target acceptance 0.9 (fewer divergences, longer trajectories); **pkpd_lowrank_ta95**: 0.95;
-  **pkpd_centred**: the defaults with centred random effects (``eta ~ Normal(0, omega)``; its
+  **pkpd_centred**: the defaults with centred random effects (``phi ~ Normal(typical, omega)``; its
   diagnostics use ``z = eta / omega``, like the other rows); **pkpd_centred_rho**: rho_i centred,
   kappa_i not;
 - **pymc_ode**: PyMC's NUTS on the same model written with `pymc.ode.DifferentialEquation`

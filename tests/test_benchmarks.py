@@ -145,3 +145,15 @@ def test_optimizer_benchmark_runs(capsys):
     _load("optimizer").main()
     rows = capsys.readouterr().out.splitlines()
     assert len(rows) == 6 and rows[-1].startswith("| bowl failing beyond a box")
+
+
+def test_conditioning_shows_what_centring_on_typical_values_changes():
+    # The reason random effects are centred on the typical values (phi): with data that pin each
+    # patient's kinetics, the typical rho is tied to the patients' coordinates non-centred,
+    # much less centred (docs/inference.md, "Centred random effects").
+    conditioning = _load("conditioning")
+    nc = conditioning.scaled_hessian(8, "cart_kinetics", "noncentered", 20261123)
+    c = conditioning.scaled_hessian(8, "cart_kinetics", "centered", 20261123)
+    assert nc["dimensions"] == c["dimensions"]
+    assert set(nc["coupling"]) == set(c["coupling"]) and "log_rho" in c["coupling"]
+    assert c["coupling"]["log_rho"] < 0.5 * nc["coupling"]["log_rho"], (nc, c)

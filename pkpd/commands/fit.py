@@ -2,7 +2,9 @@
 
 A fit that fails its convergence checks (R-hat <= 1.01, bulk and tail ESS >= 400, no
 divergences) is saved anyway (to be inspected), but every command that uses it says so on
-stderr and exits with status 1. Errors in the inputs exit with status 2.
+stderr and exits with status 1. Errors in the inputs exit with status 2. A fit run in pieces
+(``--checkpoint``) that reaches ``--max-seconds`` first exits with status 3: the same command
+goes on from where it stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import typer
 
 #: Exit status of a command whose fit is flagged by its convergence checks.
 EXIT_FLAGGED = 1
+#: Exit status of ``pkpd fit --checkpoint`` stopped by ``--max-seconds`` before its last draw.
+EXIT_PAUSED = 3
 
 
 def _flagged_exit(fit: Any) -> None:
@@ -86,6 +90,16 @@ def fit_cmd(
         str | None, typer.Option(help="Time unit of the dataset (default: the model's).")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show the sampler's progress bar.")] = True,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Folder where NUTS (numpyro) saves every chain's state as it goes; "
+                     "the same command goes on from there after an interruption."),
+    ] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(help="With --checkpoint: stop sampling after this many seconds and exit "
+                     "with status 3 (run the same command again to go on)."),
+    ] = None,
 ) -> None:
     """Fit a model to a dataset and save the posterior; exit 1 if the fit is flagged."""
     from pkpd.cli import _fail, _load_data, _load_model
@@ -105,16 +119,25 @@ def fit_cmd(
         _fail(str(exc))
     if not out.parent.exists():
         _fail(f"output folder {out.parent} does not exist")
+    if max_seconds is not None and checkpoint is None:
+        _fail("--max-seconds needs --checkpoint (a folder to save the chains in)")
     names = list(centered or [])
     parameterization: Any = ("centered" if "all" in names else
                              {n: "centered" for n in names})
     typer.echo(f"fitting {spec.name} to {cohort.source} ({cohort.n_subjects} subjects) with "
                f"{sampler}, {chains} chains x {draws} draws (+{tune} warm-up), seed {seed}")
+    from pkpd.inference.resumable import SamplingPaused
+
     try:
         result = fit(spec, cohort, sampler=sampler, chains=chains, draws=draws, tune=tune,
                      seed=seed, init=init, solver=cfg, progressbar=progress,
                      target_accept=target_accept, correlated_iiv=correlated_iiv,
-                     censoring=censoring, iiv_parameterization=parameterization)
+                     censoring=censoring, iiv_parameterization=parameterization,
+                     checkpoint=checkpoint,
+                     sampler_kwargs=None if max_seconds is None else {"max_seconds": max_seconds})
+    except SamplingPaused as paused:
+        typer.secho(str(paused), err=True)
+        raise typer.Exit(EXIT_PAUSED) from None
     except (DatasetError, ValueError) as exc:
         _fail(str(exc))
     result.save(out)

@@ -62,7 +62,7 @@ FIT_ATOL = 1.0e-14
 FIT_MAX_STEPS = 4096
 
 #: Names the builder gives its own variables (a model parameter may not use them).
-RESERVED = ("z", "eta", "eta_centered", "y", "chol_iiv", "corr_iiv", "theta")
+RESERVED = ("z", "eta", "phi", "y", "chol_iiv", "corr_iiv", "theta", "iiv_shift")
 
 #: How a random effect can be written (`build_model`'s ``iiv_parameterization``).
 PARAMETERIZATIONS = ("noncentered", "centered")
@@ -521,11 +521,13 @@ def build_model(
         values.
     iiv_parameterization : str or mapping, optional
         ``"noncentered"`` (default): ``eta = omega * z`` with ``z ~ Normal(0, 1)``, right when a
-        subject's data say little about its random effect; ``"centered"``: ``eta ~ Normal(0,
-        omega)`` (``MvNormal`` with ``correlated_iiv``), right when they pin it down; or
+        subject's data say little about its random effect; ``"centered"``: the subject's
+        parameter on its IIV scale (log or logit, without covariate effects) is sampled,
+        ``phi ~ Normal(typical, omega)`` (``MvNormal`` with ``correlated_iiv``), and ``eta =
+        phi - typical``, right when the data pin it down (`iiv_shift`, `_random_effects`); or
         ``{parameter: choice}`` per random effect (the others non-centred; not with
         ``correlated_iiv``). Mixed, the free variables are ``z`` (coordinate
-        ``iiv_noncentered``) and ``eta_centered`` (``iiv_centered``); ``eta`` is always the
+        ``iiv_noncentered``) and ``phi`` (``iiv_centered``); ``eta`` is always the
         ``(subject, iiv)`` random effects. The choice changes how NUTS sees the posterior,
         not the posterior.
 
@@ -584,8 +586,10 @@ def build_model(
                 pm.Deterministic(f"omega_{name}", stds[k])
             pm.Deterministic("corr_iiv", corr, dims=("iiv", "iiv_bis"))
             if centered:
-                eta = pm.MvNormal("eta", mu=pt.zeros(k_iiv), chol=chol, shape=(n_sub, k_iiv),
+                shift = iiv_shift(spec, values, iiv)
+                phi = pm.MvNormal("phi", mu=shift, chol=chol, shape=(n_sub, k_iiv),
                                   dims=("subject", "iiv"))
+                eta = pm.Deterministic("eta", phi - shift[None, :], dims=("subject", "iiv"))
             else:
                 z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, k_iiv), dims=("subject", "iiv"))
                 eta = pm.Deterministic("eta", z @ chol.T, dims=("subject", "iiv"))
@@ -593,7 +597,8 @@ def build_model(
             omega = pt.stack(
                 [prior_variable(f"omega_{n}", spec.parameters[n].iiv) for n in iiv]
             )
-            eta = _random_effects(pm_model, omega, iiv, centered, n_sub)
+            eta = _random_effects(pm_model, omega, iiv, centered, n_sub,
+                                  iiv_shift(spec, values, iiv) if centered else None)
         eta = pt.specify_shape(pt.as_tensor(eta, dtype="float64"), (n_sub, k_iiv))
         theta = pt.specify_shape(theta, (len(compiled.parameters),))
 
@@ -620,9 +625,34 @@ def build_model(
     return pm_model, info
 
 
+def iiv_shift(spec: Any, values: Mapping[str, Any], iiv: Sequence[str]) -> Any:
+    """Return the typical values of the random-effect parameters on their IIV scale.
+
+    Log or logit, as each parameter's ``iiv_scale``.
+
+    What a centred random effect is centred on: ``phi = iiv_shift + eta``.
+    """
+    import pytensor.tensor as pt
+
+    out = []
+    for name in iiv:
+        x = pt.as_tensor(values[name], dtype="float64")
+        out.append(pt.log(x) if spec.parameters[name].iiv_scale == "log"
+                   else pt.log(x) - pt.log1p(-x))
+    return pt.stack(out)
+
+
 def _random_effects(pm_model: Any, omega: Any, iiv: Sequence[str], centered: Sequence[int],
-                    n_sub: int) -> Any:
-    """``eta (subject, iiv)`` of uncorrelated random effects, centred where asked."""
+                    n_sub: int, shift: Any = None) -> Any:
+    """``eta (subject, iiv)`` of uncorrelated random effects, centred where asked.
+
+    A centred random effect is sampled as the subject's parameter on its IIV scale, without
+    covariate effects, ``phi ~ Normal(shift, omega)`` with ``shift`` the typical value on that
+    scale (`iiv_shift`), and ``eta = phi - shift`` (hierarchical centring, Gelfand, Sahu &
+    Carlin 1995, Biometrika 82:479). Centring ``eta ~ Normal(0, omega)`` instead would leave
+    the typical value and every subject's ``eta`` tied along one direction (the data fix their
+    sum), which a diagonal mass matrix cannot follow.
+    """
     import pymc as pm
     import pytensor.tensor as pt
 
@@ -631,16 +661,17 @@ def _random_effects(pm_model: Any, omega: Any, iiv: Sequence[str], centered: Seq
         z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, k_iiv), dims=("subject", "iiv"))
         return pm.Deterministic("eta", z * omega[None, :], dims=("subject", "iiv"))
     if len(centered) == k_iiv:
-        return pm.Normal("eta", 0.0, omega[None, :], shape=(n_sub, k_iiv),
-                         dims=("subject", "iiv"))
+        phi = pm.Normal("phi", shift[None, :], omega[None, :], shape=(n_sub, k_iiv),
+                        dims=("subject", "iiv"))
+        return pm.Deterministic("eta", phi - shift[None, :], dims=("subject", "iiv"))
     rest = [k for k in range(k_iiv) if k not in centered]
     pm_model.add_coord("iiv_noncentered", [iiv[k] for k in rest])
     pm_model.add_coord("iiv_centered", [iiv[k] for k in centered])
     z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, len(rest)), dims=("subject", "iiv_noncentered"))
-    eta_c = pm.Normal("eta_centered", 0.0, omega[centered][None, :],
-                      shape=(n_sub, len(centered)), dims=("subject", "iiv_centered"))
+    phi = pm.Normal("phi", shift[centered][None, :], omega[centered][None, :],
+                    shape=(n_sub, len(centered)), dims=("subject", "iiv_centered"))
     columns = {k: z[:, j] * omega[k] for j, k in enumerate(rest)}
-    columns.update({k: eta_c[:, j] for j, k in enumerate(centered)})
+    columns.update({k: phi[:, j] - shift[k] for j, k in enumerate(centered)})
     return pm.Deterministic("eta", pt.stack([columns[k] for k in range(k_iiv)], axis=1),
                             dims=("subject", "iiv"))
 

@@ -199,7 +199,7 @@ def _redundant(name: str, names: set[str]) -> bool:
     for prefix in ("log_", "logit_"):
         if name.startswith(prefix) and name[len(prefix):] in names:
             return True
-    if name in ("z", "eta_centered") and "eta" in names:
+    if name in ("z", "phi") and "eta" in names:
         return True
     if name == "chol_iiv" and "corr_iiv" in names:
         return True
@@ -211,7 +211,7 @@ def flagged_parameters(post: Any, rhat: Any, ess_bulk: Any, ess_tail: Any) -> li
 
     Random effects are reported per IIV parameter (the worst subject): ``eta[CL]``. A free
     variable that repeats a reported one on another scale (``log_CL`` for ``CL``, ``z`` and
-    ``eta_centered`` for ``eta``, the packed ``chol_iiv``, the ordered
+    ``phi`` for ``eta``, the packed ``chol_iiv``, the ordered
     ``cutpoints_<endpoint>`` vector) is left out; R-hat and ESS are rank-based, so they agree.
 
     Parameters

@@ -310,6 +310,7 @@ def fit_staged(
     sampler_kwargs: Mapping[str, Any] | None = None,
     iiv_parameterization: str | Mapping[str, str] = "noncentered",
     target_accept: float = 0.8,
+    checkpoint: Any = None,
 ) -> Any:
     """Fit a model in the stages of a profile; return the last stage's fit.
 
@@ -338,6 +339,10 @@ def fit_staged(
         How the last stage writes its random effects (`pkpd.inference.build_model`; a mapping
         names parameters of the last stage's ``iiv``). Earlier stages stay non-centred: they
         are MAP or Pathfinder fits.
+    checkpoint : str or Path, optional
+        Checkpoint folder of the last stage's NUTS (`pkpd.inference.fit`): calling again with
+        it redoes the earlier stages (point estimates, deterministic for a seed) and goes on
+        with the last stage's chains from where they stopped.
 
     Returns
     -------
@@ -389,7 +394,7 @@ def fit_staged(
         if last:
             kwargs.update(sampler=sampler, chains=chains, draws=draws, tune=tune,
                           init=stage_init, sampler_kwargs=dict(sampler_kwargs or {}),
-                          target_accept=target_accept,
+                          target_accept=target_accept, checkpoint=checkpoint,
                           iiv_parameterization=iiv_parameterization)
         else:
             kwargs.update(sampler=stage.sampler, log_likelihood_group=False, init=stage_init)

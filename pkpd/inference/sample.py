@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,23 @@ def _flat_fn(pm_model: Any) -> tuple[Any, list[str], list[tuple[int, ...]]]:
     return logp, names, shapes
 
 
+def flat_view(names: list[str], shapes: list[tuple[int, ...]]) -> tuple[Any, Any]:
+    """``flatten(point) -> vector`` and ``unflatten(vector) -> [array per variable]``.
+
+    The order of `_flat_fn`'s value variables; ``unflatten`` slices, so it works on NumPy and
+    JAX arrays alike.
+    """
+    offsets = np.cumsum([0, *[int(np.prod(s)) for s in shapes]])
+
+    def unflatten(x: Any) -> list[Any]:
+        return [x[offsets[i]:offsets[i + 1]].reshape(shapes[i]) for i in range(len(names))]
+
+    def flatten(point: Mapping[str, Any]) -> np.ndarray:
+        return np.concatenate([np.asarray(point[n], dtype=float).reshape(-1) for n in names])
+
+    return flatten, unflatten
+
+
 def map_estimate(pm_model: Any, start: dict[str, np.ndarray] | None = None,
                  maxiter: int = 2000, progress: bool = False, every_s: float = 10.0,
                  max_step: float = 2.0) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -162,12 +180,7 @@ def map_estimate(pm_model: Any, start: dict[str, np.ndarray] | None = None,
 
     logp, names, shapes = _flat_fn(pm_model)
     start = pm_model.initial_point() if start is None else start
-    sizes = [int(np.prod(s)) for s in shapes]
-    splits = np.cumsum(sizes)[:-1]
-
-    def unflatten(x: Any) -> list[Any]:
-        return [part.reshape(shape) for part, shape in zip(jnp.split(x, splits), shapes,
-                                                           strict=True)]
+    _, unflatten = flat_view(names, shapes)
 
     @jax.jit
     def neg(x: Any) -> Any:
@@ -265,7 +278,53 @@ def start_point(pm_model: Any, values: Mapping[str, float]) -> dict[str, np.ndar
         if not np.isfinite(u):
             raise ValueError(f"start value {x!r} of {name!r} is outside its support")
         point[key] = np.asarray(u, dtype=float)
+    if values and "phi" in point:  # every subject typical at the new typical values
+        point = _with_centred_eta(pm_model, point, 0.0)
     return point
+
+
+def _with_centred_eta(pm_model: Any, point: dict[str, np.ndarray],
+                      eta: Any) -> dict[str, np.ndarray]:
+    """Move ``phi`` so that the centred random effects are ``eta`` (its centred columns).
+
+    ``phi`` is centred on the typical values, so a point whose typical values changed, or a
+    point of the non-centred model, needs it moved to keep the random effects it means.
+    """
+    eta_expr = pm_model.replace_rvs_by_values([pm_model["eta"]])[0]
+    fn = pm_model.compile_fn(eta_expr, inputs=pm_model.value_vars, on_unused_input="ignore",
+                             point_fn=False)
+    now = np.asarray(fn(*[point[v.name] for v in pm_model.value_vars]))
+    iiv = list(pm_model.coords["iiv"])
+    names = (list(pm_model.coords["iiv_centered"]) if "iiv_centered" in pm_model.coords
+             else iiv)
+    cols = [iiv.index(n) for n in names]
+    target = np.broadcast_to(np.asarray(eta, dtype=float), now.shape)
+    return {**point, "phi": point["phi"] + target[:, cols] - now[:, cols]}
+
+
+def centred_point(pm_model: Any, nc_point: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Write a point of the non-centred model in a model with centred random effects.
+
+    The same typical values, IIV SDs, residual parameters and random effects ``eta`` (what
+    `map_estimate` returns for the non-centred model), with ``phi`` set so that the centred
+    model's ``eta`` equals them. A centred model has no MAP of its own (its joint density grows
+    without bound as ``omega -> 0``), so ``init="map"`` starts it at the non-centred mode.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The point by value-variable name and by free-variable name (constrained).
+    """
+    point = {k: np.array(v, dtype=float) for k, v in pm_model.initial_point().items()}
+    for key in point:
+        if key in nc_point and np.shape(nc_point[key]) == np.shape(point[key]):
+            point[key] = np.array(nc_point[key], dtype=float)
+    if "iiv_noncentered" in pm_model.coords:  # mixed: z keeps the non-centred columns
+        iiv = list(pm_model.coords["iiv"])
+        point["z"] = np.asarray(nc_point["z"])[:, [iiv.index(n) for n in
+                                                    pm_model.coords["iiv_noncentered"]]]
+    point = _with_centred_eta(pm_model, point, nc_point["eta"])
+    return {**point, **_constrained(pm_model, point)}
 
 
 def _constrained(pm_model: Any, point: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -531,6 +590,7 @@ def fit(
     sampler_kwargs: dict[str, Any] | None = None,
     aggregate: Any = None,
     iiv_parameterization: str | Mapping[str, str] = "noncentered",
+    checkpoint: str | Path | None = None,
 ) -> Any:
     """Fit a model to a cohort.
 
@@ -557,11 +617,12 @@ def fit(
         prior medians with ``z = 0`` (default), or the joint MAP estimate. The joint mode of a
         hierarchical posterior can be degenerate (large omega, small residual error): on a
         simulated 60-subject study a chain started there never moved (step size 1e-29), so
-        ``"map"`` is not the default. ``"pathfinder"`` starts from the median of Pathfinder
-        draws (`pkpd.inference.pathfinder.pathfinder_start`). A mapping ``{name: value}``
-        starts from those typical values (natural scale; IIV SDs as ``omega_<name>``) and the
-        prior medians for the rest (`start_point`), e.g. an earlier, simpler fit's estimates;
-        with ``sampler="map"`` the optimisation starts there.
+        ``"map"`` is not the default. With centred random effects the chains start at the
+        mode of the non-centred model (`centred_point`). ``"pathfinder"`` starts from the
+        median of Pathfinder draws (`pkpd.inference.pathfinder.pathfinder_start`). A mapping
+        ``{name: value}`` starts from those typical values (natural scale; IIV SDs as
+        ``omega_<name>``) and the prior medians for the rest (`start_point`), e.g. an earlier,
+        simpler fit's estimates; with ``sampler="map"`` the optimisation starts there.
     solver : Solver, optional
         ODE solver of the likelihood (default: closed form when available, else Tsit5,
         rtol 1e-6, atol 1e-14, 4096 steps per interval; `pkpd.inference.default_solver`).
@@ -580,6 +641,14 @@ def fit(
     aggregate : AggregateLikelihood, optional
         Published summary data fitted jointly with the cohort (`pkpd.inference.aggregate`;
         passed to `build_model`).
+    checkpoint : str or Path, optional
+        A folder where NUTS saves every chain's state as it goes
+        (`pkpd.inference.resumable.sample_resumable`, numpyro's kernel, chains in parallel
+        threads, a progress line per chain and minute when ``progressbar``): a fit
+        interrupted, or stopped by ``sampler_kwargs={"max_seconds": ...}`` (which raises
+        `SamplingPaused`), goes on from there when called again with the same folder, model,
+        data and settings. Needs ``sampler`` ``"auto"`` or ``"numpyro"``; ``sampler_kwargs``
+        may also set ``max_tree_depth``, ``checkpoint_every_s`` and ``progress_every_s``.
 
     Returns
     -------
@@ -598,6 +667,11 @@ def fit(
         raise ValueError("init must be 'map', 'prior', 'pathfinder' or a mapping of start "
                          f"values, got {init!r}")
     chosen = DEFAULT_SAMPLER if sampler == "auto" else sampler
+    if checkpoint is not None:
+        if sampler not in ("auto", "numpyro"):
+            raise ValueError(f"checkpoint needs NUTS by numpyro (sampler 'auto' or 'numpyro'), "
+                             f"got sampler {sampler!r}")
+        chosen = "numpyro"
     seed = int(seed)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -606,9 +680,10 @@ def fit(
                                  integrator=integrator, aggregate=aggregate,
                                  iiv_parameterization=iiv_parameterization)
     parameterization = resolve_parameterization(iiv_parameterization, info.iiv)
-    if "centered" in parameterization.values() and "map" in (chosen, init):
+    centred = "centered" in parameterization.values()
+    if centred and chosen == "map":
         # Density -> infinity as omega -> 0 with eta = 0: the optimiser would chase that.
-        raise ValueError("a MAP (sampler or init 'map') needs non-centred random effects; "
+        raise ValueError("a MAP (sampler 'map') needs non-centred random effects; "
                          f"got {parameterization}")
     timing["build"] = time.perf_counter() - t0
 
@@ -616,8 +691,21 @@ def fit(
     map_report: dict[str, Any] = {}
     # Checked before any sampling: a wrong name fails fast.
     given = start_point(pm_model, init_values) if init_values else None
-    if init == "map" or chosen == "map":
-        point, map_report = map_estimate(pm_model, start=given, progress=progressbar)
+    resuming = checkpoint is not None and (Path(checkpoint) / "run.json").is_file()
+    if resuming:  # the chains go on from their saved states: no start to compute
+        point, start = None, None
+        map_report = {"skipped": f"chains resumed from {checkpoint}"}
+    elif init == "map" or chosen == "map":
+        if centred:
+            # The mode of the same posterior written non-centred, moved to these coordinates.
+            nc_model, _ = build_model(spec, cohort, solver=solver, correlated_iiv=correlated_iiv,
+                                      censoring=censoring, gradient=gradient,
+                                      integrator=integrator, aggregate=aggregate)
+            nc_given = start_point(nc_model, init_values) if init_values else None
+            nc_point, map_report = map_estimate(nc_model, start=nc_given, progress=progressbar)
+            point = centred_point(pm_model, nc_point)
+        else:
+            point, map_report = map_estimate(pm_model, start=given, progress=progressbar)
         if not map_report["success"]:
             warnings.warn(f"MAP optimisation did not converge: {map_report['message']}",
                           stacklevel=2)
@@ -651,6 +739,16 @@ def fit(
         idata, extra = run_pathfinder(pm_model, draws, seed, progressbar, start,
                                       sampler_kwargs)
         n_chains, n_draws, n_tune = 1, draws, 0
+    elif checkpoint is not None:
+        from pkpd.inference.resumable import sample_resumable
+
+        idata = sample_resumable(pm_model, checkpoint, chains=chains, draws=draws, tune=tune,
+                                 seed=seed, start=start, target_accept=target_accept,
+                                 progress=progressbar, **dict(sampler_kwargs or {}))
+        n_chains, n_draws, n_tune = chains, draws, tune
+        extra["checkpoint"] = {"directory": str(checkpoint),
+                               "calls": int(idata.sample_stats.attrs["pkpd_calls"]),
+                               "sampling_s": float(idata.sample_stats.attrs["pkpd_sampling_s"])}
     else:
         idata = _SAMPLE[chosen](pm_model, start, chains, draws, tune, seed, progressbar,
                                 target_accept, dict(sampler_kwargs or {}))

@@ -85,3 +85,18 @@ def test_fit_command_uses_the_fitting_tolerances(tmp_path):
     assert result.exit_code == 1, result.output
     given = Solver("tsit5", rtol=FIT_RTOL, atol=1e-10, max_steps=FIT_MAX_STEPS)
     assert load_fit(out2).settings.solver == repr(given)
+
+
+def test_fit_command_in_pieces(tmp_path):
+    out, folder = tmp_path / "fit.nc", tmp_path / "chains"
+    common = ("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--chains", 2, "--draws", 20,
+              "--tune", 20, "--seed", 4, "--no-progress", "--checkpoint", folder)
+    paused = invoke(*common, "--max-seconds", 0)
+    assert paused.exit_code == 3, paused.output
+    assert "call again" in paused.stderr and not out.exists()
+    assert (folder / "chain0.pkl").is_file()
+    done = invoke(*common)
+    assert done.exit_code in (0, 1), done.output  # 20 draws: flagged or not, but finished
+    assert load_fit(out).posterior.sizes["draw"] == 20
+    assert invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out,
+                  "--max-seconds", 5).exit_code == 2

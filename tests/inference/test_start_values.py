@@ -74,3 +74,16 @@ def test_samplers_receive_the_start(monkeypatch):
     np.testing.assert_allclose(start["log_ka"], np.log(2.5))
     spec = pkpd.load_model("pk_1cmt_oral")
     np.testing.assert_allclose(start["log_CL"], spec.parameters["CL"].prior.params["mu"])
+
+
+def test_centred_subjects_follow_the_typical_values_they_are_centred_on():
+    # Regression (2026-12-05): phi = log(typical) + eta; a start that moved the typical value
+    # without phi would start every subject off typical.
+    pm_model, _ = build_model("pk_1cmt_oral", "theophylline",
+                              iiv_parameterization={"CL": "centered"})
+    point = start_point(pm_model, {"CL": 2.2, "ka": 2.0})  # prior median of CL: 3
+    np.testing.assert_allclose(point["phi"], np.log(2.2))  # every subject at the typical CL
+    eta = pm_model.compile_fn(pm_model.replace_rvs_by_values([pm_model["eta"]])[0],
+                              inputs=pm_model.value_vars, on_unused_input="ignore",
+                              point_fn=False)(*[point[v.name] for v in pm_model.value_vars])
+    np.testing.assert_allclose(eta, 0.0, atol=1e-12)

@@ -1,0 +1,197 @@
+"""NUTS in pieces (`pkpd.inference.resumable`): a run stopped and resumed gives the draws of
+one left alone; a folder of another run is refused."""
+
+import itertools
+import json
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pkpd.inference import fit, resumable
+from pkpd.inference.resumable import SamplingPaused
+
+RUN = {"chains": 2, "tune": 40, "draws": 20, "seed": 11, "progressbar": False}
+
+
+class _Clock:
+    """A clock that advances one second each time it is read: the time limit then falls after
+    a number of iterations that does not depend on the machine's speed."""
+
+    def __init__(self):
+        self._ticks = itertools.count()
+
+    def perf_counter(self):
+        return float(next(self._ticks))
+
+    def __getattr__(self, name):  # sleep and the rest: the real ones
+        return getattr(time, name)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    return fit("pk_1cmt_oral", "theophylline",
+               checkpoint=tmp_path_factory.mktemp("whole") / "run", **RUN)
+
+
+def test_uninterrupted_run_is_a_complete_fit(whole):
+    post = whole.posterior
+    assert post.sizes["chain"] == 2 and post.sizes["draw"] == 20
+    assert whole.settings.sampler == "numpyro"
+    assert whole.extra["checkpoint"]["calls"] == 1
+    stats = whole.idata.sample_stats
+    for name in resumable.STATS:
+        assert stats[name].shape == (2, 20)
+    # Leapfrog steps and tree depth agree (a tree of depth d has at most 2**d - 1 steps).
+    assert np.all(stats["n_steps"].values <= 2 ** stats["tree_depth"].values - 1)
+    assert np.all(stats["n_steps"].values > 2 ** (stats["tree_depth"].values - 1) - 1)
+    assert "log_likelihood" in whole.idata.groups()
+    # Draws inside the prior's support, chains not stuck at their start.
+    assert np.all(post["CL"].values > 0)
+    assert np.unique(post["CL"].values[0]).size > 5
+
+
+def test_paused_in_warm_up_and_resumed_gives_the_same_draws(whole, tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    monkeypatch.setattr(resumable, "time", _Clock())
+    with pytest.raises(SamplingPaused) as err:
+        fit("pk_1cmt_oral", "theophylline", checkpoint=folder,
+            sampler_kwargs={"max_seconds": 60}, **RUN)
+    monkeypatch.undo()
+    done = [p["iteration"] for p in err.value.progress]
+    assert all(i < RUN["tune"] for i in done) and sum(done) > 0, done
+    assert "call again" in str(err.value)
+    resumed = fit("pk_1cmt_oral", "theophylline", checkpoint=folder, **RUN)
+    assert resumed.extra["checkpoint"]["calls"] == 2
+    xr.testing.assert_equal(resumed.posterior, whole.posterior)
+    xr.testing.assert_equal(resumed.idata.sample_stats[["lp", "n_steps"]],
+                            whole.idata.sample_stats[["lp", "n_steps"]])
+
+
+def test_more_draws_go_on_from_the_last_state(whole, tmp_path):
+    folder = tmp_path / "run"
+    first = fit("pk_1cmt_oral", "theophylline", checkpoint=folder, **{**RUN, "draws": 8})
+    xr.testing.assert_equal(first.posterior, whole.posterior.isel(draw=slice(0, 8)))
+    more = fit("pk_1cmt_oral", "theophylline", checkpoint=folder, **RUN)
+    xr.testing.assert_equal(more.posterior, whole.posterior)
+
+
+def test_a_folder_of_another_run_is_refused(whole):
+    folder = whole.extra["checkpoint"]["directory"]
+    run_file = resumable.Path(folder) / "run.json"
+    calls = json.loads(run_file.read_text())["calls"]
+    with pytest.raises(ValueError, match="other settings.*seed"):
+        fit("pk_1cmt_oral", "theophylline", checkpoint=folder, **{**RUN, "seed": 12})
+    with pytest.raises(ValueError, match="another model or dataset"):
+        fit("pk_1cmt_oral", _changed_concentration(), checkpoint=folder, **RUN)
+    assert json.loads(run_file.read_text())["calls"] == calls  # refused calls change nothing
+
+
+def _changed_concentration():
+    """Theophylline with one concentration changed: the same shapes, other data."""
+    import pkpd
+    from pkpd.data.cohort import Cohort
+
+    ds = pkpd.load_dataset("theophylline").ds.copy(deep=True)
+    ds["obs_dv"][0, 1] = ds["obs_dv"][0, 1] * 1.5
+    return Cohort(ds)
+
+
+def test_checkpoint_needs_numpyro():
+    with pytest.raises(ValueError, match="checkpoint needs NUTS by numpyro"):
+        fit("pk_1cmt_oral", "theophylline", sampler="nutpie", checkpoint="unused", **RUN)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_lets_the_chains_save_and_stop(signum):
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    if signum == "SIGINT" and signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("Ctrl-C does not raise KeyboardInterrupt here (an xdist worker ignores it)")
+    stop = threading.Event()
+    stopped = []
+
+    def chain():  # a chain that runs until told to stop, then "saves"
+        stop.wait(30)
+        stopped.append(stop.is_set())
+
+    threads = [threading.Thread(target=chain, daemon=True) for _ in range(2)]
+    timer = threading.Timer(0.3, signal.raise_signal, args=(getattr(signal, signum),))
+    timer.start()
+    before = signal.getsignal(signal.SIGTERM)
+    caught = resumable._run_threads(threads, stop)
+    assert stopped == [True, True]
+    if signum == "SIGTERM":
+        assert isinstance(caught, SystemExit) and caught.code == 128 + signal.SIGTERM
+    else:
+        assert isinstance(caught, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored
+
+
+def test_curvature_of_a_quadratic_is_exact():
+    a = np.array([4.0, 0.25, 1e4, -1.0, 0.0])
+
+    def grad(x):
+        return a * x
+
+    inverse, report = resumable.curvature_metric(grad, np.ones(5), [np.array([i]) for i in
+                                                                    range(5)])
+    np.testing.assert_allclose(inverse[:3], 1 / a[:3], rtol=1e-12)
+    np.testing.assert_array_equal(inverse[3:], 1.0)  # not positive: left at 1
+    assert (report["probes"], report["not_positive"]) == (5, 2)
+    assert report["min"] == pytest.approx(1e-4) and report["max"] == pytest.approx(4.0)
+
+
+def test_probing_subjects_together_gives_each_subject_its_own_curvature():
+    """The colouring's premise on a real hierarchical model (theophylline, 12 subjects x 3
+    random effects): probing all subjects' k-th random effect at once gives the same diagonal
+    as probing every coordinate alone."""
+    import jax
+
+    import pkpd
+    from pkpd.inference import build_model
+    from pkpd.inference.sample import _flat_fn, flat_view
+
+    pm_model, _ = build_model(pkpd.load_model("pk_1cmt_oral"), pkpd.load_dataset("theophylline"))
+    logp, names, shapes = _flat_fn(pm_model)
+    flatten, unflatten = flat_view(names, shapes)
+    grad = jax.jit(jax.grad(lambda x: -logp(*unflatten(x))[0]))
+    groups = resumable.probe_groups(pm_model, names, shapes)
+    n = sum(int(np.prod(s)) for s in shapes)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(n))  # each coordinate once
+    z = names.index("z")
+    assert shapes[z] == (12, 3)
+    assert len(groups) == n - 12 * 3 + 3  # one probe per random effect, not per subject
+    x = resumable._start_points(pm_model, None, 1, 0, names, flatten)[0]  # jittered: z != 0
+    grouped, _ = resumable.curvature_metric(grad, x, groups)
+    alone, _ = resumable.curvature_metric(grad, x, [np.array([i]) for i in range(n)])
+    np.testing.assert_allclose(grouped, alone, rtol=1e-6)
+    assert np.ptp(np.log10(grouped)) > 1  # scales that differ: what the metric is for
+
+
+def test_starts_are_jittered_by_the_curvature(whole):
+    saved = json.loads((resumable.Path(whole.extra["checkpoint"]["directory"]) / "run.json")
+                       .read_text())
+    start, centre = np.asarray(saved["start"]), np.asarray(saved["centre"])
+    width = np.minimum(1.0, resumable.JITTER_SDS * np.sqrt(saved["inverse_mass"]))
+    assert np.all(np.abs(start - centre) <= width)
+    assert width.min() < 0.5  # narrower than PyMC's uniform(-1, 1) where the data say so
+    assert not np.allclose(start[0], start[1])  # dispersed chains
+    assert saved["metric"]["probes"] == len(centre) - 12 * 3 + 3
+
+
+def test_a_resumed_fit_does_not_recompute_its_start(whole, monkeypatch):
+    from pkpd.inference import sample
+
+    def no_map(*args, **kwargs):
+        raise AssertionError("the MAP was recomputed for a resumed run")
+
+    monkeypatch.setattr(sample, "map_estimate", no_map)
+    again = fit("pk_1cmt_oral", "theophylline", init="map",
+                checkpoint=whole.extra["checkpoint"]["directory"], **RUN)
+    assert "resumed" in again.extra["map"]["skipped"]
+    xr.testing.assert_equal(again.posterior, whole.posterior)
