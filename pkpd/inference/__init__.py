@@ -13,6 +13,7 @@ from pkpd.inference.builder import ModelInfo, build_model, default_solver, prepa
 from pkpd.inference.diagnostics import THRESHOLDS, FitWarning, convergence
 from pkpd.inference.fitresult import Fit, ModelChangedError, load_fit
 from pkpd.inference.profiles import PROFILES, Profile, Stage, fit_staged
+from pkpd.inference.resumable import SamplingPaused
 from pkpd.inference.sample import (
     DEFAULT_SAMPLER,
     SAMPLERS,
@@ -33,6 +34,7 @@ __all__ = [
     "ModelChangedError",
     "ModelInfo",
     "Profile",
+    "SamplingPaused",
     "Stage",
     "build_model",
     "convergence",
