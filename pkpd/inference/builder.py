@@ -62,7 +62,7 @@ FIT_ATOL = 1.0e-14
 FIT_MAX_STEPS = 4096
 
 #: Names the builder gives its own variables (a model parameter may not use them).
-RESERVED = ("z", "eta", "phi", "y", "chol_iiv", "corr_iiv", "theta", "iiv_shift")
+RESERVED = ("z", "eta", "phi", "y", "chol_iiv", "corr_iiv", "theta")
 
 #: How a random effect can be written (`build_model`'s ``iiv_parameterization``).
 PARAMETERIZATIONS = ("noncentered", "centered")
