@@ -144,6 +144,19 @@ def count(model, solver, args, p, name: str, diagonal: str = "step", after: floa
            f"after_day_{after:g}_max": int(late.max()),
            f"after_day_{after:g}_quartiles": [float(q) for q in np.percentile(late, [25, 50, 75])],
            "ok": bool(np.all(res.ok))}
+    # Late steps of the subjects dosed into each state against the others (rescue drugs).
+    ev = args[0]
+    mask = np.asarray(ev["mask"]).astype(bool)
+    cmt = np.asarray(ev["cmt"])
+    by_dose = {}
+    for s in sorted(set(cmt[mask].tolist())):
+        dosed = ((cmt == s) & mask).any(axis=1)
+        if 0 < dosed.sum() < len(dosed):
+            by_dose[model.states[s]] = {
+                "subjects": int(dosed.sum()),
+                "range_dosed": [int(late[dosed].min()), int(late[dosed].max())],
+                "range_not": [int(late[~dosed].min()), int(late[~dosed].max())]}
+    out[f"after_day_{after:g}_by_dosed_state"] = by_dose
     if detail:
         out["limiting"] = _limiting(model, solver, p, name, fixed, tape, late, after)
     return out, np.asarray(res.y)
