@@ -382,13 +382,20 @@ def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None =
     accepted and rejected steps per subject and the accepted ones after day ``after``
     (`pkpd.solve.lanes.LanesStats`); then the solve alone (median of `REPEATS` calls, compiled
     first): without tangents, with one, and with one per parameter whose tangent goes through
-    the solve (as `pkpd.inference.predict.make_predictor` pushes them).
+    the solve (as `pkpd.inference.predict.make_predictor` pushes them). The same again
+    (``pruned_`` keys) as a fit solves it: each state integrated only until the last
+    observation that needs it (`pkpd.inference.predict.needed_until`).
     """
     import jax
     import jax.numpy as jnp
 
     from pkpd.inference.builder import prepare_model
-    from pkpd.inference.predict import solve_parameters, varying_columns
+    from pkpd.inference.predict import (
+        _observe_all,
+        needed_until,
+        solve_parameters,
+        varying_columns,
+    )
     from pkpd.solve import event_arrays
     from pkpd.solve.lanes import solve_lanes
 
@@ -403,38 +410,61 @@ def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None =
     if copies > 1:  # the cohort repeated: what one solve for several chains at once would cost
         args = jax.tree_util.tree_map(lambda a: jnp.concatenate([a] * copies), args)
         p = jnp.concatenate([p] * copies)
-    _, st = jax.jit(lambda q: solve_lanes(model, info.solver, *args, q, with_stats=True,
-                                          count_after=after))(p)
-    acc, rej, late = (np.asarray(a) for a in (st.accepted, st.rejected, st.accepted_after))
+    obs = info.observations
+    until = needed_until(info.spec, model, bound, obs.subject, obs.column)
+    if copies > 1:
+        until = np.concatenate([until] * copies)
     in_solve = solve_parameters(spec)
     cols = [j for j in varying_columns(spec, model) if model.parameters[j] in in_solve]
     out = {"model": spec.name, "patients": n_patients, "copies": copies,
-           "states": model.n_states,
-           "iterations": int(st.iterations), "accepted_mean": round(float(acc.mean()), 1),
-           "accepted_min": int(acc.min()), "accepted_max": int(acc.max()),
-           "rejected_mean": round(float(rej.mean()), 1),
-           f"accepted_after_day_{after:g}_mean": round(float(late.mean()), 1),
-           "tangents": len(cols)}
+           "states": model.n_states, "tangents": len(cols)}
+    for prefix, cut in (("", None), ("pruned_", until)):
+        _, st = jax.jit(lambda q, cut=cut: solve_lanes(model, info.solver, *args, q,
+                                                       with_stats=True, count_after=after,
+                                                       needed_until=cut))(p)
+        acc, rej, late = (np.asarray(a) for a in (st.accepted, st.rejected, st.accepted_after))
+        out.update({f"{prefix}iterations": int(st.iterations),
+                    f"{prefix}accepted_mean": round(float(acc.mean()), 1),
+                    f"{prefix}accepted_min": int(acc.min()),
+                    f"{prefix}accepted_max": int(acc.max()),
+                    f"{prefix}rejected_mean": round(float(rej.mean()), 1),
+                    f"{prefix}accepted_after_day_{after:g}_mean": round(float(late.mean()), 1)})
 
-    def solve_y(q):
-        return solve_lanes(model, info.solver, *args, q).y
+    def solve_y(q, cut=None):
+        return solve_lanes(model, info.solver, *args, q, needed_until=cut).y
 
-    def with_tangents(q, k):
+    def predictions(cut):  # the fitted observations (copies: the first cohort's)
+        every = jax.jit(lambda q: _observe_all(model)(args[1], solve_y(q, cut), q))(p)
+        every = np.asarray(every)
+        return every[obs.subject, obs.column, np.asarray(bound.obs_endpoint)[obs.subject,
+                                                                             obs.column]]
+
+    full, pruned = predictions(None), predictions(until)
+    out["pruned_max_rel_diff_predictions"] = float(
+        f"{np.max(np.abs(pruned - full) / np.maximum(np.abs(full), 1e-300)):.2g}")
+
+    def with_tangents(q, k, cut=None):
         def along(j):
-            return jax.jvp(solve_y, (q,), (jnp.zeros_like(q).at[:, j].set(1.0),))
+            return jax.jvp(lambda r: solve_y(r, cut), (q,),
+                           (jnp.zeros_like(q).at[:, j].set(1.0),))
 
         return jax.vmap(along)(jnp.asarray(cols[:k], dtype=jnp.int32))
 
-    for label, fn in (("solve_s", jax.jit(solve_y)),
-                      ("solve_1_tangent_s", jax.jit(lambda q: with_tangents(q, 1))),
-                      (f"solve_{len(cols)}_tangents_s", jax.jit(lambda q: with_tangents(q, None)))):
+    timed = {"solve_s": jax.jit(solve_y),
+             "solve_1_tangent_s": jax.jit(lambda q: with_tangents(q, 1)),
+             f"solve_{len(cols)}_tangents_s": jax.jit(lambda q: with_tangents(q, None)),
+             "pruned_solve_s": jax.jit(lambda q: solve_y(q, until)),
+             f"pruned_solve_{len(cols)}_tangents_s":
+                 jax.jit(lambda q: with_tangents(q, None, until))}
+    times = {label: [] for label in timed}
+    for fn in timed.values():
         jax.block_until_ready(fn(p))
-        times = []
-        for _ in range(REPEATS):
+    for _ in range(REPEATS):  # interleaved, so that a change of load hits all alike
+        for label, fn in timed.items():
             t0 = time.perf_counter()
             jax.block_until_ready(fn(p))
-            times.append(time.perf_counter() - t0)
-        out[label] = round(float(np.median(times)), 4)
+            times[label].append(time.perf_counter() - t0)
+    out.update({label: round(float(np.median(v)), 4) for label, v in times.items()})
     out["load"] = round(os.getloadavg()[0], 1)
     return out
 

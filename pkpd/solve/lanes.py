@@ -126,6 +126,7 @@ def solve_lanes(
     *,
     with_stats: bool = False,
     count_after: float = float("inf"),
+    needed_until: Any = None,
 ) -> SolveResult | tuple[SolveResult, LanesStats]:
     """Integrate every subject with the subjects-last loop (un-jitted; call inside `jax.jit`).
 
@@ -150,6 +151,14 @@ def solve_lanes(
         Also return a `LanesStats`.
     count_after : float, optional
         Time from which accepted steps are counted in ``LanesStats.accepted_after``.
+    needed_until : array-like, optional
+        ``(N, S)`` times (data, not differentiated): state ``s`` of subject ``n`` is integrated
+        while ``t < needed_until[n, s]``; from the first step that starts at or after it, its
+        derivative is 0 (its value frozen) and it leaves the error norm. Recorded values of a
+        frozen state are stale. Exact for the states a caller reads, at the times it reads
+        them, when no state still integrated depends on a frozen one
+        (`pkpd.inference.predict.needed_until` builds such times for a fit); a frozen stiff
+        state no longer bounds the step. Default: every state integrated throughout.
 
     Returns
     -------
@@ -162,7 +171,7 @@ def solve_lanes(
         If the solver's method is not an explicit Runge-Kutta method of `pkpd.solve.erk`.
     """
     result, stats, _ = _run(model, solver, ev, obs_time, obs_seq, p, with_stats=with_stats,
-                            count_after=count_after)
+                            count_after=count_after, needed_until=needed_until)
     return (result, stats) if with_stats else result
 
 
@@ -231,6 +240,7 @@ def _run(
     with_stats: bool = False,
     count_after: float = float("inf"),
     capacity: int = 0,
+    needed_until: Any = None,
 ) -> tuple[SolveResult, LanesStats | None, dict[str, jax.Array] | None]:
     """Run the loop; with ``capacity > 0`` also record its first ``capacity`` iterations.
 
@@ -256,6 +266,7 @@ def _run(
     h0 = jnp.full(n, float(solver.dt0)) if solver.dt0 is not None else 1e-3 * span
     max_steps = int(solver.max_steps)
     rhs = _rhs(model)
+    cut = _cut(needed_until)
 
     def field(t: jax.Array, y: jax.Array, u: jax.Array) -> jax.Array:
         return rhs(t, y, u, inp.p_t)
@@ -273,17 +284,31 @@ def _run(
         t_next = at("t", ptr)
         gap = jnp.maximum(t_next - t, 0.0)
         he = jnp.where(live, jnp.minimum(h, gap), 0.0)
+        # States still integrated in this step (all without `needed_until`); a state only
+        # ever leaves, at a stop, so a derivative carried over needs no recomputation.
+        keep = None if cut is None else t[None] < cut
+
+        def step_field(ts: jax.Array, ys: jax.Array) -> jax.Array:
+            fy = field(ts, ys, u_in)
+            return fy if keep is None else jnp.where(keep, fy, 0.0)
+
         # First-same-as-last: the last stage of an accepted step is f at the new point; it is
         # stale only after an event changed the state or the inputs.
         f0 = jax.lax.cond(
             jnp.any(stale & live),
-            lambda: jnp.where(stale[None], field(t, y, u_in), f),
+            lambda: jnp.where(stale[None], step_field(t, y), f),
             lambda: f,
         )
+        if keep is not None:
+            f0 = jnp.where(keep, f0, 0.0)
         y_start, t_start, ptr_start, active_start = y, t, ptr, active
-        y1, err, fs = _stages(lambda ts, ys: field(ts, ys, u_in), tab, t, he, y, f0)
+        y1, err, fs = _stages(step_field, tab, t, he, y, f0)
         scale = atol + rtol * jnp.maximum(jnp.abs(y), jnp.abs(y1))
-        enorm = jnp.sqrt(jnp.mean((err / scale) ** 2, axis=0))
+        if keep is None:
+            enorm = jnp.sqrt(jnp.mean((err / scale) ** 2, axis=0))
+        else:  # the RMS over the states integrated: frozen ones do not dilute it
+            enorm = jnp.sqrt(jnp.sum(jnp.where(keep, (err / scale) ** 2, 0.0), axis=0)
+                             / jnp.maximum(jnp.sum(keep, axis=0), 1))
         finite = jnp.all(jnp.isfinite(y1), axis=0)
         # The step-size controller is not differentiated (as in diffrax's PIDController).
         enorm = jax.lax.stop_gradient(jnp.where(finite, enorm, jnp.inf))
@@ -406,6 +431,13 @@ def _run(
     return result, stats, tape
 
 
+def _cut(needed_until: Any) -> jax.Array | None:
+    """``needed_until`` as ``(S, N)`` data (not differentiated), or None."""
+    if needed_until is None:
+        return None
+    return jax.lax.stop_gradient(jnp.asarray(needed_until, dtype=jnp.float64).T)
+
+
 def _rows(a: jax.Array) -> list[jax.Array]:
     # split (whose transpose is a concatenate), not indexing (whose transpose pads)
     return [r[0] for r in jax.lax.split(a, [1] * a.shape[0])]
@@ -416,10 +448,13 @@ def _stage_field(rows_rhs: Any, ts: jax.Array, y: jax.Array, p_t: jax.Array) -> 
 
 
 def _step_back(rows_rhs: Any, tab: Any, row: dict[str, jax.Array], p_t: jax.Array, u: jax.Array,
-               lam: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+               lam: jax.Array, keep: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Pull ``lam`` (cotangent of the step's result) back through one recorded step.
 
     Returns the cotangents of the step's start state, of ``p_t`` and of the inputs ``u``.
+    ``keep`` (``(S, N)``) marks the states the step integrated (`solve_lanes`'s
+    ``needed_until``); the others had derivative 0.
     Written stage by stage (recompute the stages, then one vector-Jacobian product of the
     right-hand side per stage, last stage first) with a barrier after each product: left
     to itself XLA fuses the whole transposed step into a few huge loops that recompute
@@ -430,12 +465,15 @@ def _step_back(rows_rhs: Any, tab: Any, row: dict[str, jax.Array], p_t: jax.Arra
     t, y = row["t"], row["y"]
     he = jnp.where(row["accept"], row["he"], 0.0)
     lam_step = jnp.where(row["accept"][None], lam, 0.0)
+    def masked(fy: jax.Array) -> jax.Array:
+        return fy if keep is None else jnp.where(keep, fy, 0.0)
+
     stage_y, stage_t = [y], [t]
-    ks = [he * (_stage_field(rows_rhs, t, y, p_t) + u)]
+    ks = [he * masked(_stage_field(rows_rhs, t, y, p_t) + u)]
     for cc, a in zip(tab.c, tab.a_lower, strict=True):
         stage_y.append(y + _combine(a, ks))
         stage_t.append(t + float(cc) * he)
-        ks.append(he * (_stage_field(rows_rhs, stage_t[-1], stage_y[-1], p_t) + u))
+        ks.append(he * masked(_stage_field(rows_rhs, stage_t[-1], stage_y[-1], p_t) + u))
     n_stages = len(stage_y)
     # a[j][m]: coefficient of stage m in stage j's state (explicit: m < j)
     a_full = [[0.0] * n_stages] + [
@@ -449,7 +487,7 @@ def _step_back(rows_rhs: Any, tab: Any, row: dict[str, jax.Array], p_t: jax.Arra
         for j in range(m + 1, n_stages):
             if a_full[j][m] != 0.0:
                 mu = mu + a_full[j][m] * nus[j]
-        mu = he * mu  # cotangent of stage m's derivative f(Y_m)
+        mu = masked(he * mu)  # cotangent of stage m's derivative f(Y_m)
         _, pull = jax.vjp(lambda yy, pp, m=m: _stage_field(rows_rhs, stage_t[m], yy, pp),
                           stage_y[m], p_t)
         nu, dp = jax.lax.optimization_barrier(pull(mu))
@@ -465,12 +503,12 @@ def _step_back(rows_rhs: Any, tab: Any, row: dict[str, jax.Array], p_t: jax.Arra
 
 
 def iterations(model: Any, solver: Solver, ev: dict[str, jax.Array], obs_time: jax.Array,
-               obs_seq: jax.Array, p: jax.Array) -> int:
+               obs_seq: jax.Array, p: jax.Array, needed_until: Any = None) -> int:
     """Loop iterations of one solve (jitted here): to size `solve_lanes_adjoint`'s record.
 
     Parameters
     ----------
-    model, solver, ev, obs_time, obs_seq, p
+    model, solver, ev, obs_time, obs_seq, p, needed_until
         As in `solve_lanes`.
 
     Returns
@@ -478,7 +516,8 @@ def iterations(model: Any, solver: Solver, ev: dict[str, jax.Array], obs_time: j
     int
     """
     def count(q: jax.Array) -> jax.Array:
-        return solve_lanes(model, solver, ev, obs_time, obs_seq, q, with_stats=True)[1].iterations
+        return solve_lanes(model, solver, ev, obs_time, obs_seq, q, with_stats=True,
+                           needed_until=needed_until)[1].iterations
 
     return int(jax.jit(count)(p))
 
@@ -527,6 +566,7 @@ def solve_lanes_adjoint(
     capacity: int,
     columns: Any = None,
     counter: AdjointCounter | None = None,
+    needed_until: Any = None,
 ) -> SolveResult:
     """`solve_lanes` with a discrete adjoint: reverse mode at a cost that does not grow with P.
 
@@ -556,6 +596,8 @@ def solve_lanes_adjoint(
     counter : AdjointCounter, optional
         Counts the reverse passes and the fallbacks (one host callback per reverse pass) and
         records ``capacity``.
+    needed_until : array-like, optional
+        As in `solve_lanes` (concrete data).
 
     Returns
     -------
@@ -578,9 +620,11 @@ def solve_lanes_adjoint(
     # numpy, not jax: the custom rule must not close over values created in a trace
     states = np.arange(n_states)[:, None]
     cols = np.arange(p.shape[1]) if columns is None else np.asarray(list(columns), dtype=np.int32)
+    cut_np = None if needed_until is None else np.asarray(needed_until, dtype=np.float64).T
 
     def primal(q: jax.Array) -> tuple[SolveResult, dict[str, jax.Array]]:
-        result, _, tape = _run(model, solver, ev, obs_time, obs_seq, q, capacity=capacity)
+        result, _, tape = _run(model, solver, ev, obs_time, obs_seq, q, capacity=capacity,
+                               needed_until=needed_until)
         return result, tape
 
     @jax.custom_vjp
@@ -630,7 +674,8 @@ def solve_lanes_adjoint(
                 lam = jnp.where(reset, 0.0, lam) + g_rec
                 active = row["active"].astype(jnp.float64)
                 u = jnp.einsum("sen,en->sn", inp.rate_in, active)
-                lam, d_p, d_u = _step_back(rows_rhs, tab, row, inp.p_t, u, lam)
+                keep = None if cut_np is None else row["t"][None] < cut_np
+                lam, d_p, d_u = _step_back(rows_rhs, tab, row, inp.p_t, u, lam, keep)
                 acc = _Inputs(
                     acc.p_t + d_p,
                     acc.y_init + d_init,
@@ -649,7 +694,8 @@ def solve_lanes_adjoint(
         def forward_mode(_: None) -> jax.Array:
             def along(k: jax.Array) -> jax.Array:
                 tangent = jnp.zeros_like(q).at[:, k].set(1.0)
-                dy = jax.jvp(lambda r: _run(model, solver, ev, obs_time, obs_seq, r)[0].y,
+                dy = jax.jvp(lambda r: _run(model, solver, ev, obs_time, obs_seq, r,
+                                            needed_until=needed_until)[0].y,
                              (q,), (tangent,))[1]
                 return jnp.einsum("nos,nos->n", jnp.where(ok[:, None, None], dy, 0.0), g_out)
 

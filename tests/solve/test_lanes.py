@@ -271,3 +271,94 @@ def test_adjoint_of_an_unused_fast_depot_stays_finite(model1, rows):
     adj = jax.jit(jax.grad(_sum_of_outputs(model, solver, args, weights, 4096)))(p)
     assert np.all(np.isfinite(adj))
     np.testing.assert_allclose(adj, forward, rtol=1e-9, atol=1e-12 * np.abs(forward).max())
+
+
+def _needed(p, depot=np.inf, rest=np.inf):
+    return np.tile([depot, rest, rest], (p.shape[0], 1))
+
+
+def test_needed_until_freezes_states_and_leaves_the_others_unchanged(model2, cohort):
+    """A state past its ``needed_until`` keeps its value (its derivative is 0); the depot, which
+    uses no other state, is integrated to the end and agrees with the full solve."""
+    ev, t, seq, p = cohort
+    args = (event_arrays(ev), np.asarray(t, float), np.asarray(seq, float))
+    full = lanes(model2, ev, t, seq, p)
+    until = _needed(p, rest=16.0)
+    cut = jax.jit(lambda q: solve_lanes(model2, TIGHT, *args, q, needed_until=until))(
+        np.asarray(p, float))
+    assert bool(cut.ok.all())
+    y, y_full = np.asarray(cut.y), np.asarray(full.y)
+    np.testing.assert_allclose(y[:, :, 0], y_full[:, :, 0], rtol=1e-8, atol=1e-10)
+    before = t[0] <= 16.0
+    np.testing.assert_allclose(y[:, before], y_full[:, before], rtol=1e-8, atol=1e-10)
+    # Subjects 0 and 1 have no reset after the cut: central and periph stay at their day-16
+    # values (subject 2's reset at 20 h sets every state back to its initial value).
+    at_cut = int(np.flatnonzero(t[0] == 16.0)[0])
+    for i in (0, 1):
+        frozen = y[i, ~before, 1:]
+        np.testing.assert_array_equal(frozen, np.broadcast_to(y[i, at_cut, 1:], frozen.shape))
+        assert np.abs(y_full[i, ~before, 1:] - y[i, at_cut, 1:]).max() > 1e-3
+
+
+def test_needed_until_everywhere_is_the_full_solve(model2, cohort):
+    ev, t, seq, p = cohort
+    args = (event_arrays(ev), np.asarray(t, float), np.asarray(seq, float))
+    full = lanes(model2, ev, t, seq, p)
+    cut = jax.jit(lambda q: solve_lanes(model2, TIGHT, *args, q, needed_until=_needed(q)))(
+        np.asarray(p, float))
+    np.testing.assert_allclose(cut.y, full.y, rtol=1e-12, atol=1e-14)
+
+
+def test_a_frozen_stiff_state_no_longer_bounds_the_step(model2):
+    """Fast exchange between central and periph (stiff for an explicit method); only the depot
+    needed: its few steps instead of the stability-bound many."""
+    n = 2
+    ev = build_event_table([records([0.0], [100.0], [0])] * n, min_events=1)
+    t = np.tile(np.linspace(1.0, 48.0, 5), (n, 1))
+    seq = np.full(t.shape, 1e6)
+    p = np.stack([individual_vector(model2)] * n)
+    p[:, model2.parameters.index("Q")] = 5e3
+    p[:, model2.parameters.index("tlag")] = 0.0
+    args = (event_arrays(ev), t, seq)
+    solver = Solver("tsit5", rtol=1e-6, atol=1e-9)
+
+    def counts(until):
+        res, st = jax.jit(lambda q: solve_lanes(model2, solver, *args, q, with_stats=True,
+                                                needed_until=until))(p)
+        return np.asarray(res.y), np.asarray(st.accepted)
+
+    y_full, steps_full = counts(None)
+    y_cut, steps_cut = counts(_needed(p, rest=-np.inf))
+    assert np.all(steps_full > 10 * steps_cut), (steps_full, steps_cut)
+    # to the tolerances (atol 1e-9: the depot is below it after a day)
+    np.testing.assert_allclose(y_cut[:, :, 0], y_full[:, :, 0], rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(y_cut[:, :, 1:], 0.0)  # never integrated: initial value
+
+
+def test_adjoint_matches_forward_mode_with_needed_until(model2, cohort):
+    from pkpd.solve.lanes import iterations, solve_lanes_adjoint
+
+    ev, t, seq, p = cohort
+    solver = Solver("tsit5", rtol=1e-8, atol=1e-10)
+    args = (event_arrays(ev), np.asarray(t, float), np.asarray(seq, float))
+    p = np.asarray(p, float)
+    until = _needed(p, rest=16.0)
+    until[1, 2] = 30.0  # periph of subject 1 later than central: any times are allowed
+    weights = np.random.default_rng(3).normal(size=(*t.shape, model2.n_states))
+    n_iter = iterations(model2, solver, *args, p, needed_until=until)
+
+    def loss(adjoint):
+        def f(q):
+            if adjoint:
+                y = solve_lanes_adjoint(model2, solver, *args, q, capacity=n_iter,
+                                        needed_until=until).y
+            else:
+                y = solve_lanes(model2, solver, *args, q, needed_until=until).y
+            return (y * weights).sum()
+
+        return f
+
+    forward = jax.jit(jax.jacfwd(loss(False)))(p)
+    adj = jax.jit(jax.grad(loss(True)))(p)
+    assert np.abs(forward).max() > 0
+    np.testing.assert_allclose(adj, forward, rtol=1e-10, atol=1e-12 * np.abs(forward).max())
