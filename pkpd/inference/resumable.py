@@ -48,7 +48,8 @@ CURVATURE_STEP = 1e-3
 #: starting chains where the solve is stiff (`_scaled_jitter`).
 JITTER_SDS = 5.0
 #: Relative difference of the log-density at the first chain's start above which a folder is
-#: taken to come from another model or dataset.
+#: taken to come from another model or dataset (or from another version of the solve: a change
+#: of the integrator's steps moves the log-density by more than this).
 FINGERPRINT_RTOL = 1e-8
 #: Sampler statistics recorded for every kept draw (ArviZ's names).
 STATS = ("lp", "diverging", "n_steps", "tree_depth", "acceptance_rate", "energy", "step_size")
@@ -294,8 +295,9 @@ def sample_resumable(
         now = float(potential_jit(jnp.asarray(x0[0])))
         then = float(saved["potential_start"])
         if not abs(now - then) <= FINGERPRINT_RTOL * max(1.0, abs(then)):
-            raise ValueError(f"checkpoint {directory} was made with another model or dataset "
-                             f"(log-density at its start {-then:.10g} there, {-now:.10g} now)")
+            raise ValueError(f"checkpoint {directory} was made with another model or dataset, "
+                             f"or a version of pkpd that solves it differently (log-density at "
+                             f"its start {-then:.10g} there, {-now:.10g} now)")
         calls = int(saved.get("calls", 1)) + 1
         walls = list(saved.get("wall_s", []))
         inverse_mass, metric_report = saved.get("inverse_mass"), saved.get("metric")
