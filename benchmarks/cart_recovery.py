@@ -374,6 +374,30 @@ def _fit_solver(method: str = "auto"):
     return Solver(method, rtol=FIT_RTOL, atol=FIT_ATOL, max_steps=FIT_MAX_STEPS)
 
 
+def typical_problem(n_patients: int, profile: str, seed: int | None = None):
+    """The last stage's lanes solve at the typical values: ``(info, args, p)``.
+
+    ``info`` is `pkpd.inference.builder.prepare_model`'s (fitting tolerances), ``args`` the
+    event, time and ordering arrays `pkpd.solve.lanes.solve_lanes` takes, ``p`` the ``(N, P+C)``
+    individual vectors with every random effect 0.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from pkpd.inference.builder import prepare_model
+    from pkpd.solve import event_arrays
+
+    spec, cohort = _last_stage(n_patients, profile, seed)
+    info = prepare_model(spec, cohort, solver=_fit_solver(), integrator="lanes")
+    model, bound = info.model, info.bound
+    args = (event_arrays(bound.events), jnp.asarray(bound.obs_time, dtype=jnp.float64),
+            jnp.asarray(bound.obs_seq, dtype=jnp.float64))
+    cov = jnp.asarray(bound.covariates, dtype=jnp.float64)
+    p = jax.vmap(model.individual, in_axes=(None, None, 0))(
+        jnp.asarray(model.typical_values), jnp.zeros(len(model.iiv)), cov)
+    return info, args, p
+
+
 def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None = None,
           copies: int = 1) -> dict:
     """Where the subjects-last solve of a fit spends its time (``--steps``).
@@ -389,24 +413,16 @@ def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None =
     import jax
     import jax.numpy as jnp
 
-    from pkpd.inference.builder import prepare_model
     from pkpd.inference.predict import (
         _observe_all,
         needed_until,
         solve_parameters,
         varying_columns,
     )
-    from pkpd.solve import event_arrays
     from pkpd.solve.lanes import solve_lanes
 
-    spec, cohort = _last_stage(n_patients, profile, seed)
-    info = prepare_model(spec, cohort, solver=_fit_solver(), integrator="lanes")
-    model, bound = info.model, info.bound
-    args = (event_arrays(bound.events), jnp.asarray(bound.obs_time, dtype=jnp.float64),
-            jnp.asarray(bound.obs_seq, dtype=jnp.float64))
-    cov = jnp.asarray(bound.covariates, dtype=jnp.float64)
-    p = jax.vmap(model.individual, in_axes=(None, None, 0))(
-        jnp.asarray(model.typical_values), jnp.zeros(len(model.iiv)), cov)
+    info, args, p = typical_problem(n_patients, profile, seed)
+    spec, model, bound = info.spec, info.model, info.bound
     if copies > 1:  # the cohort repeated: what one solve for several chains at once would cost
         args = jax.tree_util.tree_map(lambda a: jnp.concatenate([a] * copies), args)
         p = jnp.concatenate([p] * copies)

@@ -103,18 +103,8 @@ def problem(n_patients: int, profile: str, seed: int | None = None):
     """The fit's cohort, model, solver and typical-value parameters (as ``--steps``)."""
     import cart_recovery as cr
 
-    from pkpd.inference.builder import prepare_model
-    from pkpd.solve import event_arrays
-
-    spec, cohort = cr._last_stage(n_patients, profile, seed)
-    info = prepare_model(spec, cohort, solver=cr._fit_solver(), integrator="lanes")
-    model, bound = info.model, info.bound
-    args = (event_arrays(bound.events), jnp.asarray(bound.obs_time, dtype=jnp.float64),
-            jnp.asarray(bound.obs_seq, dtype=jnp.float64))
-    cov = jnp.asarray(bound.covariates, dtype=jnp.float64)
-    p = jax.vmap(model.individual, in_axes=(None, None, 0))(
-        jnp.asarray(model.typical_values), jnp.zeros(len(model.iiv)), cov)
-    return model, info.solver, args, p
+    info, args, p = cr.typical_problem(n_patients, profile, seed)
+    return info.model, info.solver, args, p
 
 
 def count(model, solver, args, p, name: str, diagonal: str = "step", after: float = 28.0,

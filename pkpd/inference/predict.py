@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pkpd.events import INFUSION_START
-from pkpd.model.dependencies import observation_closures
+from pkpd.model.dependencies import names_used, observation_closures
 from pkpd.solve import BoundCohort, Solver, event_arrays, solve_batch
 from pkpd.solve.lanes import AdjointCounter, solve_lanes, solve_lanes_adjoint
 from pkpd.solve.lanes import iterations as lanes_iterations
@@ -143,17 +143,7 @@ def solve_parameters(spec: Any) -> set[str]:
     -------
     set of str
     """
-    derived = {name: d.expr for name, d in spec.derived.items()}
-    names: set[str] = set()
-    todo = [s.name for e in _solve_expressions(spec) for s in getattr(e, "free_symbols", ())]
-    while todo:
-        name = todo.pop()
-        if name in names:
-            continue
-        names.add(name)
-        if name in derived:
-            todo += [s.name for s in getattr(derived[name], "free_symbols", ())]
-    return names & set(spec.parameters)
+    return set(names_used(spec, _solve_expressions(spec)) & set(spec.parameters))
 
 
 def varying_columns(spec: Any, model: Any) -> tuple[int, ...]:

@@ -14,6 +14,34 @@ from typing import Any
 from pkpd.model.spec import ModelSpec
 
 
+def names_used(spec: ModelSpec, exprs: Iterable[Any]) -> frozenset[str]:
+    """Every name ``exprs`` use, directly or through derived quantities (those included).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model specification.
+    exprs : iterable of sympy.Expr
+        Expressions of the model (equations, observations, initial values, dose terms).
+
+    Returns
+    -------
+    frozenset of str
+        States, parameters, covariates, derived quantities and ``t`` among them.
+    """
+    derived = {name: d.expr for name, d in spec.derived.items()}
+    seen: set[str] = set()
+    todo = [s.name for e in exprs for s in getattr(e, "free_symbols", ())]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in derived:
+            todo += [s.name for s in getattr(derived[name], "free_symbols", ())]
+    return frozenset(seen)
+
+
 def expression_states(spec: ModelSpec, expr: Any) -> frozenset[str]:
     """States ``expr`` uses, directly or through derived quantities.
 
@@ -28,20 +56,7 @@ def expression_states(spec: ModelSpec, expr: Any) -> frozenset[str]:
     -------
     frozenset of str
     """
-    derived = {name: d.expr for name, d in spec.derived.items()}
-    found: set[str] = set()
-    seen: set[str] = set()
-    todo = [s.name for s in getattr(expr, "free_symbols", ())]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in spec.states:
-            found.add(name)
-        elif name in derived:
-            todo += [s.name for s in getattr(derived[name], "free_symbols", ())]
-    return frozenset(found)
+    return names_used(spec, [expr]) & frozenset(spec.states)
 
 
 def state_dependencies(spec: ModelSpec) -> dict[str, frozenset[str]]:
