@@ -465,6 +465,7 @@ def _step_back(rows_rhs: Any, tab: Any, row: dict[str, jax.Array], p_t: jax.Arra
     t, y = row["t"], row["y"]
     he = jnp.where(row["accept"], row["he"], 0.0)
     lam_step = jnp.where(row["accept"][None], lam, 0.0)
+
     def masked(fy: jax.Array) -> jax.Array:
         return fy if keep is None else jnp.where(keep, fy, 0.0)
 
