@@ -132,11 +132,11 @@ def truth_of(spec, name: str) -> float:
 
 def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune: int,
         integrator: str = "auto", sampler: str = "auto",
-        parameterization: str | dict[str, str] = "noncentered",
+        parameterization: str | dict[str, str] | None = None,
         generator_iiv: str | list[str] = "all", ppc: bool = True, progress: bool = False,
         add_iiv: tuple[str, ...] = (), low_rank: bool = False,
         target_accept: float = 0.8, checkpoint: str | Path | None = None,
-        max_seconds: float | None = None, init: str = "prior") -> dict:
+        max_seconds: float | None = None, init: str | None = None) -> dict:
     """Generate one virtual cohort, fit it, and return the recovery table and diagnostics.
 
     ``generator_iiv="profile"`` generates the cohort with IIV only where the profile's last stage
@@ -149,7 +149,10 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
     ``progress=True`` shows the samplers' progress (a MAP prints a line every 10 s).
     ``init`` is the last stage's start (`pkpd.inference.profiles.fit_staged`: ``"prior"``,
     earlier stages' estimates and prior medians, every patient typical; ``"map"``, its joint
-    mode, reached non-centred whatever the parameterization).
+    mode, reached non-centred whatever the parameterization). ``init`` and ``parameterization``
+    None: the profile's own (``cart_crs_core``: ``"map"``, centred; since 2026-12-05 15:30:
+    earlier runs in RESULTS.md without ``--init`` / ``--iiv-parameterization`` used
+    ``"prior"`` and non-centred effects).
     ``checkpoint`` runs the last stage's NUTS in pieces saved to that folder
     (`pkpd.inference.resumable`), for at most ``max_seconds`` per call: the same command goes on
     from where the last call stopped (`SamplingPaused` until it is done).
@@ -216,6 +219,7 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
         "sampler": result.settings.sampler,
         "gradient": result.settings.gradient,
         "parameterization": result.settings.iiv_parameterization,
+        "init": result.settings.init,
         "target_accept": result.settings.target_accept,
         "sampler_kwargs": dict(result.settings.sampler_kwargs),
         "leapfrog": leapfrog_per_draw(result.idata),
@@ -591,6 +595,10 @@ def _nuts_text(res: dict) -> str:
     low_rank = res.get("sampler_kwargs", {}).get("low_rank_modified_mass_matrix", False)
     text = (f", {'low-rank modified' if low_rank else 'diagonal'} mass matrix, target "
             f"acceptance {res.get('target_accept', 0.8)}")
+    starts = {"map": "the joint mode", "values": "the earlier stages' estimates",
+              "prior": "the prior medians", "pathfinder": "Pathfinder's draws"}
+    if res.get("init") in starts:
+        text += f", chains started at {starts[res['init']]}"
     ck = res.get("checkpoint")
     if ck:
         text += (f", NUTS in pieces (numpyro's kernel, `pkpd.inference.resumable`) over "
@@ -646,17 +654,18 @@ def main() -> None:
     parser.add_argument("--sampler", default="auto",
                         help="sampler of the last stage (pkpd.inference.fit: NUTS by default; "
                         "'pathfinder' gives an approximate posterior)")
-    parser.add_argument("--iiv-parameterization", default="noncentered",
-                        help="random effects of the last stage: noncentered (default), centered, "
-                        "or a comma-separated list of parameters to centre")
+    parser.add_argument("--iiv-parameterization", default=None,
+                        help="random effects of the last stage: noncentered, centered, or a "
+                        "comma-separated list of parameters to centre (default: the profile's)")
     parser.add_argument("--generator-iiv", default="all",
                         help="generate with cart_crs's IIV (all), only the profile's (profile), "
                         "or a comma-separated list of parameters with IIV")
     parser.add_argument("--low-rank", action="store_true",
                         help="NUTS with nutpie's low-rank modified mass matrix")
     parser.add_argument("--target-accept", type=float, default=0.8)
-    parser.add_argument("--init", default="prior", choices=["prior", "map", "pathfinder"],
-                        help="start of the last stage (fit_staged's init)")
+    parser.add_argument("--init", default=None, choices=["prior", "map", "pathfinder"],
+                        help="start of the last stage (fit_staged's init; default: the "
+                        "profile's)")
     parser.add_argument("--checkpoint", default=None,
                         help="folder: run the last stage's NUTS in pieces saved under "
                         "FOLDER/n<patients> (the same command goes on from there)")
@@ -716,7 +725,8 @@ def main() -> None:
         try:
             res = run(n, args.profile, args.seed, args.chains, args.draws, args.tune,
                       args.integrator, args.sampler,
-                      parse_parameterization(args.iiv_parameterization), generator_iiv,
+                      None if args.iiv_parameterization is None
+                      else parse_parameterization(args.iiv_parameterization), generator_iiv,
                       not args.no_ppc, args.progress, add_iiv, args.low_rank,
                       args.target_accept, checkpoint, args.max_seconds, args.init)
         except SamplingPaused as paused:
@@ -730,17 +740,21 @@ def main() -> None:
         import jax
 
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+        def opt(flag: str, value: str | None) -> str:  # an option given, else the profile's
+            return "" if value is None else f" {flag} {value}"
+
         header = (
             f"\n\n### CAR-T recovery (profile {args.profile}), {stamp}\n\n"
             f"`python benchmarks/cart_recovery.py --patients {' '.join(map(str, args.patients))}"
             f" --profile {args.profile} --seed {args.seed} --chains {args.chains} --draws "
             f"{args.draws} --tune {args.tune} --integrator {args.integrator} --sampler "
-            f"{args.sampler} --iiv-parameterization {args.iiv_parameterization} --generator-iiv "
-            f"{args.generator_iiv}{' --no-ppc' if args.no_ppc else ''}"
+            f"{args.sampler}{opt('--iiv-parameterization', args.iiv_parameterization)}"
+            f" --generator-iiv {args.generator_iiv}{' --no-ppc' if args.no_ppc else ''}"
             f"{' --add-iiv ' + args.add_iiv if args.add_iiv else ''}"
             f"{' --low-rank' if args.low_rank else ''}"
             f"{f' --target-accept {args.target_accept}' if args.target_accept != 0.8 else ''}"
-            f"{f' --init {args.init}' if args.init != 'prior' else ''}"
+            f"{opt('--init', args.init)}"
             f"{f' --checkpoint {args.checkpoint}' if args.checkpoint else ''}"
             f"{f' --max-seconds {args.max_seconds:g}' if args.max_seconds else ''}"
             "`. Virtual cohorts "

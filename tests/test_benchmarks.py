@@ -54,6 +54,9 @@ def test_cart_recovery_map_table_claims_no_interval_or_coverage():
     assert "diagonal mass matrix, target acceptance 0.8" in cart_recovery.markdown(res)
     res.update(sampler_kwargs={"low_rank_modified_mass_matrix": True}, target_accept=0.9)
     assert "low-rank modified mass matrix, target acceptance 0.9" in cart_recovery.markdown(res)
+    assert "chains started" not in cart_recovery.markdown(res)  # not recorded: not claimed
+    res["init"] = "map"
+    assert "chains started at the joint mode" in cart_recovery.markdown(res)
     assert "mass matrix" not in text  # a MAP has no sampler settings
     res["diag"]["flagged_parameters"] = [
         {"name": "eta[FB]", "rhat": 1.017, "ess_bulk": 279.0, "ess_tail": 500.0, "severity": 1.7}]

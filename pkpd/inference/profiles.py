@@ -21,9 +21,11 @@ or, when an earlier stage estimated them, at that stage's estimate (the sequenti
 PK/PD modelling: Zhang, Beal & Sheiner 2003, J Pharmacokinet Pharmacodyn 30:387). A parameter
 that an earlier stage estimated and this stage estimates again starts there (``started_from``):
 the earlier stage then only shortens the warm-up. Earlier stages are point estimates (MAP) or
-Pathfinder; the last stage is NUTS. Fixing a parameter at an earlier stage's estimate ignores
-its uncertainty: the last stage's intervals are conditional on it, which `fit_staged` records
-(``fixed_from``) so a reader can see it.
+Pathfinder; the last stage is NUTS, started where its `Stage` says (``init``: the earlier
+estimates, or the joint mode, optimised from the prior medians) with its random effects
+written as it says (``iiv_parameterization``). Fixing a parameter at an earlier stage's
+estimate ignores its uncertainty: the last stage's intervals are conditional on it, which
+`fit_staged` records (``fixed_from``) so a reader can see it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ import pandas as pd
 
 #: Samplers an earlier (not the last) stage may use: point estimates or Pathfinder.
 EARLY_SAMPLERS = ("map", "pathfinder")
+
+#: Last-stage samplers that are NUTS (`pkpd.inference.fit`): the ones a stage's ``init`` and
+#: ``iiv_parameterization`` apply to by default.
+NUTS_SAMPLERS = ("auto", "nutpie", "numpyro", "pymc")
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,13 @@ class Stage:
     predose_zero : tuple of str
         Endpoints that are exactly 0 before the first dose (CAR-T counts before the infusion);
         their pre-dose records are left out (`select_endpoints`).
+    init : str
+        Last stage only: where its NUTS chains start unless `fit_staged` is given ``init``
+        (``"prior"``: the earlier stages' estimates and prior medians; ``"map"``: the joint
+        mode of this stage's model, `pkpd.inference.fit`).
+    iiv_parameterization : str
+        Last stage only: how its NUTS writes the random effects unless `fit_staged` is given
+        ``iiv_parameterization`` (``"noncentered"`` or ``"centered"``, `build_model`).
     """
 
     name: str
@@ -74,6 +87,8 @@ class Stage:
     sampler: str = "map"
     reasons: dict[str, str] = field(default_factory=dict)
     predose_zero: tuple[str, ...] = ("cart_blood",)
+    init: str = "prior"
+    iiv_parameterization: str = "noncentered"
 
 
 @dataclass(frozen=True)
@@ -174,8 +189,9 @@ PROFILES: dict[str, Profile] = {
         name="cart_crs_core",
         description=(
             "CAR-T kinetics, IL-6 and CRS grades (model cart_crs): a pooled MAP of the nested "
-            "kinetics model on CAR-T counts, then NUTS from there on 14 typical values with IIV "
-            "on expansion, contraction, memory, IL-6 production and baseline"
+            "kinetics model on CAR-T counts, then NUTS on 14 typical values with IIV on "
+            "expansion, contraction, memory, IL-6 production and baseline, started at the "
+            "joint mode, random effects centred"
         ),
         stages=(
             replace(_POOLED_KINETICS, name="kinetics"),
@@ -190,6 +206,13 @@ PROFILES: dict[str, Profile] = {
                 iiv=("rho", "alpha", "FB", "p6", "I6_0"),
                 endpoints=("cart_blood", "il6", "crs_grade"),
                 reasons=_CORE_REASONS,
+                # From the prior medians (every patient typical) 4 chains made 5-15 warm-up
+                # iterations in 12-15 minutes at 15-1000 leapfrog steps each, centred or not;
+                # from the joint mode in centred coordinates 45-55 at a median ~27 steps
+                # (60 patients, RESULTS.md 2026-12-05 08:53). Centred, the start's Hessian
+                # scaled by its diagonal has its largest eigenvalue 4.1 against 31.7.
+                init="map",
+                iiv_parameterization="centered",
             ),
         ),
     ),
@@ -302,13 +325,13 @@ def fit_staged(
     chains: int = 4,
     draws: int = 1000,
     tune: int = 1000,
-    init: str = "prior",
+    init: str | None = None,
     gradient: str = "auto",
     integrator: str = "auto",
     solver: Any = None,
     progressbar: bool = False,
     sampler_kwargs: Mapping[str, Any] | None = None,
-    iiv_parameterization: str | Mapping[str, str] = "noncentered",
+    iiv_parameterization: str | Mapping[str, str] | None = None,
     target_accept: float = 0.8,
     checkpoint: Any = None,
 ) -> Any:
@@ -328,17 +351,20 @@ def fit_staged(
     sampler : str, optional
         Sampler of the last stage (`pkpd.inference.fit`; default NUTS with nutpie).
     init : str, optional
-        Start of the last stage (`pkpd.inference.fit`). ``"prior"`` (default): the estimates of
-        earlier stages for the parameters it estimates again, prior medians for the rest;
-        ``"map"`` or ``"pathfinder"``: as in `fit`. An earlier stage always starts from the
-        estimates of the stages before it.
+        Start of the last stage (`pkpd.inference.fit`). ``"prior"``: the estimates of earlier
+        stages for the parameters it estimates again, prior medians for the rest; ``"map"`` or
+        ``"pathfinder"``: as in `fit`. Default: the last stage's ``init`` when it is sampled
+        by NUTS (``"map"`` for ``cart_crs_core``), else ``"prior"``. An earlier stage always
+        starts from the estimates of the stages before it.
     chains, draws, tune, gradient, integrator, solver, progressbar, sampler_kwargs, target_accept
         Settings of the last stage, passed to `pkpd.inference.fit` (earlier stages use the same
         ``gradient``, ``integrator`` and ``solver``).
     iiv_parameterization : str or mapping, optional
         How the last stage writes its random effects (`pkpd.inference.build_model`; a mapping
-        names parameters of the last stage's ``iiv``). Earlier stages stay non-centred: they
-        are MAP or Pathfinder fits.
+        names parameters of the last stage's ``iiv``). Default: the last stage's
+        ``iiv_parameterization`` when it is sampled by NUTS (``"centered"`` for
+        ``cart_crs_core``), else ``"noncentered"`` (a MAP, Pathfinder or ADVI fit). Earlier
+        stages stay non-centred: they are MAP or Pathfinder fits.
     checkpoint : str or Path, optional
         Checkpoint folder of the last stage's NUTS (`pkpd.inference.fit`): calling again with
         it redoes the earlier stages (point estimates, deterministic for a seed) and goes on
@@ -365,6 +391,13 @@ def fit_staged(
     from pkpd.model import load_model
 
     prof = get_profile(profile)
+    # A profile's start and parameterization were chosen for its NUTS (centred effects have no
+    # joint mode for a MAP to find).
+    nuts = sampler in NUTS_SAMPLERS
+    if init is None:
+        init = prof.final.init if nuts else "prior"
+    if iiv_parameterization is None:
+        iiv_parameterization = prof.final.iiv_parameterization if nuts else "noncentered"
     base = load_model(spec) if isinstance(spec, str) or hasattr(spec, "__fspath__") else spec
     data = load_dataset(cohort) if isinstance(cohort, str) else cohort
     for stage in prof.stages[:-1]:

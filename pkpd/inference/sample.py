@@ -632,8 +632,9 @@ def fit(
         NUTS target acceptance rate (raise it, e.g. 0.95, when there are divergences).
     correlated_iiv, censoring, gradient, integrator, iiv_parameterization
         Passed to `build_model`. A centred random effect (``iiv_parameterization``) cannot go
-        with ``sampler="map"`` or ``init="map"``: the joint mode of a centred hierarchy is at
-        ``omega -> 0``.
+        with ``sampler="map"``: the joint mode of a centred hierarchy is at ``omega -> 0``;
+        with ``init="map"`` the chains start at the non-centred mode, moved to centred
+        coordinates.
     log_likelihood_group : bool, optional
         Store the per-observation log-likelihood (needed for PSIS-LOO).
     sampler_kwargs : dict, optional
