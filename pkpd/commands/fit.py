@@ -63,8 +63,10 @@ def fit_cmd(
     tune: Annotated[int, typer.Option(help="Warm-up iterations per chain.")] = 1000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     init: Annotated[
-        str, typer.Option(help="Chain starts: prior (medians), map or pathfinder.")
-    ] = "prior",
+        str | None,
+        typer.Option(help="Chain starts: prior (medians; with --profile the earlier stages' "
+                     "estimates), map or pathfinder. Default: prior, or the profile's."),
+    ] = None,
     target_accept: Annotated[float, typer.Option(help="NUTS target acceptance.")] = 0.8,
     correlated_iiv: Annotated[
         bool, typer.Option("--correlated-iiv", help="LKJ prior on IIV correlations.")
@@ -73,7 +75,14 @@ def fit_cmd(
     centered: Annotated[
         list[str] | None,
         typer.Option(help="Centre the random effect of this parameter (repeatable; 'all' for "
-                     "every one): for random effects each subject's data pin down."),
+                     "every one; 'none' for none): for random effects each subject's data pin "
+                     "down. Default: none, or the profile's."),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="Fit in the stages of a fitting profile (pkpd.inference.profiles: "
+                     "cart_kinetics, cart_crs_core): estimate only what it names, the last "
+                     "stage with the sampler options above."),
     ] = None,
     solver: Annotated[
         str, typer.Option(help="auto (closed form when available), tsit5, kvaerno5, ...")
@@ -123,23 +132,46 @@ def fit_cmd(
         _fail("--max-seconds needs --checkpoint (a folder to save the chains in)")
     names = list(centered or [])
     parameterization: Any = ("centered" if "all" in names else
+                             "noncentered" if names == ["none"] else
                              {n: "centered" for n in names})
-    typer.echo(f"fitting {spec.name} to {cohort.source} ({cohort.n_subjects} subjects) with "
+    from pkpd.inference.profiles import PROFILES
+
+    if profile is not None and profile not in PROFILES:
+        _fail(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    if profile is not None and (correlated_iiv or censoring != "m3"):
+        _fail("--profile fits with uncorrelated IIV and the M3 likelihood: leave out "
+              "--correlated-iiv and --censoring")
+    how = f" in the stages of profile {profile}," if profile else ""
+    typer.echo(f"fitting {spec.name} to {cohort.source} ({cohort.n_subjects} subjects){how} with "
                f"{sampler}, {chains} chains x {draws} draws (+{tune} warm-up), seed {seed}")
     from pkpd.inference.resumable import SamplingPaused
 
+    sampler_kwargs = None if max_seconds is None else {"max_seconds": max_seconds}
     try:
-        result = fit(spec, cohort, sampler=sampler, chains=chains, draws=draws, tune=tune,
-                     seed=seed, init=init, solver=cfg, progressbar=progress,
-                     target_accept=target_accept, correlated_iiv=correlated_iiv,
-                     censoring=censoring, iiv_parameterization=parameterization,
-                     checkpoint=checkpoint,
-                     sampler_kwargs=None if max_seconds is None else {"max_seconds": max_seconds})
+        if profile is None:
+            result = fit(spec, cohort, sampler=sampler, chains=chains, draws=draws, tune=tune,
+                         seed=seed, init=init or "prior", solver=cfg, progressbar=progress,
+                         target_accept=target_accept, correlated_iiv=correlated_iiv,
+                         censoring=censoring, iiv_parameterization=parameterization,
+                         checkpoint=checkpoint, sampler_kwargs=sampler_kwargs)
+        else:
+            from pkpd.inference.profiles import fit_staged
+
+            # None: the profile's own start and random-effect form for its last stage.
+            result = fit_staged(spec, cohort, profile, sampler=sampler, chains=chains,
+                                draws=draws, tune=tune, seed=seed, init=init, solver=cfg,
+                                progressbar=progress, target_accept=target_accept,
+                                iiv_parameterization=parameterization if names else None,
+                                checkpoint=checkpoint, sampler_kwargs=sampler_kwargs)
     except SamplingPaused as paused:
         typer.secho(str(paused), err=True)
         raise typer.Exit(EXIT_PAUSED) from None
     except (DatasetError, ValueError) as exc:
         _fail(str(exc))
+    except KeyError as exc:  # fit_staged: a profile's parameter or endpoint the model lacks
+        if profile is None:
+            raise
+        _fail(str(exc.args[0]) if exc.args else repr(exc))
     result.save(out)
     typer.echo(result.summary_text())
     wall = result.settings.wall_time

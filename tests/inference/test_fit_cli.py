@@ -100,3 +100,58 @@ def test_fit_command_in_pieces(tmp_path):
     assert load_fit(out).posterior.sizes["draw"] == 20
     assert invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out,
                   "--max-seconds", 5).exit_code == 2
+
+
+def test_fit_command_profile_options_reach_fit_staged(monkeypatch, tmp_path):
+    """``--profile`` fits in stages; the profile's own start and random-effect form are kept
+    unless ``--init`` / ``--centered`` are given."""
+    calls = []
+
+    def recorder(spec, cohort, profile, **kwargs):
+        calls.append((spec.name, profile, kwargs))
+        raise ValueError("recorded")
+
+    monkeypatch.setattr("pkpd.inference.profiles.fit_staged", recorder)
+    out = tmp_path / "x.nc"
+    result = invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile",
+                    "cart_crs_core", "--chains", 2, "--no-progress")
+    assert result.exit_code == 2 and "recorded" in result.stderr
+    name, profile, kw = calls[-1]
+    assert (name, profile) == ("cart_crs", "cart_crs_core")
+    assert kw["init"] is None and kw["iiv_parameterization"] is None and kw["chains"] == 2
+    invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile", "cart_crs_core",
+           "--init", "prior", "--centered", "none")
+    assert calls[-1][2]["init"] == "prior"
+    assert calls[-1][2]["iiv_parameterization"] == "noncentered"
+    invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile", "cart_crs_core",
+           "--centered", "rho")
+    assert calls[-1][2]["iiv_parameterization"] == {"rho": "centered"}
+    assert len(calls) == 3
+
+
+def test_fit_command_refuses_a_bad_profile(tmp_path):
+    out = tmp_path / "x.nc"
+    result = invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile", "cart_all")
+    assert result.exit_code == 2
+    assert "unknown profile 'cart_all'" in result.stderr and "cart_crs_core" in result.stderr
+    result = invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile",
+                    "cart_kinetics", "--correlated-iiv")
+    assert result.exit_code == 2 and "--correlated-iiv" in result.stderr
+    # a model without the profile's parameters: named, exit 2 (not a traceback)
+    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--profile",
+                    "cart_crs_core", "--sampler", "map")
+    assert result.exit_code == 2, result.output
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_fit_command_with_a_profile_saves_the_staged_fit(tmp_path):
+    out = tmp_path / "staged.nc"
+    result = invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile",
+                    "cart_kinetics", "--sampler", "map", "--no-progress")
+    assert result.exit_code == 1, result.output  # a MAP is always flagged
+    assert "in the stages of profile cart_kinetics" in result.output
+    saved = load_fit(out)
+    assert saved.extra["staged"]["profile"] == "cart_kinetics"
+    assert [s["stage"] for s in saved.extra["staged"]["stages"]] == ["pooled", "kinetics"]
+    assert saved.spec.estimated() == ["rho", "alpha", "FB", "V_car", "sigma_cart"]
