@@ -118,6 +118,29 @@ def test_cart_recovery_crs3_margin_is_the_monte_carlo_noise():
     assert cart_recovery.mc_margin(0.0, 1000, 0.0, 4000) > 0  # no events: still an error
 
 
+def test_cart_recovery_crs3_truth_comes_from_the_cohorts_generator(monkeypatch):
+    # Regression: a cohort generated with the profile's IIV only (--generator-iiv profile) got
+    # no P(CRS >= 3) check at all, since the truth was always cart_crs with all its IIV.
+    cart_recovery = _load("cart_recovery")
+    used = []
+
+    class Stop(Exception):
+        pass
+
+    def simulate_courses(model, *args, **kwargs):
+        used.append(model)
+        raise Stop
+
+    monkeypatch.setattr("pkpd.data.virtual.simulate_courses", simulate_courses)
+    generator = object()
+    with pytest.raises(Stop):
+        cart_recovery.crs3_check(None, seed=1, n_truth=3, generator=generator)
+    assert used == [generator]
+    with pytest.raises(Stop):
+        cart_recovery.crs3_check(None, seed=1, n_truth=3)
+    assert used[-1].name == "cart_crs"  # default: the library model with all its IIV
+
+
 def test_cart_recovery_random_effect_structure_options():
     """--add-iiv extends the fit's random effects; --generator-iiv chooses the generator's."""
     cart_recovery = _load("cart_recovery")
