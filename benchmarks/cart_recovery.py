@@ -302,12 +302,13 @@ def mc_margin(rate: float, n: int, truth: float, n_truth: int) -> float:
     return 1.645 * float(np.sqrt(var(rate, n) + var(truth, n_truth)))
 
 
-def generator_rates(n_patients: int, seed: int) -> dict:
+def generator_rates(n_patients: int, seed: int, model=None) -> dict:
     """Outcome rates of the virtual-cohort generator (``--generator-rates``).
 
-    ``cart_crs`` at its typical values with IIV, covariates from `draw_patients`, under the
-    virtual cohort's management (`pkpd.data.virtual.rescue_strategy`) and untreated: the
-    fraction of patients with worst CRS and ICANS grade >= k and, under rescue, the fraction
+    ``cart_crs`` at its typical values with IIV (``model``: another compiled generating model,
+    e.g. `generator_model`'s for ``--generator-iiv profile``), covariates from `draw_patients`,
+    under the virtual cohort's management (`pkpd.data.virtual.rescue_strategy`) and untreated:
+    the fraction of patients with worst CRS and ICANS grade >= k and, under rescue, the fraction
     given tocilizumab and dexamethasone. What the recovery's P(CRS >= 3) check has to work with.
     """
     import pkpd
@@ -316,7 +317,7 @@ def generator_rates(n_patients: int, seed: int) -> dict:
 
     grid = np.asarray(sorted({float(t) for sched, _ in SAMPLING.values() for t in sched}))
     patients = draw_patients(n_patients, seed=seed)
-    generator = pkpd.load_model("cart_crs").compile()
+    generator = pkpd.load_model("cart_crs").compile() if model is None else model
     out: dict = {"patients": n_patients, "seed": seed}
     for label, strategy in (("rescue", None), ("untreated", strategy_from_dict({"name": "none"}))):
         t0 = time.perf_counter()
@@ -700,11 +701,21 @@ def main() -> None:
                         help="with --timing/--steps: a cohort of each size from the generator "
                         "(--seed) instead of the first patients of virtual_cart")
     args = parser.parse_args()
+    generator_iiv = (args.generator_iiv if args.generator_iiv in ("all", "profile")
+                     else [x for x in args.generator_iiv.split(",") if x])
+    add_iiv = tuple(x for x in args.add_iiv.split(",") if x)
     if args.generator_rates:
         import json
 
+        from pkpd.inference.profiles import get_profile
+
+        stage = get_profile(profile_with_iiv(args.profile, add_iiv)).final
+        model = generator_model(stage, generator_iiv)
         for n in args.patients:
-            print(json.dumps(generator_rates(n, args.seed)), flush=True)
+            rates = generator_rates(n, args.seed, model)
+            if model is not None:  # which generator: the cohort's of a recovery run
+                rates["generator_iiv"] = list(model.iiv)
+            print(json.dumps(rates), flush=True)
         return
     if args.timing or args.steps:
         import json
@@ -717,9 +728,6 @@ def main() -> None:
         return
     load_before = os.getloadavg()
     parts = []
-    generator_iiv = (args.generator_iiv if args.generator_iiv in ("all", "profile")
-                     else [x for x in args.generator_iiv.split(",") if x])
-    add_iiv = tuple(x for x in args.add_iiv.split(",") if x)
     from pkpd.inference.resumable import SamplingPaused
 
     for n in args.patients:

@@ -215,3 +215,27 @@ def test_imex_prototype_is_an_accurate_l_stable_method(method, order):
     # the forcing lam * cos(t) that balances the stiff decay.
     stiff_10, stiff_100 = solve(-1e5, 10), solve(-1e5, 100)
     assert stiff_10 < 1.0 and stiff_100 < stiff_10 / 20, (stiff_10, stiff_100)
+
+
+def test_cart_recovery_generator_rates_of_the_profile_generator(monkeypatch, capsys):
+    # --generator-rates reports the generator a recovery run's cohort comes from.
+    import json
+    import sys
+
+    cart_recovery = _load("cart_recovery")
+    models = []
+
+    def rates(n, seed, model=None):
+        models.append(model)
+        return {"patients": n, "seed": seed}
+
+    monkeypatch.setattr(cart_recovery, "generator_rates", rates)
+    for extra in ([], ["--profile", "cart_crs_core", "--generator-iiv", "profile"]):
+        monkeypatch.setattr(sys, "argv", ["cart_recovery.py", "--generator-rates",
+                                          "--patients", "7", *extra])
+        cart_recovery.main()
+    assert models[0] is None  # cart_crs with all its IIV
+    assert set(models[1].iiv) == {"rho", "alpha", "FB", "p6", "I6_0"}
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed[0] == {"patients": 7, "seed": 20261123}
+    assert set(printed[1]["generator_iiv"]) == set(models[1].iiv)
