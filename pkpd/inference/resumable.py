@@ -25,6 +25,7 @@ import pickle
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,32 @@ def _save(path: Path, obj: Any) -> None:
 def _load(path: Path) -> Any:
     with open(path, "rb") as fh:
         return pickle.load(fh)
+
+
+def _agree_with_state(rec: dict, done: int, tune: int, chain: int, path: Path) -> None:
+    """Make a chain's record count the iterations its saved state has done.
+
+    The kernel's state counts its own iterations (``i``, warm-up included). Until 2026-12-05
+    a resumed call saved the state it had *loaded* (the record kept it and overwrote the new
+    one), so after a third call the record counted more iterations than the state had done: the
+    chain went on from an older state, with the adaptation still running where the record said
+    "sampling". The iterations and kept draws after the state's are dropped, with a warning.
+    """
+    if rec["iteration"] == done:
+        return
+    if done > rec["iteration"]:
+        raise ValueError(f"{path}: the saved state has done {done} iterations and its record "
+                         f"only {rec['iteration']}")
+    keep = max(0, done - tune)
+    warnings.warn(f"chain {chain}: {path} counted {rec['iteration']} iterations but its saved "
+                  f"state has done {done} (a checkpoint written by pkpd before 2026-12-05 that "
+                  f"was resumed more than once); going on from iteration {done}, keeping "
+                  f"{min(keep, len(rec['draws']))} of {len(rec['draws'])} kept draws",
+                  stacklevel=3)
+    rec["iteration"] = done
+    del rec["draws"][keep:]
+    for k in STATS:
+        del rec["stats"][k][keep:]
 
 
 def _start_points(pm_model: Any, start: Mapping[str, Any] | None, chains: int, seed: int,
@@ -340,7 +367,8 @@ def sample_resumable(
         path = directory / f"chain{c}.pkl"
         if path.is_file():
             rec = _load(path)
-            state = jax.tree_util.tree_map(jnp.asarray, rec["state"])
+            state = jax.tree_util.tree_map(jnp.asarray, rec.pop("state"))
+            _agree_with_state(rec, int(state.i), tune, c, path)
         else:
             rec = {"iteration": 0, "draws": [], "stats": {k: [] for k in STATS}, "seconds": 0.0}
             state = fresh
@@ -363,7 +391,8 @@ def sample_resumable(
         since_print = (rec["iteration"], 0, 0)
 
         def save(st: Any) -> None:
-            _save(path, {"state": jax.device_get(st), **rec})
+            # The state last: a record loaded from an older file must not bring its own.
+            _save(path, {**rec, "state": jax.device_get(st)})
 
         try:
             while rec["iteration"] < total and len(rec["draws"]) < draws:

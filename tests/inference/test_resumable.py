@@ -69,6 +69,51 @@ def test_paused_in_warm_up_and_resumed_gives_the_same_draws(whole, tmp_path, mon
                             whole.idata.sample_stats[["lp", "n_steps"]])
 
 
+def test_paused_twice_and_resumed_gives_the_same_draws(whole, tmp_path, monkeypatch):
+    # Regression: a resumed call saved the state it had loaded (the loaded record carried it
+    # and overwrote the new one), so a third call went on from the first pause's state while
+    # counting on from the second's: its "draws" were still warm-up.
+    import pickle
+
+    folder = tmp_path / "run"
+    for _ in range(2):
+        monkeypatch.setattr(resumable, "time", _Clock())
+        with pytest.raises(SamplingPaused):
+            fit("pk_1cmt_oral", "theophylline", checkpoint=folder,
+                sampler_kwargs={"max_seconds": 25}, **RUN)
+        monkeypatch.undo()
+        for c in range(RUN["chains"]):
+            with open(folder / f"chain{c}.pkl", "rb") as fh:
+                rec = pickle.load(fh)
+            assert int(rec["state"].i) == rec["iteration"] > 0
+    resumed = fit("pk_1cmt_oral", "theophylline", checkpoint=folder, **RUN)
+    assert resumed.extra["checkpoint"]["calls"] == 3
+    xr.testing.assert_equal(resumed.posterior, whole.posterior)
+
+
+def test_a_record_ahead_of_its_state_goes_on_from_the_state():
+    # Folders written before the fix: the record counted iterations the saved state had not.
+    from pathlib import Path
+
+    def rec(iteration, n_draws):
+        return {"iteration": iteration, "draws": list(range(n_draws)),
+                "stats": {k: list(range(n_draws)) for k in resumable.STATS}}
+
+    r = rec(508, 8)
+    with pytest.warns(UserWarning, match="counted 508 iterations but its saved state has done 150"):
+        resumable._agree_with_state(r, 150, 500, 0, Path("chain0.pkl"))
+    assert r["iteration"] == 150 and r["draws"] == [] and r["stats"]["lp"] == []
+    r = rec(620, 120)  # paused in sampling at 560 (60 draws), then resumed twice
+    with pytest.warns(UserWarning, match="keeping 60 of 120"):
+        resumable._agree_with_state(r, 560, 500, 1, Path("chain1.pkl"))
+    assert r["iteration"] == 560 and r["draws"] == list(range(60))
+    r = rec(30, 0)
+    resumable._agree_with_state(r, 30, 500, 0, Path("chain0.pkl"))  # agreeing: unchanged
+    assert r == rec(30, 0)
+    with pytest.raises(ValueError, match="only 30"):
+        resumable._agree_with_state(rec(30, 0), 31, 500, 0, Path("chain0.pkl"))
+
+
 def test_more_draws_go_on_from_the_last_state(whole, tmp_path):
     folder = tmp_path / "run"
     first = fit("pk_1cmt_oral", "theophylline", checkpoint=folder, **{**RUN, "draws": 8})
