@@ -403,7 +403,7 @@ def sample_resumable(
                 state = step(state)
                 n_steps = int(state.num_steps)
                 rec["seconds"] += time.perf_counter() - t0
-                rec["iteration"] += 1
+                rec["iteration"] = int(state.i)  # the state's own count: the two cannot drift
                 diverged = bool(state.diverging)
                 if rec["iteration"] > tune:
                     rec["draws"].append(np.asarray(state.z))
