@@ -81,7 +81,8 @@ class FitSettings:
         Extra keyword arguments given to the sampler (e.g. nutpie's
         ``low_rank_modified_mass_matrix``), as passed to `fit`.
     init_values : dict of str to float
-        The typical values chains started from (``init="values"``), natural scale.
+        The typical values chains started from (``init="values"``), or the MAP optimisation
+        of ``init="map"`` started from (`fit`'s ``map_start``), natural scale.
     """
 
     sampler: str
@@ -591,6 +592,7 @@ def fit(
     aggregate: Any = None,
     iiv_parameterization: str | Mapping[str, str] = "noncentered",
     checkpoint: str | Path | None = None,
+    map_start: Mapping[str, float] | None = None,
 ) -> Any:
     """Fit a model to a cohort.
 
@@ -650,6 +652,11 @@ def fit(
         `SamplingPaused`), goes on from there when called again with the same folder, model,
         data and settings. Needs ``sampler`` ``"auto"`` or ``"numpyro"``; ``sampler_kwargs``
         may also set ``max_tree_depth``, ``checkpoint_every_s`` and ``progress_every_s``.
+    map_start : dict of str to float, optional
+        Typical values (natural scale, IIV SDs as ``omega_<name>``) where the MAP optimisation
+        of ``init="map"`` starts, e.g. an earlier, simpler fit's estimates; prior medians for
+        the rest (default: prior medians for all). Recorded as the fit's ``init_values``.
+        Only with ``init="map"`` (with ``sampler="map"``, ``init={...}`` does the same).
 
     Returns
     -------
@@ -667,6 +674,11 @@ def fit(
     elif init not in ("map", "prior", "pathfinder"):
         raise ValueError("init must be 'map', 'prior', 'pathfinder' or a mapping of start "
                          f"values, got {init!r}")
+    if map_start is not None:
+        if init != "map":
+            raise ValueError(f"map_start is where init='map' starts its optimisation; got init "
+                             f"{init!r}")
+        init_values = {str(k): float(v) for k, v in map_start.items()}
     chosen = DEFAULT_SAMPLER if sampler == "auto" else sampler
     if checkpoint is not None:
         if sampler not in ("auto", "numpyro"):

@@ -164,6 +164,14 @@ def test_the_last_stage_starts_and_is_written_as_the_profile_says(
     assert all(c["init"] == "prior" for c in earlier[:1])  # the first stage: prior medians
     # "values": the earlier stages' estimates (a mapping), as before profiles had a start
     assert (isinstance(last["init"], dict) if init == "values" else last["init"] == init)
+    # a joint mode is searched for from the earlier stages' estimates, as "values" starts there
+    stages = PROFILES[profile].stages
+    again = set(stages[0].typical) & set(stages[-1].typical)
+    assert {"rho", "alpha", "FB"} <= again
+    if init == "map":
+        assert set(last["map_start"]) == again
+    else:
+        assert "map_start" not in last
     assert last["iiv_parameterization"] == param
     assert last["sampler"] == sampler
 

@@ -87,3 +87,37 @@ def test_centred_subjects_follow_the_typical_values_they_are_centred_on():
                               inputs=pm_model.value_vars, on_unused_input="ignore",
                               point_fn=False)(*[point[v.name] for v in pm_model.value_vars])
     np.testing.assert_allclose(eta, 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("param", ["noncentered", "centered"])
+def test_init_map_searches_for_the_mode_from_map_start(monkeypatch, param):
+    """``map_start`` is where the optimisation of ``init="map"`` begins (for centred effects:
+    the non-centred model's optimisation), and is recorded as the fit's ``init_values``."""
+    seen = {}
+    real_map = S.map_estimate
+
+    def recording_map(pm_model, start=None, **kw):
+        seen["map_start"] = start
+        return real_map(pm_model, start=start, **kw)
+
+    def fake(pm_model, start, *args):
+        seen["chain_start"] = start
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(S, "map_estimate", recording_map)
+    monkeypatch.setitem(S._SAMPLE, "nutpie", fake)
+    with pytest.raises(RuntimeError, match="stop here"):
+        fit("pk_1cmt_oral", "theophylline", init="map", progressbar=False,
+            map_start={"ka": 0.5, "CL": 5.0}, iiv_parameterization=param)
+    np.testing.assert_allclose(seen["map_start"]["log_ka"], np.log(0.5))
+    np.testing.assert_allclose(seen["map_start"]["log_CL"], np.log(5.0))
+    # the chains start at the mode the optimiser found, not at map_start
+    assert abs(float(seen["chain_start"]["log_CL"]) - np.log(5.0)) > 0.1
+
+
+def test_map_start_is_recorded_and_needs_init_map():
+    f = fit("pk_1cmt_oral", "theophylline", sampler="map", init="map", progressbar=False,
+            map_start={"ka": 0.5})
+    assert f.settings.init == "map" and f.settings.init_values == {"ka": 0.5}
+    with pytest.raises(ValueError, match="map_start.*init='map'"):
+        fit("pk_1cmt_oral", "theophylline", init="prior", map_start={"ka": 0.5})
