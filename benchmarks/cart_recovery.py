@@ -251,30 +251,37 @@ def crs3_check(result, seed: int, n_patients: int = 1000, n_draws: int = 100,
     """Posterior predictive P(CRS >= 3) of new patients against the generating truth.
 
     New patients (covariates from `draw_patients` with another seed) under the virtual cohort's
-    management (`pkpd.data.virtual.rescue_strategy`), on its sampling days. Truth: the
-    generator itself (`simulate_courses`; ``generator``, the compiled model that generated the
-    cohort, by default ``cart_crs`` at its typical values with IIV) on ``n_truth`` patients
-    (binomial SE ~0.5% at 13%). Posterior predictive: the fitted model
-    (the profile's last stage: parameters it fixed stay fixed, and IIV only where it has some)
-    with ``n_draws`` posterior draws of typical values and IIV SDs, and the same ``n_patients``
-    new patients under every draw (`pkpd.strategies.make_population` keeps each patient's random
-    effects and grade offsets across draws: common random numbers); per draw the fraction with a
-    worst grade >= 3. The 90% interval over draws is therefore the parameter uncertainty only;
-    the sampling noise of the new patients (shared by every draw) and of the truth is added as a
+    management (`pkpd.data.virtual.rescue_strategy`), on its sampling days, and the same
+    patients untreated (no tocilizumab or steroid whatever their grade: the model's CRS
+    without the rescue that prevents most grade >= 3 events, so a check with more events and
+    more power; ``"untreated"`` in the result). Truth: the generator itself
+    (`simulate_courses`; ``generator``, the compiled model that generated the cohort, by
+    default ``cart_crs`` at its typical values with IIV) on ``n_truth`` patients (binomial SE
+    ~0.5% at 13%). Posterior predictive: the fitted model (the profile's last stage:
+    parameters it fixed stay fixed, and IIV only where it has some) with ``n_draws`` posterior
+    draws of typical values and IIV SDs, and the same ``n_patients`` new patients under every
+    draw (`pkpd.strategies.make_population` keeps each patient's random effects and grade
+    offsets across draws: common random numbers); per draw the fraction with a worst grade
+    >= 3. The 90% interval over draws is therefore the parameter uncertainty only; the
+    sampling noise of the new patients (shared by every draw) and of the truth is added as a
     margin: covered when the truth lies within the interval widened by 1.645 x the combined
     binomial SE of the two rates.
     """
     import pkpd
     from pkpd.data.virtual import SAMPLING, draw_patients, rescue_strategy, simulate_courses
-    from pkpd.strategies import simulate_strategies
+    from pkpd.strategies import simulate_strategies, strategy_from_dict
     from pkpd.strategies.population import make_population
 
     grid = np.asarray(sorted({float(t) for sched, _ in SAMPLING.values() for t in sched}))
     truth_patients = draw_patients(n_truth, seed=seed + 1)
     if generator is None:
         generator = pkpd.load_model("cart_crs").compile()
-    courses = simulate_courses(generator, truth_patients, seed + 1, times=grid)
-    truth = float(np.mean(courses.outcomes["max_crs_grade"].to_numpy() >= 3))
+    untreated = strategy_from_dict({"name": "none"})
+    truths = {}
+    for label, strategy in (("rescue", None), ("untreated", untreated)):
+        courses = simulate_courses(generator, truth_patients, seed + 1, times=grid,
+                                   strategy=strategy)
+        truths[label] = float(np.mean(courses.outcomes["max_crs_grade"].to_numpy() >= 3))
 
     model = result.spec.compile()
     patients = draw_patients(n_patients, seed=seed + 2)
@@ -282,13 +289,19 @@ def crs3_check(result, seed: int, n_patients: int = 1000, n_draws: int = 100,
     pop = make_population(model, n_patients=n_patients, n_draws=n_draws, seed=seed + 2,
                           fit=result, covariates=covariates,
                           base=[("cart_iv", 0.0, patients["CART_DOSE"].to_numpy(float))])
-    sim = simulate_strategies(model, pop, [rescue_strategy()], grid=grid, keep_trajectories=0)
-    per_draw = np.mean(np.asarray(sim["max_crs_grade"].values[0]) >= 3, axis=-1)  # (D,)
-    lo, med, hi = np.quantile(per_draw, [0.05, 0.5, 0.95])
-    margin = mc_margin(float(med), n_patients, truth, n_truth)
-    return {"truth": truth, "truth_n": n_truth, "median": float(med), "lower": float(lo),
-            "upper": float(hi), "margin": margin,
-            "covered": bool(lo - margin <= truth <= hi + margin), "draws": n_draws,
+    sim = simulate_strategies(model, pop, [rescue_strategy(), untreated], grid=grid,
+                              keep_trajectories=0)
+    out: dict = {}
+    for k, label in enumerate(("rescue", "untreated")):
+        per_draw = np.mean(np.asarray(sim["max_crs_grade"].values[k]) >= 3, axis=-1)  # (D,)
+        lo, med, hi = np.quantile(per_draw, [0.05, 0.5, 0.95])
+        truth = truths[label]
+        margin = mc_margin(float(med), n_patients, truth, n_truth)
+        out[label] = {"truth": truth, "median": float(med), "lower": float(lo),
+                      "upper": float(hi), "margin": margin,
+                      "covered": bool(lo - margin <= truth <= hi + margin)}
+    # the rescue row at the top level, as written by runs before the untreated row existed
+    return {**out.pop("rescue"), **out, "truth_n": n_truth, "draws": n_draws,
             "patients": n_patients}
 
 
@@ -590,6 +603,14 @@ def markdown(res: dict) -> str:
             f"{'covered' if c['covered'] else 'NOT covered'} by the interval widened by "
             f"+/-{margin:.3f} for the Monte-Carlo noise of both rates ({c['wall_s']:.0f} s)."
         )
+        u = c.get("untreated")
+        if u:
+            lines.append(
+                f"The same new patients untreated (no tocilizumab or steroid): median "
+                f"{u['median']:.3f}, 90% interval [{u['lower']:.3f}, {u['upper']:.3f}]; truth "
+                f"{u['truth']:.3f} (the generator's {c['truth_n']} patients untreated): "
+                f"{'covered' if u['covered'] else 'NOT covered'} (+/-{u['margin']:.3f})."
+            )
     return "\n".join(lines)
 
 

@@ -58,6 +58,12 @@ def test_cart_recovery_map_table_claims_no_interval_or_coverage():
     res["init"] = "map"
     assert "chains started at the joint mode" in cart_recovery.markdown(res)
     assert "mass matrix" not in text  # a MAP has no sampler settings
+    assert "untreated" not in text  # a result written before the untreated row: no such line
+    res["crs3"]["untreated"] = {"truth": 0.11, "median": 0.16, "lower": 0.13, "upper": 0.19,
+                                "margin": 0.02, "covered": False}
+    assert ("The same new patients untreated (no tocilizumab or steroid): median 0.160, 90% "
+            "interval [0.130, 0.190]; truth 0.110 (the generator's 10 patients untreated): NOT "
+            "covered (+/-0.020).") in cart_recovery.markdown(res)
     res["diag"]["flagged_parameters"] = [
         {"name": "eta[FB]", "rhat": 1.017, "ess_bulk": 279.0, "ess_tail": 500.0, "severity": 1.7}]
     assert "worst-mixing variable eta[FB] (R-hat 1.017, bulk ESS 279, of 1 flagged)" in (
@@ -139,6 +145,42 @@ def test_cart_recovery_crs3_truth_comes_from_the_cohorts_generator(monkeypatch):
     with pytest.raises(Stop):
         cart_recovery.crs3_check(None, seed=1, n_truth=3)
     assert used[-1].name == "cart_crs"  # default: the library model with all its IIV
+
+
+def test_cart_recovery_crs3_checks_rescued_and_untreated_patients(monkeypatch):
+    """Truth and posterior predictive of both scenarios: the generator's under rescue and
+    untreated, the fitted model's under the same two strategies, in that order."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    cart_recovery = _load("cart_recovery")
+    seen = []
+
+    def simulate_courses(model, patients, seed, times, strategy=None):
+        seen.append(strategy)
+        worst = np.array([3, 0, 0, 0] if strategy is None else [3, 3, 0, 0])
+        return SimpleNamespace(outcomes=pd.DataFrame({"max_crs_grade": worst}))
+
+    def simulate_strategies(model, pop, strategies, grid, keep_trajectories):
+        assert [s.name for s in strategies][1] == "none"
+        grades = np.zeros((2, 5, 4))  # (strategy, draw, patient)
+        grades[1, :, :2] = 3  # untreated: half the patients grade 3 under every draw
+        return {"max_crs_grade": SimpleNamespace(values=grades)}
+
+    monkeypatch.setattr("pkpd.data.virtual.simulate_courses", simulate_courses)
+    monkeypatch.setattr("pkpd.strategies.simulate_strategies", simulate_strategies)
+    monkeypatch.setattr("pkpd.strategies.population.make_population",
+                        lambda *a, **k: None)
+    result = SimpleNamespace(spec=SimpleNamespace(
+        compile=lambda: SimpleNamespace(covariates=[])))
+    c = cart_recovery.crs3_check(result, seed=1, n_patients=4, n_draws=5, n_truth=4,
+                                 generator=object())
+    assert seen[0] is None and seen[1].name == "none"
+    assert c["truth"] == 0.25 and c["median"] == 0.0  # rescue, at the top level
+    assert c["untreated"]["truth"] == 0.5 and c["untreated"]["median"] == 0.5
+    assert c["untreated"]["covered"] and c["patients"] == 4 and c["draws"] == 5
 
 
 def test_cart_recovery_random_effect_structure_options():
