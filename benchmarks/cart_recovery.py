@@ -93,8 +93,10 @@ def profile_with_iiv(profile, add_iiv=()):
     final = prof.final
     unknown = [n for n in add_iiv if n not in final.typical]
     if unknown:
-        raise ValueError(f"--add-iiv {unknown}: not estimated by the profile's last stage "
-                         f"({', '.join(final.typical)})")
+        raise ValueError(
+            f"--add-iiv {unknown}: not estimated by the profile's last stage "
+            f"({', '.join(final.typical)})"
+        )
     iiv = tuple(dict.fromkeys((*final.iiv, *add_iiv)))
     name = f"{prof.name}+iiv({','.join(add_iiv)})"
     return replace(prof, name=name, stages=(*prof.stages[:-1], replace(final, iiv=iiv)))
@@ -110,8 +112,10 @@ def generator_model(stage, generator_iiv="all"):
         if generator_iiv == "all":
             return None
         if generator_iiv != "profile":
-            raise ValueError(f"generator_iiv must be 'all', 'profile' or a list of parameters, "
-                             f"got {generator_iiv!r}")
+            raise ValueError(
+                f"generator_iiv must be 'all', 'profile' or a list of parameters, "
+                f"got {generator_iiv!r}"
+            )
         iiv = list(stage.iiv)
     else:
         iiv = list(generator_iiv)
@@ -126,17 +130,30 @@ def generator_model(stage, generator_iiv="all"):
 def truth_of(spec, name: str) -> float:
     """The value that generated the cohort: typical value, or the IIV SD's prior median."""
     if name.startswith("omega_"):
-        return float(spec.parameters[name[len("omega_"):]].iiv.median())
+        return float(spec.parameters[name[len("omega_") :]].iiv.median())
     return float(spec.parameters[name].typical)
 
 
-def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune: int,
-        integrator: str = "auto", sampler: str = "auto",
-        parameterization: str | dict[str, str] | None = None,
-        generator_iiv: str | list[str] = "all", ppc: bool = True, progress: bool = False,
-        add_iiv: tuple[str, ...] = (), low_rank: bool = False,
-        target_accept: float = 0.8, checkpoint: str | Path | None = None,
-        max_seconds: float | None = None, init: str | None = None) -> dict:
+def run(
+    n_patients: int,
+    profile: str,
+    seed: int,
+    chains: int,
+    draws: int,
+    tune: int,
+    integrator: str = "auto",
+    sampler: str = "auto",
+    parameterization: str | dict[str, str] | None = None,
+    generator_iiv: str | list[str] = "all",
+    ppc: bool = True,
+    progress: bool = False,
+    add_iiv: tuple[str, ...] = (),
+    low_rank: bool = False,
+    target_accept: float = 0.8,
+    checkpoint: str | Path | None = None,
+    max_seconds: float | None = None,
+    init: str | None = None,
+) -> dict:
     """Generate one virtual cohort, fit it, and return the recovery table and diagnostics.
 
     ``generator_iiv="profile"`` generates the cohort with IIV only where the profile's last stage
@@ -168,11 +185,23 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
     generate_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    result = fit_staged("cart_crs", cohort, profile=profile, seed=seed, chains=chains,
-                        draws=draws, tune=tune, integrator=integrator, sampler=sampler,
-                        iiv_parameterization=parameterization, progressbar=progress,
-                        target_accept=target_accept, checkpoint=checkpoint, init=init,
-                        sampler_kwargs=_sampler_kwargs(low_rank, checkpoint, max_seconds))
+    result = fit_staged(
+        "cart_crs",
+        cohort,
+        profile=profile,
+        seed=seed,
+        chains=chains,
+        draws=draws,
+        tune=tune,
+        integrator=integrator,
+        sampler=sampler,
+        iiv_parameterization=parameterization,
+        progressbar=progress,
+        target_accept=target_accept,
+        checkpoint=checkpoint,
+        init=init,
+        sampler_kwargs=_sampler_kwargs(low_rank, checkpoint, max_seconds),
+    )
     fit_s = time.perf_counter() - t0
     crs3 = None
     if ppc and "crs_grade" in get_profile(profile).final.endpoints:
@@ -193,18 +222,22 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
         draws_ = np.asarray(post[name].values).ravel()
         lo, med, hi = np.quantile(draws_, [(1 - MASS) / 2, 0.5, (1 + MASS) / 2])
         truth = truth_of(generator, name)
-        rows.append({
-            "parameter": name,
-            "truth": truth,
-            "median": med,
-            "lower": np.nan if point else lo,
-            "upper": np.nan if point else hi,
-            "covered": None if point else bool(lo <= truth <= hi),
-            "contraction": float(contr.loc[name, "contraction"])
-            if name in contr.index and not point else np.nan,
-        })
-    plug_ins = {n: (v["value"], v["stage"], truth_of(generator, n))
-                for n, v in final["fixed_from"].items()}
+        rows.append(
+            {
+                "parameter": name,
+                "truth": truth,
+                "median": med,
+                "lower": np.nan if point else lo,
+                "upper": np.nan if point else hi,
+                "covered": None if point else bool(lo <= truth <= hi),
+                "contraction": float(contr.loc[name, "contraction"])
+                if name in contr.index and not point
+                else np.nan,
+            }
+        )
+    plug_ins = {
+        n: (v["value"], v["stage"], truth_of(generator, n)) for n, v in final["fixed_from"].items()
+    }
     return {
         "n": n_patients,
         "table": pd.DataFrame(rows).set_index("parameter"),
@@ -227,8 +260,9 @@ def run(n_patients: int, profile: str, seed: int, chains: int, draws: int, tune:
     }
 
 
-def _sampler_kwargs(low_rank: bool, checkpoint: str | Path | None,
-                    max_seconds: float | None) -> dict | None:
+def _sampler_kwargs(
+    low_rank: bool, checkpoint: str | Path | None, max_seconds: float | None
+) -> dict | None:
     if checkpoint is None:
         if max_seconds is not None:
             raise ValueError("--max-seconds needs --checkpoint")
@@ -246,8 +280,14 @@ def leapfrog_per_draw(idata) -> float:
     return float(stats["n_steps"].mean())
 
 
-def crs3_check(result, seed: int, n_patients: int = 1000, n_draws: int = 100,
-               n_truth: int = 4000, generator=None) -> dict:
+def crs3_check(
+    result,
+    seed: int,
+    n_patients: int = 1000,
+    n_draws: int = 100,
+    n_truth: int = 4000,
+    generator=None,
+) -> dict:
     """Posterior predictive P(CRS >= 3) of new patients against the generating truth.
 
     New patients (covariates from `draw_patients` with another seed) under the virtual cohort's
@@ -279,35 +319,54 @@ def crs3_check(result, seed: int, n_patients: int = 1000, n_draws: int = 100,
     untreated = strategy_from_dict({"name": "none"})
     truths = {}
     for label, strategy in (("rescue", None), ("untreated", untreated)):
-        courses = simulate_courses(generator, truth_patients, seed + 1, times=grid,
-                                   strategy=strategy)
+        courses = simulate_courses(
+            generator, truth_patients, seed + 1, times=grid, strategy=strategy
+        )
         truths[label] = float(np.mean(courses.outcomes["max_crs_grade"].to_numpy() >= 3))
 
     model = result.spec.compile()
     patients = draw_patients(n_patients, seed=seed + 2)
     covariates = {c: patients[c].to_numpy(float) for c in model.covariates if c in patients}
-    pop = make_population(model, n_patients=n_patients, n_draws=n_draws, seed=seed + 2,
-                          fit=result, covariates=covariates,
-                          base=[("cart_iv", 0.0, patients["CART_DOSE"].to_numpy(float))])
-    sim = simulate_strategies(model, pop, [rescue_strategy(), untreated], grid=grid,
-                              keep_trajectories=0)
+    pop = make_population(
+        model,
+        n_patients=n_patients,
+        n_draws=n_draws,
+        seed=seed + 2,
+        fit=result,
+        covariates=covariates,
+        base=[("cart_iv", 0.0, patients["CART_DOSE"].to_numpy(float))],
+    )
+    sim = simulate_strategies(
+        model, pop, [rescue_strategy(), untreated], grid=grid, keep_trajectories=0
+    )
     out: dict = {}
     for k, label in enumerate(("rescue", "untreated")):
         per_draw = np.mean(np.asarray(sim["max_crs_grade"].values[k]) >= 3, axis=-1)  # (D,)
         lo, med, hi = np.quantile(per_draw, [0.05, 0.5, 0.95])
         truth = truths[label]
         margin = mc_margin(float(med), n_patients, truth, n_truth)
-        out[label] = {"truth": truth, "median": float(med), "lower": float(lo),
-                      "upper": float(hi), "margin": margin,
-                      "covered": bool(lo - margin <= truth <= hi + margin)}
+        out[label] = {
+            "truth": truth,
+            "median": float(med),
+            "lower": float(lo),
+            "upper": float(hi),
+            "margin": margin,
+            "covered": bool(lo - margin <= truth <= hi + margin),
+        }
     # the rescue row at the top level, as written by runs before the untreated row existed
-    return {**out.pop("rescue"), **out, "truth_n": n_truth, "draws": n_draws,
-            "patients": n_patients}
+    return {
+        **out.pop("rescue"),
+        **out,
+        "truth_n": n_truth,
+        "draws": n_draws,
+        "patients": n_patients,
+    }
 
 
 def mc_margin(rate: float, n: int, truth: float, n_truth: int) -> float:
     """1.645 x the combined binomial SE of two Monte-Carlo rates (each from (k + 0.5) / (n + 1),
     so that a rate of 0 still has an error)."""
+
     def var(r: float, m: int) -> float:
         q = (r * m + 0.5) / (m + 1)
         return q * (1 - q) / m
@@ -337,8 +396,9 @@ def generator_rates(n_patients: int, seed: int, model=None) -> dict:
         o = simulate_courses(generator, patients, seed, times=grid, strategy=strategy).outcomes
         for endpoint in ("crs", "icans"):
             worst = o[f"max_{endpoint}_grade"].to_numpy()
-            out[f"{label}_{endpoint}_ge"] = [round(float(np.mean(worst >= k)), 4)
-                                             for k in range(1, 5)]
+            out[f"{label}_{endpoint}_ge"] = [
+                round(float(np.mean(worst >= k)), 4) for k in range(1, 5)
+            ]
         if label == "rescue":
             for drug in ("tocilizumab", "dexamethasone"):
                 out[f"given_{drug}"] = round(float(np.mean(o[f"doses_{drug}"] > 0)), 4)
@@ -377,8 +437,11 @@ def _last_stage(n_patients: int, profile: str, seed: int | None = None) -> tuple
         cohort = cohort.subset(cohort.subjects[:n_patients])
     if profile == "all":
         spec = base
-        endpoints = [name for name, o in base.observations.items()
-                     if o.dvid in cohort.endpoints or name in cohort.endpoints]
+        endpoints = [
+            name
+            for name, o in base.observations.items()
+            if o.dvid in cohort.endpoints or name in cohort.endpoints
+        ]
     else:
         stage = get_profile(profile).final
         model = base if stage.model is None else pkpd.load_model(stage.model)
@@ -410,16 +473,21 @@ def typical_problem(n_patients: int, profile: str, seed: int | None = None):
     spec, cohort = _last_stage(n_patients, profile, seed)
     info = prepare_model(spec, cohort, solver=_fit_solver(), integrator="lanes")
     model, bound = info.model, info.bound
-    args = (event_arrays(bound.events), jnp.asarray(bound.obs_time, dtype=jnp.float64),
-            jnp.asarray(bound.obs_seq, dtype=jnp.float64))
+    args = (
+        event_arrays(bound.events),
+        jnp.asarray(bound.obs_time, dtype=jnp.float64),
+        jnp.asarray(bound.obs_seq, dtype=jnp.float64),
+    )
     cov = jnp.asarray(bound.covariates, dtype=jnp.float64)
     p = jax.vmap(model.individual, in_axes=(None, None, 0))(
-        jnp.asarray(model.typical_values), jnp.zeros(len(model.iiv)), cov)
+        jnp.asarray(model.typical_values), jnp.zeros(len(model.iiv)), cov
+    )
     return info, args, p
 
 
-def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None = None,
-          copies: int = 1) -> dict:
+def steps(
+    n_patients: int, profile: str, after: float = 28.0, seed: int | None = None, copies: int = 1
+) -> dict:
     """Where the subjects-last solve of a fit spends its time (``--steps``).
 
     At the typical values (all random effects 0), fitting tolerances: loop iterations,
@@ -452,19 +520,30 @@ def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None =
         until = np.concatenate([until] * copies)
     in_solve = solve_parameters(spec)
     cols = [j for j in varying_columns(spec, model) if model.parameters[j] in in_solve]
-    out = {"model": spec.name, "patients": n_patients, "copies": copies,
-           "states": model.n_states, "tangents": len(cols)}
+    out = {
+        "model": spec.name,
+        "patients": n_patients,
+        "copies": copies,
+        "states": model.n_states,
+        "tangents": len(cols),
+    }
     for prefix, cut in (("", None), ("pruned_", until)):
-        _, st = jax.jit(lambda q, cut=cut: solve_lanes(model, info.solver, *args, q,
-                                                       with_stats=True, count_after=after,
-                                                       needed_until=cut))(p)
+        _, st = jax.jit(
+            lambda q, cut=cut: solve_lanes(
+                model, info.solver, *args, q, with_stats=True, count_after=after, needed_until=cut
+            )
+        )(p)
         acc, rej, late = (np.asarray(a) for a in (st.accepted, st.rejected, st.accepted_after))
-        out.update({f"{prefix}iterations": int(st.iterations),
-                    f"{prefix}accepted_mean": round(float(acc.mean()), 1),
-                    f"{prefix}accepted_min": int(acc.min()),
-                    f"{prefix}accepted_max": int(acc.max()),
-                    f"{prefix}rejected_mean": round(float(rej.mean()), 1),
-                    f"{prefix}accepted_after_day_{after:g}_mean": round(float(late.mean()), 1)})
+        out.update(
+            {
+                f"{prefix}iterations": int(st.iterations),
+                f"{prefix}accepted_mean": round(float(acc.mean()), 1),
+                f"{prefix}accepted_min": int(acc.min()),
+                f"{prefix}accepted_max": int(acc.max()),
+                f"{prefix}rejected_mean": round(float(rej.mean()), 1),
+                f"{prefix}accepted_after_day_{after:g}_mean": round(float(late.mean()), 1),
+            }
+        )
 
     def solve_y(q, cut=None):
         return solve_lanes(model, info.solver, *args, q, needed_until=cut).y
@@ -472,26 +551,28 @@ def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None =
     def predictions(cut):  # the fitted observations (copies: the first cohort's)
         every = jax.jit(lambda q: _observe_all(model)(args[1], solve_y(q, cut), q))(p)
         every = np.asarray(every)
-        return every[obs.subject, obs.column, np.asarray(bound.obs_endpoint)[obs.subject,
-                                                                             obs.column]]
+        return every[
+            obs.subject, obs.column, np.asarray(bound.obs_endpoint)[obs.subject, obs.column]
+        ]
 
     full, pruned = predictions(None), predictions(until)
     out["pruned_max_rel_diff_predictions"] = float(
-        f"{np.max(np.abs(pruned - full) / np.maximum(np.abs(full), 1e-300)):.2g}")
+        f"{np.max(np.abs(pruned - full) / np.maximum(np.abs(full), 1e-300)):.2g}"
+    )
 
     def with_tangents(q, k, cut=None):
         def along(j):
-            return jax.jvp(lambda r: solve_y(r, cut), (q,),
-                           (jnp.zeros_like(q).at[:, j].set(1.0),))
+            return jax.jvp(lambda r: solve_y(r, cut), (q,), (jnp.zeros_like(q).at[:, j].set(1.0),))
 
         return jax.vmap(along)(jnp.asarray(cols[:k], dtype=jnp.int32))
 
-    timed = {"solve_s": jax.jit(solve_y),
-             "solve_1_tangent_s": jax.jit(lambda q: with_tangents(q, 1)),
-             f"solve_{len(cols)}_tangents_s": jax.jit(lambda q: with_tangents(q, None)),
-             "pruned_solve_s": jax.jit(lambda q: solve_y(q, until)),
-             f"pruned_solve_{len(cols)}_tangents_s":
-                 jax.jit(lambda q: with_tangents(q, None, until))}
+    timed = {
+        "solve_s": jax.jit(solve_y),
+        "solve_1_tangent_s": jax.jit(lambda q: with_tangents(q, 1)),
+        f"solve_{len(cols)}_tangents_s": jax.jit(lambda q: with_tangents(q, None)),
+        "pruned_solve_s": jax.jit(lambda q: solve_y(q, until)),
+        f"pruned_solve_{len(cols)}_tangents_s": jax.jit(lambda q: with_tangents(q, None, until)),
+    }
     times = {label: [] for label in timed}
     for fn in timed.values():
         jax.block_until_ready(fn(p))
@@ -505,8 +586,14 @@ def steps(n_patients: int, profile: str, after: float = 28.0, seed: int | None =
     return out
 
 
-def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto",
-           integrator: str = "auto", seed: int | None = None) -> dict:
+def timing(
+    n_patients: int,
+    profile: str,
+    gradient: str,
+    solver: str = "auto",
+    integrator: str = "auto",
+    seed: int | None = None,
+) -> dict:
     """Time one log-density and one gradient of ``cart_crs`` (all parameters, or a profile).
 
     Pre-infusion CAR-T records are left out in both (they carry no information, see
@@ -524,14 +611,19 @@ def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto",
     spec, cohort = _last_stage(n_patients, profile, seed)
     t0 = time.perf_counter()
     ode = _fit_solver(solver)
-    pm_model, info = build_model(spec, cohort, gradient=gradient, solver=ode,
-                                 integrator=integrator)
-    out = {"model": spec.name, "gradient": gradient, "solver": solver,
-           "integrator": info.integrator, "patients": n_patients,
-           "cohort": cohort.source,
-           "estimated": len(spec.estimated()), "iiv": len(info.iiv),
-           "observations": len(info.observations.value),
-           "build_s": round(time.perf_counter() - t0, 2)}
+    pm_model, info = build_model(spec, cohort, gradient=gradient, solver=ode, integrator=integrator)
+    out = {
+        "model": spec.name,
+        "gradient": gradient,
+        "solver": solver,
+        "integrator": info.integrator,
+        "patients": n_patients,
+        "cohort": cohort.source,
+        "estimated": len(spec.estimated()),
+        "iiv": len(info.iiv),
+        "observations": len(info.observations.value),
+        "build_s": round(time.perf_counter() - t0, 2),
+    }
     logp, names, shapes = _flat_fn(pm_model)
     point = pm_model.initial_point()
     splits = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
@@ -552,8 +644,9 @@ def timing(n_patients: int, profile: str, gradient: str, solver: str = "auto",
             value = jax.block_until_ready(fn(x0))
             times.append(time.perf_counter() - t0)
         out[f"{label}_s"] = round(float(np.median(times)), 4)
-    out["finite"] = bool(all(np.all(np.isfinite(np.asarray(v))) for v in
-                             jax.tree_util.tree_leaves(value)))
+    out["finite"] = bool(
+        all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree_util.tree_leaves(value))
+    )
     out["load"] = round(os.getloadavg()[0], 1)
     return out
 
@@ -562,38 +655,51 @@ def markdown(res: dict) -> str:
     """Return the recovery table of one run as markdown."""
     point = res.get("sampler") == "map"
     estimate = "MAP (joint mode)" if point else "posterior median"
-    lines = [f"| parameter | truth | {estimate} | 90% CrI | covered | contraction |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"| parameter | truth | {estimate} | 90% CrI | covered | contraction |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in res["table"].iterrows():
         if point:
             lines.append(f"| {name} | {r.truth:.4g} | {r['median']:.4g} | - | - | - |")
             continue
-        lines.append(f"| {name} | {r.truth:.4g} | {r['median']:.4g} | "
-                     f"[{r.lower:.4g}, {r.upper:.4g}] | {'yes' if r.covered else 'NO'} | "
-                     f"{r.contraction:.2f} |")
+        lines.append(
+            f"| {name} | {r.truth:.4g} | {r['median']:.4g} | "
+            f"[{r.lower:.4g}, {r.upper:.4g}] | {'yes' if r.covered else 'NO'} | "
+            f"{r.contraction:.2f} |"
+        )
     for name, (value, stage, truth) in res["plug_ins"].items():
-        lines.append(f"| {name} (fixed at stage {stage!r} MAP) | {truth:.4g} | {value:.4g} | "
-                     "- | - | - |")
+        lines.append(
+            f"| {name} (fixed at stage {stage!r} MAP) | {truth:.4g} | {value:.4g} | - | - | - |"
+        )
     d = res["diag"]
-    mixing = ("a point estimate (no R-hat, ESS or interval)" if point else
-              f"R-hat max {d['rhat_max']:.3f}, min bulk ESS {d['ess_bulk_min']:.0f}, divergences "
-              f"{d['divergences']}, {res['leapfrog']:.1f} leapfrog steps per kept draw, "
-              + _ess_rate_text(res) + _worst_text(d))
+    mixing = (
+        "a point estimate (no R-hat, ESS or interval)"
+        if point
+        else f"R-hat max {d['rhat_max']:.3f}, min bulk ESS {d['ess_bulk_min']:.0f}, divergences "
+        f"{d['divergences']}, {res['leapfrog']:.1f} leapfrog steps per kept draw, "
+        + _ess_rate_text(res)
+        + _worst_text(d)
+    )
     lines.append("")
     lines.append(
         f"{res['n']} patients, {res['n_obs']} observations in the last stage; {mixing}, last stage "
         f"sampler {res.get('sampler', 'nutpie')}, integrator {res['integrator']}, gradient "
         f"{res.get('gradient', 'forward')}, random effects "
         f"{_parameterization_text(res.get('parameterization'))}"
-        + ("" if point else _nuts_text(res)) + "; generation "
+        + ("" if point else _nuts_text(res))
+        + "; generation "
         f"{res['generate_s']:.0f} s, fit {res['fit_s']:.0f} s "
         "(stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["stage_s"].items()) + ")."
     )
     c = res.get("crs3")
     if c:
         lines.append("")
-        source = ("at the MAP only: no parameter uncertainty" if point else
-                  f"{c['draws']} posterior draws")
+        source = (
+            "at the MAP only: no parameter uncertainty"
+            if point
+            else f"{c['draws']} posterior draws"
+        )
         margin = c.get("margin", 0.0)
         lines.append(
             f"Posterior predictive P(CRS >= 3) of new patients (standard rescue, the same "
@@ -617,16 +723,24 @@ def markdown(res: dict) -> str:
 def _nuts_text(res: dict) -> str:
     """The NUTS settings the table depends on: mass matrix and target acceptance."""
     low_rank = res.get("sampler_kwargs", {}).get("low_rank_modified_mass_matrix", False)
-    text = (f", {'low-rank modified' if low_rank else 'diagonal'} mass matrix, target "
-            f"acceptance {res.get('target_accept', 0.8)}")
-    starts = {"map": "the joint mode", "values": "the earlier stages' estimates",
-              "prior": "the prior medians", "pathfinder": "Pathfinder's draws"}
+    text = (
+        f", {'low-rank modified' if low_rank else 'diagonal'} mass matrix, target "
+        f"acceptance {res.get('target_accept', 0.8)}"
+    )
+    starts = {
+        "map": "the joint mode",
+        "values": "the earlier stages' estimates",
+        "prior": "the prior medians",
+        "pathfinder": "Pathfinder's draws",
+    }
     if res.get("init") in starts:
         text += f", chains started at {starts[res['init']]}"
     ck = res.get("checkpoint")
     if ck:
-        text += (f", NUTS in pieces (numpyro's kernel, `pkpd.inference.resumable`) over "
-                 f"{ck['calls']} call(s)")
+        text += (
+            f", NUTS in pieces (numpyro's kernel, `pkpd.inference.resumable`) over "
+            f"{ck['calls']} call(s)"
+        )
     return text
 
 
@@ -635,10 +749,14 @@ def _ess_rate_text(res: dict) -> str:
     ess = res["diag"]["ess_bulk_min"]
     ck = res.get("checkpoint")
     if ck:  # the last call's stage time would leave out the earlier calls
-        return (f"{ess / ck['sampling_s']:.3f} min bulk ESS per second of sampling "
-                f"({ck['sampling_s']:.0f} s over the calls, compilation included)")
-    return (f"{ess / list(res['stage_s'].values())[-1]:.3f} min bulk ESS per second of the last "
-            "stage (compilation included)")
+        return (
+            f"{ess / ck['sampling_s']:.3f} min bulk ESS per second of sampling "
+            f"({ck['sampling_s']:.0f} s over the calls, compilation included)"
+        )
+    return (
+        f"{ess / list(res['stage_s'].values())[-1]:.3f} min bulk ESS per second of the last "
+        "stage (compilation included)"
+    )
 
 
 def _worst_text(diag: dict) -> str:
@@ -647,8 +765,10 @@ def _worst_text(diag: dict) -> str:
     if not flagged:
         return ""
     w = flagged[0]
-    return (f"; worst-mixing variable {w['name']} (R-hat {w['rhat']:.3f}, bulk ESS "
-            f"{w['ess_bulk']:.0f}, of {len(flagged)} flagged)")
+    return (
+        f"; worst-mixing variable {w['name']} (R-hat {w['rhat']:.3f}, bulk ESS "
+        f"{w['ess_bulk']:.0f}, of {len(flagged)} flagged)"
+    )
 
 
 def _parameterization_text(chosen: dict[str, str] | None) -> str:
@@ -669,61 +789,113 @@ def parse_parameterization(text: str) -> str | dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, nargs="+", default=[60])
-    parser.add_argument("--profile", default="cart_kinetics",
-                        help="a profile of pkpd.inference.profiles (with --timing also 'all')")
+    parser.add_argument(
+        "--profile",
+        default="cart_kinetics",
+        help="a profile of pkpd.inference.profiles (with --timing also 'all')",
+    )
     parser.add_argument("--seed", type=int, default=20261123)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--tune", type=int, default=1000)
-    parser.add_argument("--sampler", default="auto",
-                        help="sampler of the last stage (pkpd.inference.fit: NUTS by default; "
-                        "'pathfinder' gives an approximate posterior)")
-    parser.add_argument("--iiv-parameterization", default=None,
-                        help="random effects of the last stage: noncentered, centered, or a "
-                        "comma-separated list of parameters to centre (default: the profile's)")
-    parser.add_argument("--generator-iiv", default="all",
-                        help="generate with cart_crs's IIV (all), only the profile's (profile), "
-                        "or a comma-separated list of parameters with IIV")
-    parser.add_argument("--low-rank", action="store_true",
-                        help="NUTS with nutpie's low-rank modified mass matrix")
+    parser.add_argument(
+        "--sampler",
+        default="auto",
+        help="sampler of the last stage (pkpd.inference.fit: NUTS by default; "
+        "'pathfinder' gives an approximate posterior)",
+    )
+    parser.add_argument(
+        "--iiv-parameterization",
+        default=None,
+        help="random effects of the last stage: noncentered, centered, or a "
+        "comma-separated list of parameters to centre (default: the profile's)",
+    )
+    parser.add_argument(
+        "--generator-iiv",
+        default="all",
+        help="generate with cart_crs's IIV (all), only the profile's (profile), "
+        "or a comma-separated list of parameters with IIV",
+    )
+    parser.add_argument(
+        "--low-rank", action="store_true", help="NUTS with nutpie's low-rank modified mass matrix"
+    )
     parser.add_argument("--target-accept", type=float, default=0.8)
-    parser.add_argument("--init", default=None, choices=["prior", "map", "pathfinder"],
-                        help="start of the last stage (fit_staged's init; default: the "
-                        "profile's)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="folder: run the last stage's NUTS in pieces saved under "
-                        "FOLDER/n<patients> (the same command goes on from there)")
-    parser.add_argument("--max-seconds", type=float, default=None,
-                        help="with --checkpoint: stop sampling after this many seconds per "
-                        "call (exit status 3; run the same command again to go on)")
-    parser.add_argument("--add-iiv", default="",
-                        help="comma-separated parameters of the profile's last stage to give "
-                        "IIV (besides the profile's own)")
-    parser.add_argument("--no-ppc", action="store_true",
-                        help="skip the posterior predictive P(CRS >= 3) check")
-    parser.add_argument("--progress", action="store_true",
-                        help="show the samplers' progress (stderr)")
+    parser.add_argument(
+        "--init",
+        default=None,
+        choices=["prior", "map", "pathfinder"],
+        help="start of the last stage (fit_staged's init; default: the profile's)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="folder: run the last stage's NUTS in pieces saved under "
+        "FOLDER/n<patients> (the same command goes on from there)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="with --checkpoint: stop sampling after this many seconds per "
+        "call (exit status 3; run the same command again to go on)",
+    )
+    parser.add_argument(
+        "--add-iiv",
+        default="",
+        help="comma-separated parameters of the profile's last stage to give "
+        "IIV (besides the profile's own)",
+    )
+    parser.add_argument(
+        "--no-ppc", action="store_true", help="skip the posterior predictive P(CRS >= 3) check"
+    )
+    parser.add_argument(
+        "--progress", action="store_true", help="show the samplers' progress (stderr)"
+    )
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
-    parser.add_argument("--timing", action="store_true",
-                        help="time one log-density and gradient instead of fitting")
+    parser.add_argument(
+        "--timing", action="store_true", help="time one log-density and gradient instead of fitting"
+    )
     parser.add_argument("--gradient", default="forward", choices=["forward", "reverse", "adjoint"])
-    parser.add_argument("--solver", default="auto",
-                        help="with --timing: ODE method of pkpd.solve.Solver (e.g. kvaerno5)")
-    parser.add_argument("--integrator", default="auto", choices=["auto", "engine", "lanes"],
-                        help="the fit's integrator option (pkpd.inference.build_model)")
-    parser.add_argument("--steps", action="store_true",
-                        help="count the subjects-last solve's steps and time it with tangents")
-    parser.add_argument("--generator-rates", action="store_true",
-                        help="print the generator's CRS/ICANS rates with and without rescue")
-    parser.add_argument("--copies", type=int, default=1,
-                        help="with --steps: solve the cohort repeated this many times in one "
-                        "call (the cost of batching chains)")
-    parser.add_argument("--generate", action="store_true",
-                        help="with --timing/--steps: a cohort of each size from the generator "
-                        "(--seed) instead of the first patients of virtual_cart")
+    parser.add_argument(
+        "--solver",
+        default="auto",
+        help="with --timing: ODE method of pkpd.solve.Solver (e.g. kvaerno5)",
+    )
+    parser.add_argument(
+        "--integrator",
+        default="auto",
+        choices=["auto", "engine", "lanes"],
+        help="the fit's integrator option (pkpd.inference.build_model)",
+    )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="count the subjects-last solve's steps and time it with tangents",
+    )
+    parser.add_argument(
+        "--generator-rates",
+        action="store_true",
+        help="print the generator's CRS/ICANS rates with and without rescue",
+    )
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="with --steps: solve the cohort repeated this many times in one "
+        "call (the cost of batching chains)",
+    )
+    parser.add_argument(
+        "--generate",
+        action="store_true",
+        help="with --timing/--steps: a cohort of each size from the generator "
+        "(--seed) instead of the first patients of virtual_cart",
+    )
     args = parser.parse_args()
-    generator_iiv = (args.generator_iiv if args.generator_iiv in ("all", "profile")
-                     else [x for x in args.generator_iiv.split(",") if x])
+    generator_iiv = (
+        args.generator_iiv
+        if args.generator_iiv in ("all", "profile")
+        else [x for x in args.generator_iiv.split(",") if x]
+    )
     add_iiv = tuple(x for x in args.add_iiv.split(",") if x)
     if args.generator_rates:
         import json
@@ -743,8 +915,11 @@ def main() -> None:
 
         for n in args.patients:
             seed = args.seed if args.generate else None
-            res = (steps(n, args.profile, seed=seed, copies=args.copies) if args.steps else
-                   timing(n, args.profile, args.gradient, args.solver, args.integrator, seed))
+            res = (
+                steps(n, args.profile, seed=seed, copies=args.copies)
+                if args.steps
+                else timing(n, args.profile, args.gradient, args.solver, args.integrator, seed)
+            )
             print(json.dumps(res), flush=True)
         return
     load_before = os.getloadavg()
@@ -754,12 +929,28 @@ def main() -> None:
     for n in args.patients:
         checkpoint = None if args.checkpoint is None else Path(args.checkpoint) / f"n{n}"
         try:
-            res = run(n, args.profile, args.seed, args.chains, args.draws, args.tune,
-                      args.integrator, args.sampler,
-                      None if args.iiv_parameterization is None
-                      else parse_parameterization(args.iiv_parameterization), generator_iiv,
-                      not args.no_ppc, args.progress, add_iiv, args.low_rank,
-                      args.target_accept, checkpoint, args.max_seconds, args.init)
+            res = run(
+                n,
+                args.profile,
+                args.seed,
+                args.chains,
+                args.draws,
+                args.tune,
+                args.integrator,
+                args.sampler,
+                None
+                if args.iiv_parameterization is None
+                else parse_parameterization(args.iiv_parameterization),
+                generator_iiv,
+                not args.no_ppc,
+                args.progress,
+                add_iiv,
+                args.low_rank,
+                args.target_accept,
+                checkpoint,
+                args.max_seconds,
+                args.init,
+            )
         except SamplingPaused as paused:
             print(f"{n} patients: {paused}", file=sys.stderr, flush=True)
             sys.exit(3)

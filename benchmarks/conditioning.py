@@ -42,8 +42,13 @@ def scaled_hessian(n_patients: int, profile: str, parameterization: str, seed: i
     from pkpd.inference.sample import _flat_fn, flat_view
 
     spec, cohort = cr._last_stage(n_patients, profile, seed)
-    pm_model, _ = build_model(spec, cohort, solver=cr._fit_solver(), integrator="lanes",
-                              iiv_parameterization=parameterization)
+    pm_model, _ = build_model(
+        spec,
+        cohort,
+        solver=cr._fit_solver(),
+        integrator="lanes",
+        iiv_parameterization=parameterization,
+    )
     logp, names, shapes = _flat_fn(pm_model)
     flatten, unflatten = flat_view(names, shapes)
     grad = jax.jit(jax.grad(lambda x: -logp(*unflatten(x))[0]))
@@ -55,7 +60,7 @@ def scaled_hessian(n_patients: int, profile: str, parameterization: str, seed: i
         size = int(np.prod(shape))
         dims = pm_model.named_vars_to_dims.get(name) or ()
         if len(shape) == 2 and dims and dims[0] == "subject":
-            patient[offset:offset + size] = np.repeat(np.arange(shape[0]), shape[1])
+            patient[offset : offset + size] = np.repeat(np.arange(shape[0]), shape[1])
         offset += size
     hess = np.zeros((n, n))
     for idx in probe_groups(pm_model, names, shapes):
@@ -80,24 +85,31 @@ def scaled_hessian(n_patients: int, profile: str, parameterization: str, seed: i
     for name, a, b in zip(names, offsets[:-1], offsets[1:], strict=True):
         if pop[a]:
             coupling[name] = float(np.abs(scaled[a:b][:, sub]).sum(axis=1).max())
-    return {"parameterization": parameterization, "dimensions": n,
-            "largest_eigenvalues": [round(float(v), 2) for v in eig[-3:]],
-            "negative_eigenvalues": int((eig < 0).sum()),
-            "coupling": {k: round(v, 2) for k, v in coupling.items()}}
+    return {
+        "parameterization": parameterization,
+        "dimensions": n,
+        "largest_eigenvalues": [round(float(v), 2) for v in eig[-3:]],
+        "negative_eigenvalues": int((eig < 0).sum()),
+        "coupling": {k: round(v, 2) for k, v in coupling.items()},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=60)
     parser.add_argument("--profile", default="cart_crs_core")
-    parser.add_argument("--iiv-parameterization", default="noncentered",
-                        choices=["noncentered", "centered"])
+    parser.add_argument(
+        "--iiv-parameterization", default="noncentered", choices=["noncentered", "centered"]
+    )
     parser.add_argument("--seed", type=int, default=20261123)
     args = parser.parse_args()
     import json
 
-    print(json.dumps(scaled_hessian(args.patients, args.profile, args.iiv_parameterization,
-                                    args.seed)))
+    print(
+        json.dumps(
+            scaled_hessian(args.patients, args.profile, args.iiv_parameterization, args.seed)
+        )
+    )
 
 
 if __name__ == "__main__":

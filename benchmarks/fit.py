@@ -335,10 +335,12 @@ def run_pkpd(args, data, variant: str = "pkpd") -> dict:
     post = result.idata.posterior
     if parameterization != "noncentered":  # z = eta / omega: a function of the draws, as for
         # the other rows (mixed, the sampled z holds the non-centred columns only)
-        omega = np.stack([post[f"omega_{n}"].values for n in post["eta"].coords["iiv"].values],
-                         axis=-1)
+        omega = np.stack(
+            [post[f"omega_{n}"].values for n in post["eta"].coords["iiv"].values], axis=-1
+        )
         post = post.drop_vars(["z", "iiv_noncentered"], errors="ignore").assign(
-            z=(post["eta"].dims, post["eta"].values / omega[:, :, None, :]))
+            z=(post["eta"].dims, post["eta"].values / omega[:, :, None, :])
+        )
     posterior = {k: post[k].values for k in FREE}
     stats = result.idata.sample_stats
     sample_stats = {
@@ -347,8 +349,9 @@ def run_pkpd(args, data, variant: str = "pkpd") -> dict:
     }
 
     # One log-density + gradient, as nutpie calls it (jitted JAX, value_and_grad).
-    pm_model, _ = build_model(data["spec"], data["cohort"], solver=solver,
-                              iiv_parameterization=parameterization)
+    pm_model, _ = build_model(
+        data["spec"], data["cohort"], solver=solver, iiv_parameterization=parameterization
+    )
     f, names = flat_logp(pm_model)
 
     # At posterior draws (the cost depends on where the sampler is).
@@ -362,9 +365,13 @@ def run_pkpd(args, data, variant: str = "pkpd") -> dict:
         "method": f"nutpie {_version('nutpie')} (JAX"
         + (", low-rank modified mass matrix" if sampler_kwargs else ", diagonal mass matrix")
         + f", target acceptance {target_accept:g}"
-        + (", centred random effects" if parameterization == "centered" else
-           f", centred {', '.join(parameterization)}" if isinstance(parameterization, dict)
-           else "")
+        + (
+            ", centred random effects"
+            if parameterization == "centered"
+            else f", centred {', '.join(parameterization)}"
+            if isinstance(parameterization, dict)
+            else ""
+        )
         + "), Tsit5 (diffrax tableau, stages unrolled), forward sensitivities",
         "tolerances": f"rtol {RTOL:g}, atol {ATOL:g}",
         "compile_s": compile_s + wall.get("build", 0.0),
@@ -670,8 +677,9 @@ def profile(args) -> str:
 
     def timed(solver, gradient="forward", n_sub=N_SUBJECTS, integrator="auto"):
         sub = cohort if n_sub == N_SUBJECTS else cohort.subset(cohort.subjects[:n_sub])
-        pm_model, _ = build_model(spec, sub, solver=solver, gradient=gradient,
-                                  integrator=integrator)
+        pm_model, _ = build_model(
+            spec, sub, solver=solver, gradient=gradient, integrator=integrator
+        )
         f, _ = flat_logp(pm_model)
 
         pts = points(pm_model, n_sub)

@@ -67,11 +67,15 @@ def imex_stages(tableaus, fixed: jax.Array | None = None):
     explicit, implicit = tableaus
 
     def stages(field, tab, t, he, y, f0):
-        lam = fixed if fixed is not None else jnp.minimum(
-            jax.lax.stop_gradient(_diagonal(field, t, y)), 0.0)
+        lam = (
+            fixed
+            if fixed is not None
+            else jnp.minimum(jax.lax.stop_gradient(_diagonal(field, t, y)), 0.0)
+        )
         fe, fi = [f0 - lam * y], [lam * y]
-        for i, (c, ae, ai) in enumerate(zip(explicit.c, explicit.a_lower, implicit.a_lower,
-                                            strict=True)):
+        for i, (c, ae, ai) in enumerate(
+            zip(explicit.c, explicit.a_lower, implicit.a_lower, strict=True)
+        ):
             rhs = y + he * (lanes._combine(ae, fe) + lanes._combine(ai, fi))
             stage = rhs / (1.0 - he * float(implicit.a_diagonal[i + 1]) * lam)
             f = field(t + float(c) * he, stage)
@@ -94,8 +98,10 @@ def method_in_loop(name: str, fixed: jax.Array | None = None):
     cls, order = METHODS[name]
     # The loop takes its tableau's first-same-as-last flag and order from `_method`.
     fake = SimpleNamespace(tableau=diffrax.Tsit5.tableau, method_order=order)
-    with (mock.patch.object(lanes, "_stages", imex_stages(cls.tableau.tableaus, fixed)),
-          mock.patch.object(lanes, "_method", lambda model, solver: fake)):
+    with (
+        mock.patch.object(lanes, "_stages", imex_stages(cls.tableau.tableaus, fixed)),
+        mock.patch.object(lanes, "_method", lambda model, solver: fake),
+    ):
         yield
 
 
@@ -107,8 +113,16 @@ def problem(n_patients: int, profile: str, seed: int | None = None):
     return info.model, info.solver, args, p
 
 
-def count(model, solver, args, p, name: str, diagonal: str = "step", after: float = 28.0,
-          detail: bool = True) -> dict:
+def count(
+    model,
+    solver,
+    args,
+    p,
+    name: str,
+    diagonal: str = "step",
+    after: float = 28.0,
+    detail: bool = True,
+) -> dict:
     """Steps of one method on the problem; with ``detail`` what limits the busiest subject."""
     fixed = None
     if name != "tsit5" and diagonal == "start":
@@ -118,22 +132,30 @@ def count(model, solver, args, p, name: str, diagonal: str = "step", after: floa
         t0 = jnp.zeros(p.shape[0])
         fixed = jnp.minimum(_diagonal(lambda t, y: field(t, y, u0, p.T), t0, y_init), 0.0)
     with method_in_loop(name, fixed):
-        res, st = jax.jit(lambda q: lanes.solve_lanes(model, solver, *args, q, with_stats=True,
-                                                      count_after=after))(p)
+        res, st = jax.jit(
+            lambda q: lanes.solve_lanes(model, solver, *args, q, with_stats=True, count_after=after)
+        )(p)
         tape = None
         acc, rej, late = (np.asarray(a) for a in (st.accepted, st.rejected, st.accepted_after))
         if detail:
-            _, _, tape = jax.jit(lambda q: lanes._run(model, solver, *args, q,
-                                                      capacity=int(st.iterations) + 1))(p)
-    out = {"method": name, "diagonal": diagonal if name != "tsit5" else "-",
-           "patients": int(p.shape[0]), "iterations": int(st.iterations),
-           "accepted_mean": round(float(acc.mean()), 1), "accepted_min": int(acc.min()),
-           "accepted_max": int(acc.max()), "rejected_mean": round(float(rej.mean()), 1),
-           f"after_day_{after:g}_mean": round(float(late.mean()), 1),
-           f"after_day_{after:g}_min": int(late.min()),
-           f"after_day_{after:g}_max": int(late.max()),
-           f"after_day_{after:g}_quartiles": [float(q) for q in np.percentile(late, [25, 50, 75])],
-           "ok": bool(np.all(res.ok))}
+            _, _, tape = jax.jit(
+                lambda q: lanes._run(model, solver, *args, q, capacity=int(st.iterations) + 1)
+            )(p)
+    out = {
+        "method": name,
+        "diagonal": diagonal if name != "tsit5" else "-",
+        "patients": int(p.shape[0]),
+        "iterations": int(st.iterations),
+        "accepted_mean": round(float(acc.mean()), 1),
+        "accepted_min": int(acc.min()),
+        "accepted_max": int(acc.max()),
+        "rejected_mean": round(float(rej.mean()), 1),
+        f"after_day_{after:g}_mean": round(float(late.mean()), 1),
+        f"after_day_{after:g}_min": int(late.min()),
+        f"after_day_{after:g}_max": int(late.max()),
+        f"after_day_{after:g}_quartiles": [float(q) for q in np.percentile(late, [25, 50, 75])],
+        "ok": bool(np.all(res.ok)),
+    }
     # Late steps of the subjects dosed into each state against the others (rescue drugs).
     ev = args[0]
     mask = np.asarray(ev["mask"]).astype(bool)
@@ -145,7 +167,8 @@ def count(model, solver, args, p, name: str, diagonal: str = "step", after: floa
             by_dose[model.states[s]] = {
                 "subjects": int(dosed.sum()),
                 "range_dosed": [int(late[dosed].min()), int(late[dosed].max())],
-                "range_not": [int(late[~dosed].min()), int(late[~dosed].max())]}
+                "range_not": [int(late[~dosed].min()), int(late[~dosed].max())],
+            }
     out[f"after_day_{after:g}_by_dosed_state"] = by_dose
     if detail:
         out["limiting"] = _limiting(model, solver, p, name, fixed, tape, late, after)
@@ -160,7 +183,7 @@ def _limiting(model, solver, p, name, fixed, tape, late, after) -> dict:
     ok = np.asarray(tape["accept"])[:it, k] & (t >= after) & (he > 0)
     y = np.asarray(tape["y"])[:it, :, k]
     rhs = lanes._rhs(model)
-    p_k = p[k:k + 1].T
+    p_k = p[k : k + 1].T
 
     def field(ts, ys):
         return rhs(ts, ys, jnp.zeros_like(ys), p_k)
@@ -169,7 +192,7 @@ def _limiting(model, solver, p, name, fixed, tape, late, after) -> dict:
         stages = lanes._stages
     else:
         cls, _ = METHODS[name]
-        stages = imex_stages(cls.tableau.tableaus, None if fixed is None else fixed[:, k:k + 1])
+        stages = imex_stages(cls.tableau.tableaus, None if fixed is None else fixed[:, k : k + 1])
     steps = np.where(ok)[0]
     rows = []
     for j in steps[:: max(1, len(steps) // 5)]:
@@ -179,8 +202,13 @@ def _limiting(model, solver, p, name, fixed, tape, late, after) -> dict:
         scale = solver.atol + solver.rtol * np.maximum(np.abs(yj), np.abs(y1))
         r = np.asarray(err / scale)[:, 0]
         top = np.argsort(-np.abs(r))[:3]
-        rows.append({"day": round(float(t[j]), 2), "step": round(float(he[j]), 3),
-                     "states": {model.states[i]: round(float(r[i]), 2) for i in top}})
+        rows.append(
+            {
+                "day": round(float(t[j]), 2),
+                "step": round(float(he[j]), 3),
+                "states": {model.states[i]: round(float(r[i]), 2) for i in top},
+            }
+        )
     return {"subject": k, "steps_after": int(late[k]), "at": rows}
 
 
@@ -188,8 +216,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=60)
     parser.add_argument("--profile", default="cart_crs_core")
-    parser.add_argument("--methods", nargs="+", default=["tsit5", "kencarp4", "kencarp5"],
-                        choices=["tsit5", *METHODS])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["tsit5", "kencarp4", "kencarp5"],
+        choices=["tsit5", *METHODS],
+    )
     parser.add_argument("--diagonal", choices=["step", "start"], default="step")
     parser.add_argument("--after", type=float, default=28.0)
     parser.add_argument("--no-detail", action="store_true")
@@ -197,8 +229,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model, solver, solve_args, p = problem(args.patients, args.profile)
     ref, results = None, []
     for name in dict.fromkeys(["tsit5", *args.methods]):
-        out, y = count(model, solver, solve_args, p, name, args.diagonal, args.after,
-                       detail=not args.no_detail)
+        out, y = count(
+            model, solver, solve_args, p, name, args.diagonal, args.after, detail=not args.no_detail
+        )
         if ref is None:
             ref = y
         else:

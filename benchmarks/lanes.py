@@ -42,9 +42,12 @@ def case(model, n: int, seed: int = 0):
     p = jax.vmap(lambda e: model.individual(theta, e, c))(eta)
     ev = {k: np.zeros((n, 3)) for k in ("time", "amount", "rate", "duration", "seq")}
     toc = model.dose_targets["tocilizumab_iv"]
-    ev.update(kind=np.array([[BOLUS, INFUSION_START, INFUSION_END]] * n),
-              cmt=np.array([[model.dose_targets["cart_iv"], toc, toc]] * n),
-              link=np.array([[-1, 2, 1]] * n), mask=np.ones((n, 3), bool))
+    ev.update(
+        kind=np.array([[BOLUS, INFUSION_START, INFUSION_END]] * n),
+        cmt=np.array([[model.dose_targets["cart_iv"], toc, toc]] * n),
+        link=np.array([[-1, 2, 1]] * n),
+        mask=np.ones((n, 3), bool),
+    )
     ev["amount"][:] = [1e8, 8.0, 8.0]
     ev["duration"][:, 1:] = 1 / 24
     ev["seq"][:] = [2.0, 0.0, 1.0]
@@ -84,8 +87,10 @@ def main(argv: list[str] | None = None) -> str:
         l_first, l_best, yl = timed(lanes, data)
         scale = np.abs(ye).max(axis=1, keepdims=True) + 1e-12
         diff = float(np.max(np.abs(yl - ye) / scale))
-        rows.append(f"| {n:,} | {e_first:.1f} | {e_best:.3f} | {l_first:.1f} | {l_best:.3f} | "
-                    f"{e_best / l_best:.2f}x | {60 * n / l_best:,.0f} | {diff:.1e} |")
+        rows.append(
+            f"| {n:,} | {e_first:.1f} | {e_best:.3f} | {l_first:.1f} | {l_best:.3f} | "
+            f"{e_best / l_best:.2f}x | {60 * n / l_best:,.0f} | {diff:.1e} |"
+        )
         print(rows[-1], flush=True)
     load = os.getloadavg()[0]
     text = (
@@ -98,7 +103,8 @@ def main(argv: list[str] | None = None) -> str:
         f"jax {jax.__version__}, load average {load:.2f} (1 min, after the run)\n\n"
         "| subjects | engine first (s) | engine (s) | lanes first (s) | lanes (s) | speed-up | "
         "lanes solves/min | max difference / state max |\n|---|---|---|---|---|---|---|---|\n"
-        + "\n".join(rows) + "\n"
+        + "\n".join(rows)
+        + "\n"
     )
     if args.write:
         with open(ROOT / "benchmarks" / "RESULTS.md", "a") as fh:

@@ -21,8 +21,7 @@ def bowl(x: np.ndarray) -> tuple[float, np.ndarray]:
     """Minimum near (9.8, 18.7, 26.3, 32.9, 38.5); evaluation fails where any |x_i| > 45."""
     if np.max(np.abs(x)) > 45.0:
         return np.inf, np.full_like(x, np.nan)
-    return (float(np.sum((x - TARGET) ** 2) + 1e-4 * np.sum(x**4)),
-            2 * (x - TARGET) + 4e-4 * x**3)
+    return (float(np.sum((x - TARGET) ** 2) + 1e-4 * np.sum(x**4)), 2 * (x - TARGET) + 4e-4 * x**3)
 
 
 def main() -> None:
@@ -32,15 +31,20 @@ def main() -> None:
         x0 = np.full(n, -1.2)
         ours = lbfgs(lambda x: (rosen(x), rosen_der(x)), x0, maxiter=5000)
         ref = minimize(rosen, x0, jac=rosen_der, method="L-BFGS-B", options={"maxiter": 5000})
-        print(f"| Rosenbrock, {n}-D | {ours.nfev} | {np.max(np.abs(ours.x - 1)):.1e} | "
-              f"{ref.nfev} | {np.max(np.abs(ref.x - 1)):.1e} |")
-    truth = minimize(lambda x: bowl(np.clip(x, -45, 45)), np.zeros(5), jac=True,
-                     method="L-BFGS-B").x
+        print(
+            f"| Rosenbrock, {n}-D | {ours.nfev} | {np.max(np.abs(ours.x - 1)):.1e} | "
+            f"{ref.nfev} | {np.max(np.abs(ref.x - 1)):.1e} |"
+        )
+    truth = minimize(
+        lambda x: bowl(np.clip(x, -45, 45)), np.zeros(5), jac=True, method="L-BFGS-B"
+    ).x
     ours = lbfgs(bowl, np.zeros(5), max_step=100.0)
     ref = minimize(bowl, np.zeros(5), jac=True, method="L-BFGS-B")
-    print(f"| bowl failing beyond a box (optimum inside) | {ours.nfev} ({ours.failed} failed; "
-          f"{ours.message}) | {np.max(np.abs(ours.x - truth)):.1e} | {ref.nfev} ({ref.message})"
-          f" | {np.max(np.abs(ref.x - truth)):.1e} |")
+    print(
+        f"| bowl failing beyond a box (optimum inside) | {ours.nfev} ({ours.failed} failed; "
+        f"{ours.message}) | {np.max(np.abs(ours.x - truth)):.1e} | {ref.nfev} ({ref.message})"
+        f" | {np.max(np.abs(ref.x - truth)):.1e} |"
+    )
 
 
 if __name__ == "__main__":

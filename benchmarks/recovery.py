@@ -47,13 +47,18 @@ def one_replicate(args: tuple[int, int, int, int, int]) -> dict:
     design = dosing_design(n_subjects, 320.0, TIMES, cmt=1)
     cohort, _ = simulate_study(spec, design, TRUTH, omega=OMEGA, seed=1000 + r)
     t0 = time.perf_counter()
-    result = fit(spec, cohort, chains=chains, draws=draws, tune=tune, seed=r,
-                 progressbar=False)
+    result = fit(spec, cohort, chains=chains, draws=draws, tune=tune, seed=r, progressbar=False)
     seconds = time.perf_counter() - t0
     table = result.summary(mass=MASS)
     diag = result.diagnostics()
-    row = {"replicate": r, "seconds": seconds, "ok": diag["ok"], "rhat_max": diag["rhat_max"],
-           "ess_bulk_min": diag["ess_bulk_min"], "divergences": diag["divergences"]}
+    row = {
+        "replicate": r,
+        "seconds": seconds,
+        "ok": diag["ok"],
+        "rhat_max": diag["rhat_max"],
+        "ess_bulk_min": diag["ess_bulk_min"],
+        "divergences": diag["divergences"],
+    }
     truth = {**TRUTH, **{f"omega_{k}": v for k, v in OMEGA.items()}}
     for name, value in truth.items():
         lo, hi = table.loc[name, "lower"], table.loc[name, "upper"]
@@ -81,19 +86,28 @@ def coverage_table(rows: list[dict]) -> pd.DataFrame:
         hits = int(df[f"cover_{name}"].sum())
         lo, hi = wilson(hits, len(df))
         med = df[f"median_{name}"]
-        out.append({"parameter": name, "truth": value, "covered": f"{hits}/{len(df)}",
-                    "coverage_%": 100 * hits / len(df), "wilson95_lo_%": 100 * lo,
-                    "wilson95_hi_%": 100 * hi,
-                    "median_of_medians": float(med.median()),
-                    "rel_bias_%": 100 * float(np.mean(np.log(med / value)))})
+        out.append(
+            {
+                "parameter": name,
+                "truth": value,
+                "covered": f"{hits}/{len(df)}",
+                "coverage_%": 100 * hits / len(df),
+                "wilson95_lo_%": 100 * lo,
+                "wilson95_hi_%": 100 * hi,
+                "median_of_medians": float(med.median()),
+                "rel_bias_%": 100 * float(np.mean(np.log(med / value))),
+            }
+        )
     return pd.DataFrame(out).set_index("parameter")
 
 
 def _save_row(path: Path | None, row: dict) -> None:
     if path is not None:
         with path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({k: (v.item() if hasattr(v, "item") else v)
-                                 for k, v in row.items()}) + "\n")
+            fh.write(
+                json.dumps({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+                + "\n"
+            )
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -113,12 +127,20 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--tune", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=1,
-                        help="parallel processes (each fit runs its chains sequentially)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="parallel processes (each fit runs its chains sequentially)",
+    )
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
-    parser.add_argument("--rows", type=Path, default=None,
-                        help="JSON-lines file: each finished replicate is appended; replicates "
-                             "already there are not refitted (resume an interrupted run)")
+    parser.add_argument(
+        "--rows",
+        type=Path,
+        default=None,
+        help="JSON-lines file: each finished replicate is appended; replicates "
+        "already there are not refitted (resume an interrupted run)",
+    )
     args = parser.parse_args()
 
     done: dict[int, dict] = {}
@@ -126,8 +148,11 @@ def main() -> None:
         for line in args.rows.read_text().splitlines():
             row = json.loads(line)
             done[row["replicate"]] = row
-    jobs = [(r, args.subjects, args.chains, args.draws, args.tune)
-            for r in range(args.replicates) if r not in done]
+    jobs = [
+        (r, args.subjects, args.chains, args.draws, args.tune)
+        for r in range(args.replicates)
+        if r not in done
+    ]
     t0 = time.perf_counter()
     if args.workers > 1:
         import multiprocessing as mp

@@ -71,9 +71,7 @@ def make_problem(n: int, seed: int = 20240611):
     return model, events, obs_time, obs_seq, p
 
 
-def scipy_subject(
-    model, p: np.ndarray, obs_time: np.ndarray, method: str = "LSODA"
-) -> np.ndarray:
+def scipy_subject(model, p: np.ndarray, obs_time: np.ndarray, method: str = "LSODA") -> np.ndarray:
     """Piecewise LSODA for one subject: integrate between doses, add each bolus (with lag, F)."""
     get = dict(zip(model.parameters, p, strict=False))
     CL, V, Q, V2, ka, tlag, F = (get[k] for k in ("CL", "V", "Q", "V2", "ka", "tlag", "F"))

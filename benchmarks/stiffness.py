@@ -45,8 +45,17 @@ def main() -> None:
 
     def run(solver, rtol, atol):
         return diffrax.diffeqsolve(
-            term, solver, 0.0, 28.0, 1e-3, y0, args=p, saveat=diffrax.SaveAt(ts=grid),
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=100_000)
+            term,
+            solver,
+            0.0,
+            28.0,
+            1e-3,
+            y0,
+            args=p,
+            saveat=diffrax.SaveAt(ts=grid),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            max_steps=100_000,
+        )
 
     ref = run(diffrax.Kvaerno5(), 1e-10, 1e-12)
     jac = jax.jit(jax.jacfwd(lambda y, t: m.rhs(t, y, p)))
@@ -60,8 +69,11 @@ def main() -> None:
     watch = [m.states.index(s) for s in ("B", "I6", "Vl", "CRP", "N")]
     print("\nmethod | rtol | steps | accepted | max |log error| | ms per solve")
     for solver, rtol, atol in [
-        (UnrolledTsit5(), 1e-6, 1e-9), (UnrolledTsit5(), 1e-4, 1e-7), (UnrolledTsit5(), 1e-3, 1e-6),
-        (diffrax.Kvaerno5(), 1e-6, 1e-9), (diffrax.Kvaerno5(), 1e-4, 1e-7),
+        (UnrolledTsit5(), 1e-6, 1e-9),
+        (UnrolledTsit5(), 1e-4, 1e-7),
+        (UnrolledTsit5(), 1e-3, 1e-6),
+        (diffrax.Kvaerno5(), 1e-6, 1e-9),
+        (diffrax.Kvaerno5(), 1e-4, 1e-7),
         (diffrax.Kvaerno3(), 1e-4, 1e-7),
     ]:
         f = jax.jit(lambda s=solver, r=rtol, a=atol: run(s, r, a))
@@ -73,8 +85,10 @@ def main() -> None:
             t0 = time.perf_counter()
             f().ys.block_until_ready()
             best = min(best, time.perf_counter() - t0)
-        print(f"{type(solver).__name__} | {rtol:g} | {int(sol.stats['num_steps'])} | "
-              f"{int(sol.stats['num_accepted_steps'])} | {err:.1e} | {1e3 * best:.1f}")
+        print(
+            f"{type(solver).__name__} | {rtol:g} | {int(sol.stats['num_steps'])} | "
+            f"{int(sol.stats['num_accepted_steps'])} | {err:.1e} | {1e3 * best:.1f}"
+        )
 
     from scipy.integrate import solve_ivp
 
@@ -83,9 +97,15 @@ def main() -> None:
     print("\nscipy method | rtol | steps | right-hand side evaluations")
     for method in ("Radau", "BDF"):
         for rtol in (1e-6, 1e-4):
-            sol = solve_ivp(lambda t, y: np.asarray(f(t, y)), (0.0, 28.0), np.asarray(y0),
-                            method=method, rtol=rtol, atol=rtol * 1e-3,
-                            jac=lambda t, y: np.asarray(jac_t(t, y)))
+            sol = solve_ivp(
+                lambda t, y: np.asarray(f(t, y)),
+                (0.0, 28.0),
+                np.asarray(y0),
+                method=method,
+                rtol=rtol,
+                atol=rtol * 1e-3,
+                jac=lambda t, y: np.asarray(jac_t(t, y)),
+            )
             print(f"{method} | {rtol:g} | {sol.t.size - 1} | {sol.nfev}")
 
 

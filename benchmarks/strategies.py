@@ -28,13 +28,37 @@ import pkpd  # noqa: E402
 from pkpd.solve import Solver  # noqa: E402
 from pkpd.strategies import make_population, simulate_strategies, strategy_from_dict  # noqa: E402
 
-FIXED = {"name": "prophylactic_toc", "regimen": [{
-    "drug": "tocilizumab", "route": "iv", "dose": 8, "dose_unit": "mg/kg", "cap": 800,
-    "duration": "1 h", "start": "-1 h"}]}
-REACTIVE = {"name": "soc_reactive_toc", "reactive": [{
-    "drug": "tocilizumab", "route": "iv", "dose": 8, "dose_unit": "mg/kg", "cap": 800,
-    "duration": "1 h", "trigger": "crs_grade >= 2", "assess_every": "12 h", "max_doses": 4,
-    "min_interval": "8 h"}]}
+FIXED = {
+    "name": "prophylactic_toc",
+    "regimen": [
+        {
+            "drug": "tocilizumab",
+            "route": "iv",
+            "dose": 8,
+            "dose_unit": "mg/kg",
+            "cap": 800,
+            "duration": "1 h",
+            "start": "-1 h",
+        }
+    ],
+}
+REACTIVE = {
+    "name": "soc_reactive_toc",
+    "reactive": [
+        {
+            "drug": "tocilizumab",
+            "route": "iv",
+            "dose": 8,
+            "dose_unit": "mg/kg",
+            "cap": 800,
+            "duration": "1 h",
+            "trigger": "crs_grade >= 2",
+            "assess_every": "12 h",
+            "max_doses": 4,
+            "min_interval": "8 h",
+        }
+    ],
+}
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -42,8 +66,12 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--model", default="cart_crs")
     ap.add_argument("--patients", type=int, default=500)
     ap.add_argument("--draws", type=int, default=20)
-    ap.add_argument("--chunk", type=int, default=None,
-                    help="simulations per batched solve (default: the library's, per backend)")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="simulations per batched solve (default: the library's, per backend)",
+    )
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--atol", type=float, default=1e-9)
     ap.add_argument("--base", default="cart_iv=1e8", help="ROUTE=AMOUNT at day 0 ('' for none)")
@@ -58,8 +86,9 @@ def main(argv: list[str] | None = None) -> str:
     n = args.patients
     rng = np.random.default_rng(1)
     covs = {"WT": rng.uniform(50, 110, n)}
-    pop = make_population(model, n_patients=n, n_draws=args.draws, seed=2, covariates=covs,
-                          base=base)
+    pop = make_population(
+        model, n_patients=n, n_draws=args.draws, seed=2, covariates=covs, base=base
+    )
     solver = Solver("tsit5", rtol=args.rtol, atol=args.atol)
     rows = []
     for spec in (FIXED, REACTIVE):

@@ -176,8 +176,9 @@ def _run_simulation(compiled, cohort, params, cfg, out: Path, plot: Path | None,
             mask=sim["obs_mask"] & (sim["obs_endpoint"] == endpoint),
         )
         plot.parent.mkdir(parents=True, exist_ok=True)
-        plot_individual(observed, curves, endpoint, plot,
-                        title=f"{compiled.name}: typical-value predictions")
+        plot_individual(
+            observed, curves, endpoint, plot, title=f"{compiled.name}: typical-value predictions"
+        )
         lines.append(f"wrote plot to {plot}")
     return "\n".join(lines)
 
@@ -239,11 +240,19 @@ def demo_cmd(
     params = {"ka": 1.59, "CL": 2.74, "V": 31.7}
     typer.secho("1. simulation at the published typical values", bold=True)
     typer.echo(f"{cohort}\n")
-    typer.echo("model pk_1cmt_oral at the published nlmixr2 SAEM typical values "
-               "(ka 1.59 /h, CL 2.74 L/h, V 31.7 L)")
-    result = _run_simulation(compiled, cohort, params, Solver(method="tsit5"),
-                             out / "theophylline_predictions.csv",
-                             out / "theophylline_predictions.png", "0:25:0.1")
+    typer.echo(
+        "model pk_1cmt_oral at the published nlmixr2 SAEM typical values "
+        "(ka 1.59 /h, CL 2.74 L/h, V 31.7 L)"
+    )
+    result = _run_simulation(
+        compiled,
+        cohort,
+        params,
+        Solver(method="tsit5"),
+        out / "theophylline_predictions.csv",
+        out / "theophylline_predictions.png",
+        "0:25:0.1",
+    )
     typer.echo(result)
 
     typer.secho("\n2. hierarchical Bayesian fit", bold=True)
@@ -251,13 +260,22 @@ def demo_cmd(
     from pkpd.inference.plots import plot_vpc
 
     draws = 200 if quick else 500
-    f = fit(spec, cohort, chains=4 if not quick else 2, draws=draws, tune=draws, seed=seed,
-            progressbar=False)
+    f = fit(
+        spec,
+        cohort,
+        chains=4 if not quick else 2,
+        draws=draws,
+        tune=draws,
+        seed=seed,
+        progressbar=False,
+    )
     typer.echo(f.summary_text())
     path = f.save(out / "theophylline_fit.nc")
     plot_vpc(f, out / "theophylline_vpc.png")
-    typer.echo(f"published (nlmixr2 SAEM): ka 1.59 /h, CL 2.74 L/h, V 31.7 L; "
-               f"wrote {path} and {out / 'theophylline_vpc.png'}")
+    typer.echo(
+        f"published (nlmixr2 SAEM): ka 1.59 /h, CL 2.74 L/h, V 31.7 L; "
+        f"wrote {path} and {out / 'theophylline_vpc.png'}"
+    )
 
     typer.secho("\n3. strategy comparison on the CAR-T/CRS model (prior draws)", bold=True)
     import pandas as pd
@@ -275,22 +293,36 @@ def demo_cmd(
     cart = _load_model("cart_crs").compile()
     virtual = _load_data("virtual_cart", None)
     n_patients, n_draws = (20, 3) if quick else (60, 8)
-    pop = make_population(cart, n_patients=n_patients, n_draws=n_draws, seed=seed,
-                          cohort=virtual, base_routes=["cart_iv"])
+    pop = make_population(
+        cart,
+        n_patients=n_patients,
+        n_draws=n_draws,
+        seed=seed,
+        cohort=virtual,
+        base_routes=["cart_iv"],
+    )
     sim = simulate_strategies(cart, pop, load_strategies("cart_default"))
     groups = subgroup_masks(sim, {"high tumour burden": ("TUMOR", ">=q", 2 / 3)})
     summary = compare(sim, subgroups=groups)
     table = decision_table(summary)
     with pd.option_context("display.width", 250, "display.max_columns", 50):
-        typer.echo(f"{n_patients} virtual patients x {n_draws} prior draws; reference: "
-                   f"{summary.attrs['reference']} (95% intervals over draws)")
+        typer.echo(
+            f"{n_patients} virtual patients x {n_draws} prior draws; reference: "
+            f"{summary.attrs['reference']} (95% intervals over draws)"
+        )
         typer.echo(table.T.to_string())
     table.to_csv(out / "strategies_decision_table.csv")
     forest(summary, path=out / "strategies_forest.png")
-    ribbons(sim, ["cart_blood", "il6", "il1", "crp", "net", "toc_conc"],
-            log_y=["cart_blood", "il6"], path=out / "strategies_trajectories.png")
-    typer.echo(f"wrote {out / 'strategies_decision_table.csv'}, strategies_forest.png and "
-               "strategies_trajectories.png")
+    ribbons(
+        sim,
+        ["cart_blood", "il6", "il1", "crp", "net", "toc_conc"],
+        log_y=["cart_blood", "il6"],
+        path=out / "strategies_trajectories.png",
+    )
+    typer.echo(
+        f"wrote {out / 'strategies_decision_table.csv'}, strategies_forest.png and "
+        "strategies_trajectories.png"
+    )
 
 
 @app.command("version")

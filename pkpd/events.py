@@ -139,24 +139,38 @@ def expand_subject(rec: DoseRecords) -> dict[str, np.ndarray]:
                 infusion = rec.rate[i] > 0 or rec.duration[i] > 0
                 kind = INFUSION_START if infusion else BOLUS
                 rows.append(
-                    (tk, kind, float(rec.amount[i]), int(rec.cmt[i]), float(rec.rate[i]),
-                     float(rec.duration[i]), sk)
+                    (
+                        tk,
+                        kind,
+                        float(rec.amount[i]),
+                        int(rec.cmt[i]),
+                        float(rec.rate[i]),
+                        float(rec.duration[i]),
+                        sk,
+                    )
                 )
     rows.sort(key=lambda r: (r[0], r[6]))
-    out: dict[str, list] = {k: [] for k in ("time", "kind", "amount", "cmt", "rate",
-                                             "duration", "link", "seq")}
+    out: dict[str, list] = {
+        k: [] for k in ("time", "kind", "amount", "cmt", "rate", "duration", "link", "seq")
+    }
     for r in rows:
         t, kind, amt, cmt, rate, dur, seq = r
         idx = len(out["time"])
-        for key, val in zip(("time", "kind", "amount", "cmt", "rate", "duration", "seq"),
-                            (t, kind, amt, cmt, rate, dur, seq), strict=True):
+        for key, val in zip(
+            ("time", "kind", "amount", "cmt", "rate", "duration", "seq"),
+            (t, kind, amt, cmt, rate, dur, seq),
+            strict=True,
+        ):
             out[key].append(val)
         out["link"].append(-1)
         if kind == INFUSION_START:
             # The end event's real time is computed by the solver (it depends on lag and F).
             out["link"][idx] = idx + 1
-            for key, val in zip(("time", "kind", "amount", "cmt", "rate", "duration", "seq"),
-                                (t, INFUSION_END, amt, cmt, rate, dur, seq), strict=True):
+            for key, val in zip(
+                ("time", "kind", "amount", "cmt", "rate", "duration", "seq"),
+                (t, INFUSION_END, amt, cmt, rate, dur, seq),
+                strict=True,
+            ):
                 out[key].append(val)
             out["link"].append(idx)
     dtypes = {"kind": np.int8, "cmt": np.int32, "link": np.int32}

@@ -52,8 +52,9 @@ def plot_individual(
     n = len(subjects)
     ncol = min(4, n)
     nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False,
-                             sharex=True)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False, sharex=True
+    )
     unit = grid[endpoint].attrs.get("unit", "")
     time_unit = grid["time"].attrs.get("unit", "")
     for ax, sid in zip(axes.flat, subjects, strict=False):

@@ -97,7 +97,12 @@ def prior_predictive(
     pop = V.make_population(model, patients, seed, n_draws=n_draws, typical=False)
     pop = pop.with_theta(_sorted_cutpoints(model, pop.theta), "prior (sorted cutpoints)")
     sim = simulate_strategies(
-        model, pop, strategies, grid=GRID, keep_trajectories=0, solver=SOLVER,
+        model,
+        pop,
+        strategies,
+        grid=GRID,
+        keep_trajectories=0,
+        solver=SOLVER,
         chunk_size=chunk_size,
     )
     out = {}

@@ -32,15 +32,43 @@ def test_cart_recovery_map_table_claims_no_interval_or_coverage():
 
     cart_recovery = _load("cart_recovery")
     table = pd.DataFrame(
-        [{"parameter": "rho", "truth": 0.89, "median": 0.87, "lower": np.nan,
-          "upper": np.nan, "covered": None, "contraction": np.nan}]
+        [
+            {
+                "parameter": "rho",
+                "truth": 0.89,
+                "median": 0.87,
+                "lower": np.nan,
+                "upper": np.nan,
+                "covered": None,
+                "contraction": np.nan,
+            }
+        ]
     ).set_index("parameter")
-    res = {"n": 5, "n_obs": 50, "table": table, "plug_ins": {}, "sampler": "map",
-           "diag": {"rhat_max": np.nan, "ess_bulk_min": np.nan, "divergences": 0},
-           "leapfrog": np.nan, "integrator": "lanes", "gradient": "forward",
-           "generate_s": 1.0, "fit_s": 2.0, "stage_s": {"core": 2.0},
-           "crs3": {"truth": 0.01, "truth_n": 10, "median": 0.02, "lower": 0.01,
-                    "upper": 0.03, "covered": True, "draws": 1, "patients": 10, "wall_s": 1.0}}
+    res = {
+        "n": 5,
+        "n_obs": 50,
+        "table": table,
+        "plug_ins": {},
+        "sampler": "map",
+        "diag": {"rhat_max": np.nan, "ess_bulk_min": np.nan, "divergences": 0},
+        "leapfrog": np.nan,
+        "integrator": "lanes",
+        "gradient": "forward",
+        "generate_s": 1.0,
+        "fit_s": 2.0,
+        "stage_s": {"core": 2.0},
+        "crs3": {
+            "truth": 0.01,
+            "truth_n": 10,
+            "median": 0.02,
+            "lower": 0.01,
+            "upper": 0.03,
+            "covered": True,
+            "draws": 1,
+            "patients": 10,
+            "wall_s": 1.0,
+        },
+    }
     text = cart_recovery.markdown(res)
     assert "| rho | 0.89 | 0.87 | - | - | - |" in text
     assert "MAP (joint mode)" in text and "posterior median" not in text
@@ -59,15 +87,25 @@ def test_cart_recovery_map_table_claims_no_interval_or_coverage():
     assert "chains started at the joint mode" in cart_recovery.markdown(res)
     assert "mass matrix" not in text  # a MAP has no sampler settings
     assert "untreated" not in text  # a result written before the untreated row: no such line
-    res["crs3"]["untreated"] = {"truth": 0.11, "median": 0.16, "lower": 0.13, "upper": 0.19,
-                                "margin": 0.02, "covered": False}
-    assert ("The same new patients untreated (no tocilizumab or steroid): median 0.160, 90% "
-            "interval [0.130, 0.190]; truth 0.110 (the generator's 10 patients untreated): NOT "
-            "covered (+/-0.020).") in cart_recovery.markdown(res)
+    res["crs3"]["untreated"] = {
+        "truth": 0.11,
+        "median": 0.16,
+        "lower": 0.13,
+        "upper": 0.19,
+        "margin": 0.02,
+        "covered": False,
+    }
+    assert (
+        "The same new patients untreated (no tocilizumab or steroid): median 0.160, 90% "
+        "interval [0.130, 0.190]; truth 0.110 (the generator's 10 patients untreated): NOT "
+        "covered (+/-0.020)."
+    ) in cart_recovery.markdown(res)
     res["diag"]["flagged_parameters"] = [
-        {"name": "eta[FB]", "rhat": 1.017, "ess_bulk": 279.0, "ess_tail": 500.0, "severity": 1.7}]
+        {"name": "eta[FB]", "rhat": 1.017, "ess_bulk": 279.0, "ess_tail": 500.0, "severity": 1.7}
+    ]
     assert "worst-mixing variable eta[FB] (R-hat 1.017, bulk ESS 279, of 1 flagged)" in (
-        cart_recovery.markdown(res))
+        cart_recovery.markdown(res)
+    )
 
 
 @pytest.mark.slow
@@ -171,12 +209,11 @@ def test_cart_recovery_crs3_checks_rescued_and_untreated_patients(monkeypatch):
 
     monkeypatch.setattr("pkpd.data.virtual.simulate_courses", simulate_courses)
     monkeypatch.setattr("pkpd.strategies.simulate_strategies", simulate_strategies)
-    monkeypatch.setattr("pkpd.strategies.population.make_population",
-                        lambda *a, **k: None)
-    result = SimpleNamespace(spec=SimpleNamespace(
-        compile=lambda: SimpleNamespace(covariates=[])))
-    c = cart_recovery.crs3_check(result, seed=1, n_patients=4, n_draws=5, n_truth=4,
-                                 generator=object())
+    monkeypatch.setattr("pkpd.strategies.population.make_population", lambda *a, **k: None)
+    result = SimpleNamespace(spec=SimpleNamespace(compile=lambda: SimpleNamespace(covariates=[])))
+    c = cart_recovery.crs3_check(
+        result, seed=1, n_patients=4, n_draws=5, n_truth=4, generator=object()
+    )
     assert seen[0] is None and seen[1].name == "none"
     assert c["truth"] == 0.25 and c["median"] == 0.0  # rescue, at the top level
     assert c["untreated"]["truth"] == 0.5 and c["untreated"]["median"] == 0.5
@@ -273,8 +310,9 @@ def test_cart_recovery_generator_rates_of_the_profile_generator(monkeypatch, cap
 
     monkeypatch.setattr(cart_recovery, "generator_rates", rates)
     for extra in ([], ["--profile", "cart_crs_core", "--generator-iiv", "profile"]):
-        monkeypatch.setattr(sys, "argv", ["cart_recovery.py", "--generator-rates",
-                                          "--patients", "7", *extra])
+        monkeypatch.setattr(
+            sys, "argv", ["cart_recovery.py", "--generator-rates", "--patients", "7", *extra]
+        )
         cart_recovery.main()
     assert models[0] is None  # cart_crs with all its IIV
     assert set(models[1].iiv) == {"rho", "alpha", "FB", "p6", "I6_0"}

@@ -26,8 +26,10 @@ CL = { unit = "L/h", value = 2.0 }
 central = "-CL / Vc * central"
 """
 
-GOOD_MODEL = BAD_MODEL.replace('name = "bad"', 'name = "good"').replace("/ Vc", "/ V").replace(
-    "[equations]", 'V = { unit = "L", value = 20.0 }\n\n[equations]'
+GOOD_MODEL = (
+    BAD_MODEL.replace('name = "bad"', 'name = "good"')
+    .replace("/ Vc", "/ V")
+    .replace("[equations]", 'V = { unit = "L", value = 20.0 }\n\n[equations]')
 )
 
 
@@ -150,8 +152,17 @@ def test_simulate_with_a_parameter_override(tmp_path, theophylline):
     cohort, model = theophylline
     out = tmp_path / "pred.csv"
     result = invoke(
-        "simulate", "pk_1cmt_oral", "theophylline", "--out", out, "--param", "ka=1.59",
-        "--param", "CL=2.74", "--solver", "tsit5",
+        "simulate",
+        "pk_1cmt_oral",
+        "theophylline",
+        "--out",
+        out,
+        "--param",
+        "ka=1.59",
+        "--param",
+        "CL=2.74",
+        "--solver",
+        "tsit5",
     )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out)
@@ -179,16 +190,20 @@ def test_simulate_bad_parameter(tmp_path, param, words):
 
 def test_simulate_a_csv_file_with_a_time_unit(tmp_path):
     data = tmp_path / "study.csv"
-    data.write_text(
-        "ID,TIME,EVID,AMT,CMT,DV\n"
-        "1,0,1,100,iv,.\n"
-        "1,60,0,.,.,2.5\n"
-        "1,120,0,.,.,1.7\n"
-    )
+    data.write_text("ID,TIME,EVID,AMT,CMT,DV\n1,0,1,100,iv,.\n1,60,0,.,.,2.5\n1,120,0,.,.,1.7\n")
     out = tmp_path / "pred.csv"
     result = invoke(
-        "simulate", "pk_1cmt_oral", data, "--out", out, "--time-unit", "min",
-        "--param", "CL=3", "--param", "V=30",
+        "simulate",
+        "pk_1cmt_oral",
+        data,
+        "--out",
+        out,
+        "--time-unit",
+        "min",
+        "--param",
+        "CL=3",
+        "--param",
+        "V=30",
     )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out)

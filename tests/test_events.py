@@ -17,8 +17,14 @@ from pkpd.events import (
 def records(**kw):
     n = len(kw["time"])
     base = dict(
-        amount=np.zeros(n), cmt=np.zeros(n, int), rate=np.zeros(n), duration=np.zeros(n),
-        ii=np.zeros(n), addl=np.zeros(n, int), evid=np.ones(n, int), seq=np.arange(2.0, 2 + n),
+        amount=np.zeros(n),
+        cmt=np.zeros(n, int),
+        rate=np.zeros(n),
+        duration=np.zeros(n),
+        ii=np.zeros(n),
+        addl=np.zeros(n, int),
+        evid=np.ones(n, int),
+        seq=np.arange(2.0, 2 + n),
     )
     base.update({k: np.asarray(v) for k, v in kw.items()})
     return DoseRecords(**base)
@@ -48,8 +54,9 @@ def test_infusion_by_duration_is_an_infusion():
 
 
 def test_evid4_is_reset_then_dose_and_evid3_reset_only():
-    e = expand_subject(records(time=[0.0, 24.0, 48.0], amount=[1.0, 0.0, 2.0], evid=[1, 3, 4],
-                               cmt=[0, -1, 0]))
+    e = expand_subject(
+        records(time=[0.0, 24.0, 48.0], amount=[1.0, 0.0, 2.0], evid=[1, 3, 4], cmt=[0, -1, 0])
+    )
     assert list(e["kind"]) == [BOLUS, RESET, RESET, BOLUS]
     # the reset of an EVID 4 record precedes its own dose
     assert e["seq"][2] < e["seq"][3]

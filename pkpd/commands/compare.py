@@ -29,18 +29,23 @@ def compare_cmd(
     ] = None,
     base_route: Annotated[
         list[str] | None,
-        typer.Option(help="Dose route every patient keeps from the cohort (e.g. the CAR-T "
-                     "infusion); repeatable. Default: routes named cart*."),
+        typer.Option(
+            help="Dose route every patient keeps from the cohort (e.g. the CAR-T "
+            "infusion); repeatable. Default: routes named cart*."
+        ),
     ] = None,
     covariate: Annotated[
         list[str] | None,
-        typer.Option(help="NAME=VALUE for every patient when no cohort is given (e.g. WT=70); "
-                     "repeatable."),
+        typer.Option(
+            help="NAME=VALUE for every patient when no cohort is given (e.g. WT=70); repeatable."
+        ),
     ] = None,
     base: Annotated[
         list[str] | None,
-        typer.Option(help="ROUTE=AMOUNT[@DAY]: a dose every patient gets in every strategy (e.g. "
-                     "the CAR-T infusion cart_iv=1e8, in the route's unit); repeatable."),
+        typer.Option(
+            help="ROUTE=AMOUNT[@DAY]: a dose every patient gets in every strategy (e.g. "
+            "the CAR-T infusion cart_iv=1e8, in the route's unit); repeatable."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random number.")] = 0,
     horizon: Annotated[float, typer.Option(help="Days simulated.")] = 28.0,
@@ -78,8 +83,11 @@ def compare_cmd(
         if cohort is not None:
             from pkpd.data import list_datasets, load_dataset, read_dataset
 
-            data = load_dataset(cohort) if cohort in list_datasets() and not Path(
-                cohort).exists() else read_dataset(cohort)
+            data = (
+                load_dataset(cohort)
+                if cohort in list_datasets() and not Path(cohort).exists()
+                else read_dataset(cohort)
+            )
         routes = base_route
         if routes is None:
             routes = [r for r in model.dose_targets if r.lower().startswith("cart")]
@@ -98,17 +106,33 @@ def compare_cmd(
             if not sep:
                 raise ValueError(f"--base takes ROUTE=AMOUNT[@DAY], got {item!r}")
             fixed_doses.append((route.strip(), float(day or 0.0), float(amount)))
-        pop = make_population(model, n_patients=patients, n_draws=draws, seed=seed, fit=fit,
-                              cohort=data, covariates=values, base=fixed_doses,
-                              base_routes=routes, typical=typical)
+        pop = make_population(
+            model,
+            n_patients=patients,
+            n_draws=draws,
+            seed=seed,
+            fit=fit,
+            cohort=data,
+            covariates=values,
+            base=fixed_doses,
+            base_routes=routes,
+            typical=typical,
+        )
         cart = [r for r in model.dose_targets if r.lower().startswith("cart")]
         if cart and not pop.base:
-            typer.secho(f"warning: no dose into {cart} (no --cohort, no --base): the patients "
-                        "get no CAR-T cells", fg=typer.colors.YELLOW, err=True)
+            typer.secho(
+                f"warning: no dose into {cart} (no --cohort, no --base): the patients "
+                "get no CAR-T cells",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
         with Progress(transient=True) as bar:
             task = bar.add_task("simulating", total=patients * draws)
             sim = simulate_strategies(
-                model, pop, strategies, horizon=horizon,
+                model,
+                pop,
+                strategies,
+                horizon=horizon,
                 progress=lambda done, total: bar.update(task, completed=done),
             )
     except (PkpdError, FileNotFoundError, ValueError) as exc:
@@ -116,13 +140,16 @@ def compare_cmd(
     summary = compare(sim)
     table = decision_table(summary)
     with pd.option_context("display.width", 200, "display.max_columns", 50):
-        typer.echo(f"{len(strategies)} strategies x {draws} draws ({pop.source}) x {patients} "
-                   f"patients of model {model.name!r}; reference: {summary.attrs['reference']}\n")
+        typer.echo(
+            f"{len(strategies)} strategies x {draws} draws ({pop.source}) x {patients} "
+            f"patients of model {model.name!r}; reference: {summary.attrs['reference']}\n"
+        )
         typer.echo(table.T.to_string())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    sim.merge(summary.rename({"strategy": "strategy"}), compat="override",
-              combine_attrs="drop_conflicts").to_netcdf(tmp)
+    sim.merge(
+        summary.rename({"strategy": "strategy"}), compat="override", combine_attrs="drop_conflicts"
+    ).to_netcdf(tmp)
     tmp.replace(out)
     typer.echo(f"\nwrote {out}")
     if plots is not None:

@@ -64,8 +64,10 @@ def fit_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     init: Annotated[
         str | None,
-        typer.Option(help="Chain starts: prior (medians; with --profile the earlier stages' "
-                     "estimates), map or pathfinder. Default: prior, or the profile's."),
+        typer.Option(
+            help="Chain starts: prior (medians; with --profile the earlier stages' "
+            "estimates), map or pathfinder. Default: prior, or the profile's."
+        ),
     ] = None,
     target_accept: Annotated[float, typer.Option(help="NUTS target acceptance.")] = 0.8,
     correlated_iiv: Annotated[
@@ -74,15 +76,19 @@ def fit_cmd(
     censoring: Annotated[str, typer.Option(help="m3 (censored likelihood) or drop.")] = "m3",
     centered: Annotated[
         list[str] | None,
-        typer.Option(help="Centre the random effect of this parameter (repeatable; 'all' for "
-                     "every one; 'none' for none): for random effects each subject's data pin "
-                     "down. Default: none, or the profile's."),
+        typer.Option(
+            help="Centre the random effect of this parameter (repeatable; 'all' for "
+            "every one; 'none' for none): for random effects each subject's data pin "
+            "down. Default: none, or the profile's."
+        ),
     ] = None,
     profile: Annotated[
         str | None,
-        typer.Option(help="Fit in the stages of a fitting profile (pkpd.inference.profiles: "
-                     "cart_kinetics, cart_crs_core): estimate only what it names, the last "
-                     "stage with the sampler options above."),
+        typer.Option(
+            help="Fit in the stages of a fitting profile (pkpd.inference.profiles: "
+            "cart_kinetics, cart_crs_core): estimate only what it names, the last "
+            "stage with the sampler options above."
+        ),
     ] = None,
     solver: Annotated[
         str, typer.Option(help="auto (closed form when available), tsit5, kvaerno5, ...")
@@ -101,13 +107,17 @@ def fit_cmd(
     progress: Annotated[bool, typer.Option(help="Show the sampler's progress bar.")] = True,
     checkpoint: Annotated[
         Path | None,
-        typer.Option(help="Folder where NUTS (numpyro) saves every chain's state as it goes; "
-                     "the same command goes on from there after an interruption."),
+        typer.Option(
+            help="Folder where NUTS (numpyro) saves every chain's state as it goes; "
+            "the same command goes on from there after an interruption."
+        ),
     ] = None,
     max_seconds: Annotated[
         float | None,
-        typer.Option(help="With --checkpoint: stop sampling after this many seconds and exit "
-                     "with status 3 (run the same command again to go on)."),
+        typer.Option(
+            help="With --checkpoint: stop sampling after this many seconds and exit "
+            "with status 3 (run the same command again to go on)."
+        ),
     ] = None,
 ) -> None:
     """Fit a model to a dataset and save the posterior; exit 1 if the fit is flagged."""
@@ -122,8 +132,12 @@ def fit_cmd(
     # The library's fitting tolerances unless told otherwise (the command used atol 1e-9 and
     # 100,000 steps per interval until 2026-11-23, unlike `fit`).
     try:
-        cfg = Solver(method=solver, rtol=FIT_RTOL if rtol is None else rtol,
-                     atol=FIT_ATOL if atol is None else atol, max_steps=FIT_MAX_STEPS)
+        cfg = Solver(
+            method=solver,
+            rtol=FIT_RTOL if rtol is None else rtol,
+            atol=FIT_ATOL if atol is None else atol,
+            max_steps=FIT_MAX_STEPS,
+        )
     except ValueError as exc:
         _fail(str(exc))
     if not out.parent.exists():
@@ -131,38 +145,71 @@ def fit_cmd(
     if max_seconds is not None and checkpoint is None:
         _fail("--max-seconds needs --checkpoint (a folder to save the chains in)")
     names = list(centered or [])
-    parameterization: Any = ("centered" if "all" in names else
-                             "noncentered" if names == ["none"] else
-                             {n: "centered" for n in names})
+    parameterization: Any = (
+        "centered"
+        if "all" in names
+        else "noncentered"
+        if names == ["none"]
+        else {n: "centered" for n in names}
+    )
     from pkpd.inference.profiles import PROFILES
 
     if profile is not None and profile not in PROFILES:
         _fail(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     if profile is not None and (correlated_iiv or censoring != "m3"):
-        _fail("--profile fits with uncorrelated IIV and the M3 likelihood: leave out "
-              "--correlated-iiv and --censoring")
+        _fail(
+            "--profile fits with uncorrelated IIV and the M3 likelihood: leave out "
+            "--correlated-iiv and --censoring"
+        )
     how = f" in the stages of profile {profile}," if profile else ""
-    typer.echo(f"fitting {spec.name} to {cohort.source} ({cohort.n_subjects} subjects){how} with "
-               f"{sampler}, {chains} chains x {draws} draws (+{tune} warm-up), seed {seed}")
+    typer.echo(
+        f"fitting {spec.name} to {cohort.source} ({cohort.n_subjects} subjects){how} with "
+        f"{sampler}, {chains} chains x {draws} draws (+{tune} warm-up), seed {seed}"
+    )
     from pkpd.inference.resumable import SamplingPaused
 
     sampler_kwargs = None if max_seconds is None else {"max_seconds": max_seconds}
     try:
         if profile is None:
-            result = fit(spec, cohort, sampler=sampler, chains=chains, draws=draws, tune=tune,
-                         seed=seed, init=init or "prior", solver=cfg, progressbar=progress,
-                         target_accept=target_accept, correlated_iiv=correlated_iiv,
-                         censoring=censoring, iiv_parameterization=parameterization,
-                         checkpoint=checkpoint, sampler_kwargs=sampler_kwargs)
+            result = fit(
+                spec,
+                cohort,
+                sampler=sampler,
+                chains=chains,
+                draws=draws,
+                tune=tune,
+                seed=seed,
+                init=init or "prior",
+                solver=cfg,
+                progressbar=progress,
+                target_accept=target_accept,
+                correlated_iiv=correlated_iiv,
+                censoring=censoring,
+                iiv_parameterization=parameterization,
+                checkpoint=checkpoint,
+                sampler_kwargs=sampler_kwargs,
+            )
         else:
             from pkpd.inference.profiles import fit_staged
 
             # None: the profile's own start and random-effect form for its last stage.
-            result = fit_staged(spec, cohort, profile, sampler=sampler, chains=chains,
-                                draws=draws, tune=tune, seed=seed, init=init, solver=cfg,
-                                progressbar=progress, target_accept=target_accept,
-                                iiv_parameterization=parameterization if names else None,
-                                checkpoint=checkpoint, sampler_kwargs=sampler_kwargs)
+            result = fit_staged(
+                spec,
+                cohort,
+                profile,
+                sampler=sampler,
+                chains=chains,
+                draws=draws,
+                tune=tune,
+                seed=seed,
+                init=init,
+                solver=cfg,
+                progressbar=progress,
+                target_accept=target_accept,
+                iiv_parameterization=parameterization if names else None,
+                checkpoint=checkpoint,
+                sampler_kwargs=sampler_kwargs,
+            )
     except SamplingPaused as paused:
         typer.secho(str(paused), err=True)
         raise typer.Exit(EXIT_PAUSED) from None

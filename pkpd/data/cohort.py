@@ -219,8 +219,9 @@ class Cohort:
 
         write_csv(self._ds, path)
 
-    def to_netcdf(self, path: str | os.PathLike, *, mode: str = "w",
-                  group: str | None = None) -> None:
+    def to_netcdf(
+        self, path: str | os.PathLike, *, mode: str = "w", group: str | None = None
+    ) -> None:
         """Save the cohort as a NetCDF file (read it back with `Cohort.from_netcdf`).
 
         Parameters

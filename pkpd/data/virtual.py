@@ -386,8 +386,14 @@ def _reactive_doses(strategy: Any, slots: np.ndarray, weight: np.ndarray) -> lis
                     amt = dose.amount
                 if dose.cap is not None:
                     amt = min(amt, dose.cap)
-                rows.append({"TIME": float(t), "route": dose.route_name, "AMT": float(amt),
-                             "DUR": float(dose.duration)})
+                rows.append(
+                    {
+                        "TIME": float(t),
+                        "route": dose.route_name,
+                        "AMT": float(amt),
+                        "DUR": float(dose.duration),
+                    }
+                )
         out.append(pd.DataFrame(rows, columns=["TIME", "route", "AMT", "DUR"]))
     return out
 
@@ -441,8 +447,15 @@ def to_records(
         events = [dict(TIME=0.0, EVID=1, AMT=float(pat["CART_DOSE"]), CMT="cart_iv", RATE=0.0)]
         for _, d in courses.doses[i].iterrows():
             rate = d["AMT"] / d["DUR"] if d["DUR"] > 0 else 0.0
-            events.append(dict(TIME=float(d["TIME"]), EVID=1, AMT=float(d["AMT"]),
-                               CMT=d["route"], RATE=float(rate)))
+            events.append(
+                dict(
+                    TIME=float(d["TIME"]),
+                    EVID=1,
+                    AMT=float(d["AMT"]),
+                    CMT=d["route"],
+                    RATE=float(rate),
+                )
+            )
         obs = []
         for name, (days, lloq) in sampling.items():
             if name not in courses.endpoints:

@@ -93,13 +93,17 @@ def resolve_parameterization(option: str | Mapping[str, str], iiv: Sequence[str]
     else:
         unknown = sorted(set(option) - set(iiv))
         if unknown:
-            raise ValueError(f"iiv_parameterization names parameters without IIV: "
-                             f"{', '.join(unknown)} (IIV on: {', '.join(iiv) or 'none'})")
+            raise ValueError(
+                f"iiv_parameterization names parameters without IIV: "
+                f"{', '.join(unknown)} (IIV on: {', '.join(iiv) or 'none'})"
+            )
         chosen = {name: option.get(name, "noncentered") for name in iiv}
     bad = sorted({c for c in chosen.values() if c not in PARAMETERIZATIONS})
     if bad or (isinstance(option, str) and option not in PARAMETERIZATIONS):
-        raise ValueError(f"unknown IIV parameterization {bad[0] if bad else option!r}; choose "
-                         f"from {', '.join(PARAMETERIZATIONS)}")
+        raise ValueError(
+            f"unknown IIV parameterization {bad[0] if bad else option!r}; choose "
+            f"from {', '.join(PARAMETERIZATIONS)}"
+        )
     return chosen
 
 
@@ -437,7 +441,13 @@ def prepare_model(
     gradient = resolve_gradient(gradient, integrator, spec, compiled, bound, solver)
     integrator = resolve_integrator(integrator, spec, compiled, bound, solver, gradient)
     predict = make_predictor(
-        spec, compiled, bound, solver, obs.subject, obs.column, gradient=gradient,
+        spec,
+        compiled,
+        bound,
+        solver,
+        obs.subject,
+        obs.column,
+        gradient=gradient,
         integrator=integrator,
     )
     iiv = tuple(compiled.iiv)
@@ -553,16 +563,24 @@ def build_model(
     import pytensor.tensor as pt
     from pytensor import wrap_jax
 
-    info = prepare_model(spec, cohort, solver=solver, correlated_iiv=correlated_iiv,
-                         censoring=censoring, gradient=gradient, integrator=integrator)
+    info = prepare_model(
+        spec,
+        cohort,
+        solver=solver,
+        correlated_iiv=correlated_iiv,
+        censoring=censoring,
+        gradient=gradient,
+        integrator=integrator,
+    )
     spec, compiled, obs, predict = info.spec, info.model, info.observations, info.predict
     iiv, fixed, coords = info.iiv, info.fixed, info.coords
     n_sub, k_iiv = info.n_subjects, len(iiv)
     chosen = resolve_parameterization(iiv_parameterization, iiv)
     centered = [k for k, n in enumerate(iiv) if chosen[n] == "centered"]
     if correlated_iiv and 0 < len(centered) < k_iiv:
-        raise ValueError("correlated_iiv needs one parameterization for all random effects, got "
-                         f"{chosen}")
+        raise ValueError(
+            f"correlated_iiv needs one parameterization for all random effects, got {chosen}"
+        )
 
     with pm.Model(coords=coords) as pm_model:
         values: dict[str, Any] = {n: pt.constant(v, dtype="float64") for n, v in fixed.items()}
@@ -587,18 +605,23 @@ def build_model(
             pm.Deterministic("corr_iiv", corr, dims=("iiv", "iiv_bis"))
             if centered:
                 shift = iiv_shift(spec, values, iiv)
-                phi = pm.MvNormal("phi", mu=shift, chol=chol, shape=(n_sub, k_iiv),
-                                  dims=("subject", "iiv"))
+                phi = pm.MvNormal(
+                    "phi", mu=shift, chol=chol, shape=(n_sub, k_iiv), dims=("subject", "iiv")
+                )
                 eta = pm.Deterministic("eta", phi - shift[None, :], dims=("subject", "iiv"))
             else:
                 z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, k_iiv), dims=("subject", "iiv"))
                 eta = pm.Deterministic("eta", z @ chol.T, dims=("subject", "iiv"))
         else:
-            omega = pt.stack(
-                [prior_variable(f"omega_{n}", spec.parameters[n].iiv) for n in iiv]
+            omega = pt.stack([prior_variable(f"omega_{n}", spec.parameters[n].iiv) for n in iiv])
+            eta = _random_effects(
+                pm_model,
+                omega,
+                iiv,
+                centered,
+                n_sub,
+                iiv_shift(spec, values, iiv) if centered else None,
             )
-            eta = _random_effects(pm_model, omega, iiv, centered, n_sub,
-                                  iiv_shift(spec, values, iiv) if centered else None)
         eta = pt.specify_shape(pt.as_tensor(eta, dtype="float64"), (n_sub, k_iiv))
         theta = pt.specify_shape(theta, (len(compiled.parameters),))
 
@@ -609,8 +632,10 @@ def build_model(
 
         def logp(value: Any, pred: Any, *resid: Any) -> Any:
             # CustomDist may hand scalar parameters over as shape (1,): make them scalars.
-            params = {n: pt.as_tensor(r).reshape((-1,))[0]
-                      for n, r in zip(resid_names, resid, strict=True)}
+            params = {
+                n: pt.as_tensor(r).reshape((-1,))[0]
+                for n, r in zip(resid_names, resid, strict=True)
+            }
             return observation_logp(value, pred, params, obs, spec, compiled)
 
         pm.CustomDist(
@@ -637,13 +662,20 @@ def iiv_shift(spec: Any, values: Mapping[str, Any], iiv: Sequence[str]) -> Any:
     out = []
     for name in iiv:
         x = pt.as_tensor(values[name], dtype="float64")
-        out.append(pt.log(x) if spec.parameters[name].iiv_scale == "log"
-                   else pt.log(x) - pt.log1p(-x))
+        out.append(
+            pt.log(x) if spec.parameters[name].iiv_scale == "log" else pt.log(x) - pt.log1p(-x)
+        )
     return pt.stack(out)
 
 
-def _random_effects(pm_model: Any, omega: Any, iiv: Sequence[str], centered: Sequence[int],
-                    n_sub: int, shift: Any = None) -> Any:
+def _random_effects(
+    pm_model: Any,
+    omega: Any,
+    iiv: Sequence[str],
+    centered: Sequence[int],
+    n_sub: int,
+    shift: Any = None,
+) -> Any:
     """``eta (subject, iiv)`` of uncorrelated random effects, centred where asked.
 
     A centred random effect is sampled as the subject's parameter on its IIV scale, without
@@ -661,17 +693,23 @@ def _random_effects(pm_model: Any, omega: Any, iiv: Sequence[str], centered: Seq
         z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, k_iiv), dims=("subject", "iiv"))
         return pm.Deterministic("eta", z * omega[None, :], dims=("subject", "iiv"))
     if len(centered) == k_iiv:
-        phi = pm.Normal("phi", shift[None, :], omega[None, :], shape=(n_sub, k_iiv),
-                        dims=("subject", "iiv"))
+        phi = pm.Normal(
+            "phi", shift[None, :], omega[None, :], shape=(n_sub, k_iiv), dims=("subject", "iiv")
+        )
         return pm.Deterministic("eta", phi - shift[None, :], dims=("subject", "iiv"))
     rest = [k for k in range(k_iiv) if k not in centered]
     pm_model.add_coord("iiv_noncentered", [iiv[k] for k in rest])
     pm_model.add_coord("iiv_centered", [iiv[k] for k in centered])
     z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, len(rest)), dims=("subject", "iiv_noncentered"))
-    phi = pm.Normal("phi", shift[centered][None, :], omega[centered][None, :],
-                    shape=(n_sub, len(centered)), dims=("subject", "iiv_centered"))
+    phi = pm.Normal(
+        "phi",
+        shift[centered][None, :],
+        omega[centered][None, :],
+        shape=(n_sub, len(centered)),
+        dims=("subject", "iiv_centered"),
+    )
     columns = {k: z[:, j] * omega[k] for j, k in enumerate(rest)}
     columns.update({k: phi[:, j] - shift[k] for j, k in enumerate(centered)})
-    return pm.Deterministic("eta", pt.stack([columns[k] for k in range(k_iiv)], axis=1),
-                            dims=("subject", "iiv"))
-
+    return pm.Deterministic(
+        "eta", pt.stack([columns[k] for k in range(k_iiv)], axis=1), dims=("subject", "iiv")
+    )

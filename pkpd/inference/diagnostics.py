@@ -197,7 +197,7 @@ def verdict(diag: dict[str, Any]) -> str:
 def _redundant(name: str, names: set[str]) -> bool:
     """Whether a variable repeats another under a transform (``log_CL`` and ``CL``)."""
     for prefix in ("log_", "logit_"):
-        if name.startswith(prefix) and name[len(prefix):] in names:
+        if name.startswith(prefix) and name[len(prefix) :] in names:
             return True
     if name in ("z", "phi") and "eta" in names:
         return True
@@ -243,22 +243,32 @@ def flagged_parameters(post: Any, rhat: Any, ess_bulk: Any, ess_tail: Any) -> li
         for flat, index in enumerate(np.ndindex(*shape) if shape else [()]):
             label = name
             if dims:
-                parts = [str(r[d].values[i]) if d in r.coords else str(i)
-                         for d, i in zip(dims, index, strict=True)]
+                parts = [
+                    str(r[d].values[i]) if d in r.coords else str(i)
+                    for d, i in zip(dims, index, strict=True)
+                ]
                 label = f"{name}[{', '.join(parts)}]"
             rh, eb, et = rv.reshape(-1)[flat], bv.reshape(-1)[flat], tv.reshape(-1)[flat]
             ess = float(np.nanmin([eb, et])) if np.isfinite([eb, et]).any() else np.nan
             bad_r = np.isfinite(rh) and rh > THRESHOLDS["rhat_max"]
             bad_e = (np.isfinite(eb) and eb < THRESHOLDS["ess_bulk_min"]) or (
-                np.isfinite(et) and et < THRESHOLDS["ess_tail_min"])
+                np.isfinite(et) and et < THRESHOLDS["ess_tail_min"]
+            )
             if not (bad_r or bad_e):
                 continue
             severity = max(
                 (rh - 1.0) / (THRESHOLDS["rhat_max"] - 1.0) if np.isfinite(rh) else 0.0,
                 THRESHOLDS["ess_bulk_min"] / max(ess, 1e-9) if np.isfinite(ess) else 0.0,
             )
-            rows.append({"name": label, "rhat": float(rh), "ess_bulk": float(eb),
-                         "ess_tail": float(et), "severity": float(severity)})
+            rows.append(
+                {
+                    "name": label,
+                    "rhat": float(rh),
+                    "ess_bulk": float(eb),
+                    "ess_tail": float(et),
+                    "severity": float(severity),
+                }
+            )
     rows.sort(key=lambda row: -row["severity"])
     return rows
 
@@ -278,6 +288,7 @@ def format_flagged(rows: list[dict], max_named: int = MAX_NAMED) -> str:
     str
         Empty when ``rows`` is.
     """
+
     def one(row: dict) -> str:
         rh = f"R-hat {row['rhat']:.3f}" if np.isfinite(row["rhat"]) else "R-hat n/a"
         eb = f"{row['ess_bulk']:.0f}" if np.isfinite(row["ess_bulk"]) else "n/a"
@@ -377,24 +388,44 @@ def parameter_table(
                 out["ess_tail"] = float(az.ess(values, method="tail"))
         return out
 
-    kind_of = {"structural": "typical", "covariate": "covariate", "residual": "residual",
-               "cutpoint": "cutpoint"}
-    order = {"typical": 0, "covariate": 1, "IIV": 2, "IIV correlation": 3, "residual": 4,
-             "cutpoint": 5}
+    kind_of = {
+        "structural": "typical",
+        "covariate": "covariate",
+        "residual": "residual",
+        "cutpoint": "cutpoint",
+    }
+    order = {
+        "typical": 0,
+        "covariate": 1,
+        "IIV": 2,
+        "IIV correlation": 3,
+        "residual": 4,
+        "cutpoint": 5,
+    }
     for name, role in roles.items():
         if name not in post:
             continue
         par = spec.parameters[name]
-        rows.append({"parameter": name, "kind": kind_of[role], "unit": par.unit,
-                     **stats(np.asarray(post[name].values))})
+        rows.append(
+            {
+                "parameter": name,
+                "kind": kind_of[role],
+                "unit": par.unit,
+                **stats(np.asarray(post[name].values)),
+            }
+        )
     eta = np.asarray(post["eta"].values) if "eta" in post else None
     for k, name in enumerate(iiv):
         key = f"omega_{name}"
         if key not in post:
             continue
         omega = np.asarray(post[key].values)
-        row = {"parameter": key, "kind": "IIV", "unit": spec.parameters[name].iiv_scale,
-               **stats(omega)}
+        row = {
+            "parameter": key,
+            "kind": "IIV",
+            "unit": spec.parameters[name].iiv_scale,
+            **stats(omega),
+        }
         if spec.parameters[name].iiv_scale == "log":
             cv = cv_percent(omega).reshape(-1)
             row["cv_percent"] = float(np.median(cv))
@@ -407,11 +438,30 @@ def parameter_table(
         corr = np.asarray(post["corr_iiv"].values)  # (chain, draw, iiv, iiv)
         for i, a in enumerate(iiv):
             for j in range(i + 1, len(iiv)):
-                rows.append({"parameter": f"corr({a},{iiv[j]})", "kind": "IIV correlation",
-                             "unit": "1", **stats(corr[..., i, j])})
+                rows.append(
+                    {
+                        "parameter": f"corr({a},{iiv[j]})",
+                        "kind": "IIV correlation",
+                        "unit": "1",
+                        **stats(corr[..., i, j]),
+                    }
+                )
     table = pd.DataFrame(rows)
-    columns = ["parameter", "kind", "unit", "median", "lower", "upper", "cv_percent",
-               "cv_lower", "cv_upper", "shrinkage", "rhat", "ess_bulk", "ess_tail"]
+    columns = [
+        "parameter",
+        "kind",
+        "unit",
+        "median",
+        "lower",
+        "upper",
+        "cv_percent",
+        "cv_lower",
+        "cv_upper",
+        "shrinkage",
+        "rhat",
+        "ess_bulk",
+        "ess_tail",
+    ]
     for c in columns:
         if c not in table:
             table[c] = np.nan
@@ -435,15 +485,18 @@ def format_table(table: pd.DataFrame, verdict_line: str) -> str:
     str
     """
     shown = table.copy()
-    shown["95% CrI"] = [f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(shown["lower"], shown["upper"],
-                                                                 strict=True)]
+    shown["95% CrI"] = [
+        f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(shown["lower"], shown["upper"], strict=True)
+    ]
     shown["IIV %CV"] = [
         "" if not np.isfinite(cv) else f"{cv:.1f} [{lo:.1f}, {hi:.1f}]"
-        for cv, lo, hi in zip(shown["cv_percent"], shown["cv_lower"], shown["cv_upper"],
-                              strict=True)
+        for cv, lo, hi in zip(
+            shown["cv_percent"], shown["cv_lower"], shown["cv_upper"], strict=True
+        )
     ]
-    shown["shrinkage"] = ["" if not np.isfinite(s) else f"{100 * s:.0f}%"
-                          for s in shown["shrinkage"]]
+    shown["shrinkage"] = [
+        "" if not np.isfinite(s) else f"{100 * s:.0f}%" for s in shown["shrinkage"]
+    ]
     shown["median"] = [f"{m:.4g}" for m in shown["median"]]
     shown["R-hat"] = [f"{r:.3f}" if np.isfinite(r) else "" for r in shown["rhat"]]
     shown["ESS bulk"] = [f"{e:.0f}" if np.isfinite(e) else "" for e in shown["ess_bulk"]]

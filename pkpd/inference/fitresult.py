@@ -70,8 +70,18 @@ def package_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for name in ("pkpd", "numpy", "jax", "diffrax", "pymc", "pytensor", "arviz", "nutpie",
-                 "numpyro", "xarray"):
+    for name in (
+        "pkpd",
+        "numpy",
+        "jax",
+        "diffrax",
+        "pymc",
+        "pytensor",
+        "arviz",
+        "nutpie",
+        "numpyro",
+        "xarray",
+    ):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -100,9 +110,16 @@ class Fit:
         Versions, hashes, dates (filled in by `save` / `load_fit`).
     """
 
-    def __init__(self, idata: Any, spec: Any, cohort: Any, settings: Any, info: Any = None,
-                 extra: dict[str, Any] | None = None,
-                 provenance: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        idata: Any,
+        spec: Any,
+        cohort: Any,
+        settings: Any,
+        info: Any = None,
+        extra: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ):
         self.idata = idata
         self.spec = spec
         self.cohort = cohort
@@ -136,8 +153,9 @@ class Fit:
         """The posterior group (`xarray.Dataset`)."""
         return self.idata.posterior
 
-    def draws(self, thin: int | None = None, max_draws: int | None = None,
-              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def draws(
+        self, thin: int | None = None, max_draws: int | None = None, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Typical-value vectors and random effects of the draws, flattened over chains.
 
         Parameters
@@ -158,8 +176,9 @@ class Fit:
         """
         info = self.info
         post = self.posterior
-        stacked = {n: np.asarray(post[n].values).reshape(-1, *post[n].shape[2:])
-                   for n in info.estimated}
+        stacked = {
+            n: np.asarray(post[n].values).reshape(-1, *post[n].shape[2:]) for n in info.estimated
+        }
         theta = info.theta_from(stacked)
         n_draws = theta.shape[0]
         if "eta" in post:
@@ -188,8 +207,10 @@ class Fit:
         if self._diag is None:
             from pkpd.inference.diagnostics import convergence, verdict
 
-            method = "nuts" if self.settings.sampler in ("nutpie", "numpyro", "pymc") else (
-                self.settings.sampler
+            method = (
+                "nuts"
+                if self.settings.sampler in ("nutpie", "numpyro", "pymc")
+                else (self.settings.sampler)
             )
             diag = convergence(self.idata, method=method)
             diag["verdict"] = verdict(diag)
@@ -255,8 +276,10 @@ class Fit:
         return format_table(table, self.verdict) + "\n" + head
 
     def __repr__(self) -> str:
-        return (f"<Fit {self.spec.name} on {self.cohort.source}: {self.settings.sampler}, "
-                f"{self.settings.chains} chains x {self.settings.draws} draws; {self.verdict}>")
+        return (
+            f"<Fit {self.spec.name} on {self.cohort.source}: {self.settings.sampler}, "
+            f"{self.settings.chains} chains x {self.settings.draws} draws; {self.verdict}>"
+        )
 
     def loo(self, **kwargs: Any) -> Any:
         """PSIS-LOO cross-validation (`arviz.loo`) on the per-observation log-likelihood.
@@ -273,8 +296,9 @@ class Fit:
         import arviz as az
 
         if "log_likelihood" not in self.idata.groups():
-            raise ValueError("this fit has no log_likelihood group (fit with "
-                             "log_likelihood_group=True)")
+            raise ValueError(
+                "this fit has no log_likelihood group (fit with log_likelihood_group=True)"
+            )
         self._warn_if_flagged()
         return az.loo(self.idata, var_name="y", **kwargs)
 
@@ -424,7 +448,7 @@ def load_fit(path: str | os.PathLike, model: Any = None) -> Fit:
     attrs = idata.posterior.attrs if "posterior" in idata.groups() else {}
     if _PREFIX + "model_hash" not in attrs:
         raise ValueError(f"{path} is not a pkpd fit (no {_PREFIX}model_hash attribute)")
-    prov = {k[len(_PREFIX):]: v for k, v in attrs.items() if k.startswith(_PREFIX)}
+    prov = {k[len(_PREFIX) :]: v for k, v in attrs.items() if k.startswith(_PREFIX)}
     files = json.loads(prov["model_files"])
     saved_hash = prov["model_hash"]
 
@@ -456,5 +480,6 @@ def load_fit(path: str | os.PathLike, model: Any = None) -> Fit:
     settings = FitSettings(**json.loads(prov["settings"]))
     prov["versions"] = json.loads(prov["versions"])
     extra = json.loads(prov.pop("extra", "{}"))
-    return Fit(idata=idata, spec=spec, cohort=cohort, settings=settings, extra=extra,
-               provenance=prov)
+    return Fit(
+        idata=idata, spec=spec, cohort=cohort, settings=settings, extra=extra, provenance=prov
+    )

@@ -157,8 +157,17 @@ def lbfgs(
     nit = capped = 0
 
     def done(ok_: bool, why: str) -> Minimum:
-        return Minimum(x=x, fun=f, grad=g, success=ok_, message=why, nit=nit,
-                       nfev=count["nfev"], failed=count["failed"], capped=capped)
+        return Minimum(
+            x=x,
+            fun=f,
+            grad=g,
+            success=ok_,
+            message=why,
+            nit=nit,
+            nfev=count["nfev"],
+            failed=count["failed"],
+            capped=capped,
+        )
 
     while nit < maxiter:
         if np.max(np.abs(g)) <= gtol:
@@ -206,7 +215,8 @@ def lbfgs(
             # A step shrunk by failed evaluations says nothing about convergence: try again
             # along the gradient; if that is blocked too, the optimum is not interior.
             if not pairs:
-                return done(False, "stopped at the edge of the region where the objective "
-                                   "can be evaluated")
+                return done(
+                    False, "stopped at the edge of the region where the objective can be evaluated"
+                )
             pairs.clear()
     return done(False, "iteration limit reached")

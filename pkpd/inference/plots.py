@@ -59,8 +59,16 @@ def _finish(fig: Any, fit: Any, text: str, path: str | Path | None) -> Any:
     return fig
 
 
-def plot_vpc(fit: Any, path: str | Path | None = None, *, n_sim: int = 200, n_bins: int = 8,
-             seed: int = 0, log_y: bool = False, table: Any = None) -> Any:
+def plot_vpc(
+    fit: Any,
+    path: str | Path | None = None,
+    *,
+    n_sim: int = 200,
+    n_bins: int = 8,
+    seed: int = 0,
+    log_y: bool = False,
+    table: Any = None,
+) -> Any:
     """Visual predictive check: binned observed percentiles against simulated intervals.
 
     Per continuous endpoint, the observed 5th, 50th and 95th percentiles in each time bin
@@ -96,8 +104,13 @@ def plot_vpc(fit: Any, path: str | Path | None = None, *, n_sim: int = 200, n_bi
     censored = bool(table.attrs.get("has_censoring", False))
     nrow = 2 if censored else 1
     ncol = max(1, len(endpoints))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 4.0 + 2.2 * (nrow - 1)),
-                             squeeze=False, gridspec_kw={"height_ratios": [2, 1][:nrow]})
+    fig, axes = plt.subplots(
+        nrow,
+        ncol,
+        figsize=(5.5 * ncol, 4.0 + 2.2 * (nrow - 1)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [2, 1][:nrow]},
+    )
     colors = {0.05: "tab:blue", 0.5: "tab:red", 0.95: "tab:blue"}
     info = fit.info
     obs = info.observations
@@ -111,16 +124,21 @@ def plot_vpc(fit: Any, path: str | Path | None = None, *, n_sim: int = 200, n_bi
                 axes[1, j].set_visible(False)
             continue
         here = (obs.endpoint == e) & (obs.cens == 0)
-        ax.plot(obs.time[here], obs.dv[here], "o", color="0.6", ms=3, alpha=0.6,
-                label="observed")
+        ax.plot(obs.time[here], obs.dv[here], "o", color="0.6", ms=3, alpha=0.6, label="observed")
         lloq = table.attrs.get("lloq", {}).get(name)
         for q, part in sub.groupby("q"):
             color = colors.get(q, "tab:purple")
             # An interval reaching below the LLOQ is drawn down to the LLOQ.
             low = part["sim_lo"] if lloq is None else part["sim_lo"].fillna(lloq)
             ax.fill_between(part["t_mid"], low, part["sim_hi"], color=color, alpha=0.2, lw=0)
-            ax.plot(part["t_mid"], part["observed"], "-", color=color, lw=1.5,
-                    label=f"observed {100 * q:g}th pct")
+            ax.plot(
+                part["t_mid"],
+                part["observed"],
+                "-",
+                color=color,
+                lw=1.5,
+                label=f"observed {100 * q:g}th pct",
+            )
             ax.plot(part["t_mid"], part["sim_median"], "--", color=color, lw=1)
         if lloq is not None:
             ax.axhline(lloq, color="0.3", ls=":", lw=1, label=f"LLOQ {lloq:g}")
@@ -137,16 +155,24 @@ def plot_vpc(fit: Any, path: str | Path | None = None, *, n_sim: int = 200, n_bi
         if censored:
             bx = axes[1, j]
             mid = sub.drop_duplicates("bin")
-            bx.fill_between(mid["t_mid"], mid["blq_sim_lo"], mid["blq_sim_hi"],
-                            color="tab:green", alpha=0.25, lw=0, label="simulated 95% PI")
-            bx.plot(mid["t_mid"], mid["blq_observed"], "o-", color="tab:green",
-                    label="observed")
+            bx.fill_between(
+                mid["t_mid"],
+                mid["blq_sim_lo"],
+                mid["blq_sim_hi"],
+                color="tab:green",
+                alpha=0.25,
+                lw=0,
+                label="simulated 95% PI",
+            )
+            bx.plot(mid["t_mid"], mid["blq_observed"], "o-", color="tab:green", label="observed")
             bx.set_ylim(-0.02, 1.02)
             bx.set_ylabel("fraction < LLOQ")
             bx.set_xlabel(f"time ({info.model.time_unit})")
             bx.legend(fontsize=7)
-    text = (f"VPC: {fit.spec.name} on {fit.cohort.source} "
-            f"({table.attrs.get('n_sim', n_sim)} simulated studies)")
+    text = (
+        f"VPC: {fit.spec.name} on {fit.cohort.source} "
+        f"({table.attrs.get('n_sim', n_sim)} simulated studies)"
+    )
     return _finish(fig, fit, text, path)
 
 
@@ -154,10 +180,16 @@ def _ordinal_panel(ax: Any, sub: Any, name: str, time_unit: str) -> None:
     """One ordinal endpoint of a VPC: observed and simulated fractions with grade >= k."""
     for k, (level, part) in enumerate(sub.groupby("level")):
         color = f"C{k}"
-        ax.fill_between(part["t_mid"], part["sim_lo"], part["sim_hi"], color=color, alpha=0.2,
-                        lw=0)
-        ax.plot(part["t_mid"], part["observed"], "o-", color=color, lw=1.5, ms=3,
-                label=f"observed {name} >= {level:g}")
+        ax.fill_between(part["t_mid"], part["sim_lo"], part["sim_hi"], color=color, alpha=0.2, lw=0)
+        ax.plot(
+            part["t_mid"],
+            part["observed"],
+            "o-",
+            color=color,
+            lw=1.5,
+            ms=3,
+            label=f"observed {name} >= {level:g}",
+        )
         ax.plot(part["t_mid"], part["sim_median"], "--", color=color, lw=1)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"time ({time_unit})")
@@ -166,9 +198,17 @@ def _ordinal_panel(ax: Any, sub: Any, name: str, time_unit: str) -> None:
     ax.legend(fontsize=7)
 
 
-def plot_individual(fit: Any, path: str | Path | None = None, *, subjects: Any = None,
-                    n_draws: int = 200, grid: np.ndarray | None = None, log_y: bool = False,
-                    max_subjects: int = 16, seed: int = 0) -> Any:
+def plot_individual(
+    fit: Any,
+    path: str | Path | None = None,
+    *,
+    subjects: Any = None,
+    n_draws: int = 200,
+    grid: np.ndarray | None = None,
+    log_y: bool = False,
+    max_subjects: int = 16,
+    seed: int = 0,
+) -> Any:
     """Individual fits: each subject's data with its posterior prediction band.
 
     Per subject: observations (censored ones as open triangles at their limit), the posterior
@@ -210,8 +250,9 @@ def plot_individual(fit: Any, path: str | Path | None = None, *, subjects: Any =
         grid = np.linspace(min(0.0, float(obs.time.min())), float(obs.time.max()), 200)
     theta, eta = fit.draws(max_draws=n_draws, seed=seed)
     dense = predictions(info, theta, eta, grid=grid)  # (D, N, G, E)
-    typical = predictions(info, np.median(theta, axis=0)[None],
-                          np.zeros_like(eta[:1]), grid=grid)[0]  # (N, G, E)
+    typical = predictions(info, np.median(theta, axis=0)[None], np.zeros_like(eta[:1]), grid=grid)[
+        0
+    ]  # (N, G, E)
     n = len(rows)
     ncol = min(4, n)
     nrow = math.ceil(n / ncol)
@@ -236,13 +277,14 @@ def plot_individual(fit: Any, path: str | Path | None = None, *, subjects: Any =
         if log_y:
             ax.set_yscale("log")
     axes.flat[0].legend(fontsize=6)
-    text = (f"Individual fits: {fit.spec.name} on {fit.cohort.source} (median and 90% interval "
-            "of the individual prediction; dashed: population)")
+    text = (
+        f"Individual fits: {fit.spec.name} on {fit.cohort.source} (median and 90% interval "
+        "of the individual prediction; dashed: population)"
+    )
     return _finish(fig, fit, text, path)
 
 
-def plot_ppc(fit: Any, path: str | Path | None = None, *, n_draws: int = 200,
-             seed: int = 0) -> Any:
+def plot_ppc(fit: Any, path: str | Path | None = None, *, n_draws: int = 200, seed: int = 0) -> Any:
     """Posterior predictive check and goodness of fit.
 
     Left: the empirical distribution of the observations against that of replicated datasets
@@ -270,8 +312,7 @@ def plot_ppc(fit: Any, path: str | Path | None = None, *, n_draws: int = 200,
     rep = posterior_predictive(fit, n_draws=n_draws, seed=seed)
     info = fit.info
     endpoints = [n for n in info.model.endpoints if (rep["endpoint"].values == n).any()]
-    fig, axes = plt.subplots(len(endpoints), 2, figsize=(10, 3.8 * len(endpoints)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(endpoints), 2, figsize=(10, 3.8 * len(endpoints)), squeeze=False)
     for r, name in enumerate(endpoints):
         sel = (rep["endpoint"].values == name) & (rep["cens"].values == 0)
         y = rep["y"].values[sel]

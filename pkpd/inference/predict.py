@@ -202,22 +202,27 @@ def lanes_gradient(
         Whether lanes can be used, and why not (empty when it can).
     """
     if gradient == "reverse":
-        return False, ("the subjects-last integrator has no plain reverse mode (use "
-                       "gradient='forward' or 'adjoint')")
+        return False, (
+            "the subjects-last integrator has no plain reverse mode (use "
+            "gradient='forward' or 'adjoint')"
+        )
     if not lanes_supports(model, solver):
         return False, f"it needs an explicit Runge-Kutta method, not {solver.method!r}"
     varying = {model.parameters[j] for j in varying_columns(spec, model)}
     ev = bound.events
-    by_rate = np.asarray(ev.mask) & (np.asarray(ev.kind) == INFUSION_START) & (
-        np.asarray(ev.rate) > 0)
+    by_rate = (
+        np.asarray(ev.mask) & (np.asarray(ev.kind) == INFUSION_START) & (np.asarray(ev.rate) > 0)
+    )
     rate_states = {model.states[c] for c in np.unique(np.asarray(ev.cmt)[by_rate])}
     for route, dose in spec.doses.items():
         moved = {s.name for s in getattr(dose.lag, "free_symbols", ())} & varying
         if dose.compartment in rate_states:
             moved |= {s.name for s in getattr(dose.bioavailability, "free_symbols", ())} & varying
         if moved:
-            return False, (f"dose route {route!r}: event times depend on estimated parameter(s) "
-                           f"{sorted(moved)}")
+            return False, (
+                f"dose route {route!r}: event times depend on estimated parameter(s) "
+                f"{sorted(moved)}"
+            )
     return True, ""
 
 
@@ -300,8 +305,9 @@ def resolve_gradient(
     return "adjoint" if big and tangents >= ADJOINT_MIN_TANGENTS else "forward"
 
 
-def needed_until(spec: Any, model: Any, bound: BoundCohort, subject_index: np.ndarray,
-                 obs_index: np.ndarray) -> np.ndarray:
+def needed_until(
+    spec: Any, model: Any, bound: BoundCohort, subject_index: np.ndarray, obs_index: np.ndarray
+) -> np.ndarray:
     """How long each subject's states must be integrated for the selected observations.
 
     A state is needed until the last selected observation of the subject whose expression
@@ -386,8 +392,11 @@ def make_predictor(
     """
     gradient = resolve_gradient(gradient, integrator, spec, model, bound, solver)
     on_lanes = resolve_integrator(integrator, spec, model, bound, solver, gradient) == "lanes"
-    until = (needed_until(spec, model, bound, subject_index, obs_index)
-             if on_lanes and prune_states else None)
+    until = (
+        needed_until(spec, model, bound, subject_index, obs_index)
+        if on_lanes and prune_states
+        else None
+    )
     ev = event_arrays(bound.events)
     t = jnp.asarray(bound.obs_time, dtype=jnp.float64)
     seq = jnp.asarray(bound.obs_seq, dtype=jnp.float64)
@@ -411,15 +420,30 @@ def make_predictor(
     if gradient == "adjoint":
         columns = varying_columns(spec, model)
         typical = jax.vmap(model.individual, in_axes=(None, None, 0))(
-            jnp.asarray(model.typical_values), jnp.zeros(len(model.iiv)), cov)
-        capacity = int(ADJOINT_MARGIN * lanes_iterations(model, solver, ev, t, seq, typical,
-                                                         needed_until=until)) + ADJOINT_SLACK
+            jnp.asarray(model.typical_values), jnp.zeros(len(model.iiv)), cov
+        )
+        capacity = (
+            int(
+                ADJOINT_MARGIN
+                * lanes_iterations(model, solver, ev, t, seq, typical, needed_until=until)
+            )
+            + ADJOINT_SLACK
+        )
         counter = AdjointCounter()
 
         def solve_y(p: jax.Array) -> jax.Array:  # noqa: F811 - the adjoint's solve
-            return solve_lanes_adjoint(model, solver, ev, t, seq, p, capacity=capacity,
-                                       columns=columns, counter=counter,
-                                       needed_until=until).y
+            return solve_lanes_adjoint(
+                model,
+                solver,
+                ev,
+                t,
+                seq,
+                p,
+                capacity=capacity,
+                columns=columns,
+                counter=counter,
+                needed_until=until,
+            ).y
 
     def pick(y: jax.Array, p: jax.Array) -> jax.Array:
         every = observe(t, y, p)  # (N, O, E)
@@ -471,7 +495,8 @@ def make_predictor(
             primal, jac = pick(y, p), jnp.zeros((0, *t.shape), p.dtype)
         if obs_cols:
             jac_obs = jax.vmap(lambda k: jax.jvp(lambda q: pick(y, q), (p,), (one_hot(p, k),))[1])(
-                jnp.asarray(obs_cols, dtype=jnp.int32))
+                jnp.asarray(obs_cols, dtype=jnp.int32)
+            )
             jac = jnp.concatenate([jac, jac_obs])
         return primal, jac
 

@@ -27,14 +27,17 @@ def _batched(info: Any, grid: np.ndarray | None = None) -> Any:
 
     from pkpd.inference.predict import make_grid_predictor
 
-    fn = info.predict if grid is None else make_grid_predictor(
-        info.model, info.bound, info.solver, grid
+    fn = (
+        info.predict
+        if grid is None
+        else make_grid_predictor(info.model, info.bound, info.solver, grid)
     )
     return jax.jit(jax.vmap(fn))
 
 
-def predictions(info: Any, theta: np.ndarray, eta: np.ndarray, grid: np.ndarray | None = None,
-                chunk: int = 256) -> np.ndarray:
+def predictions(
+    info: Any, theta: np.ndarray, eta: np.ndarray, grid: np.ndarray | None = None, chunk: int = 256
+) -> np.ndarray:
     """Predictions for a batch of parameter draws.
 
     Parameters
@@ -61,8 +64,14 @@ def predictions(info: Any, theta: np.ndarray, eta: np.ndarray, grid: np.ndarray 
     fn = _batched(info, grid)
     out = []
     for start in range(0, theta.shape[0], chunk):
-        out.append(np.asarray(fn(jnp.asarray(theta[start:start + chunk]),
-                                 jnp.asarray(eta[start:start + chunk]))))
+        out.append(
+            np.asarray(
+                fn(
+                    jnp.asarray(theta[start : start + chunk]),
+                    jnp.asarray(eta[start : start + chunk]),
+                )
+            )
+        )
     return np.concatenate(out, axis=0)
 
 
@@ -100,8 +109,9 @@ def new_subject_eta(fit: Any, index: np.ndarray, rng: np.random.Generator) -> np
     z = rng.standard_normal((index.size, n, k))
     if k == 0:
         return z
-    omega = np.stack([_draw_values(fit, [f"omega_{p}"], index)[f"omega_{p}"]
-                      for p in info.iiv], axis=-1)  # (D, K)
+    omega = np.stack(
+        [_draw_values(fit, [f"omega_{p}"], index)[f"omega_{p}"] for p in info.iiv], axis=-1
+    )  # (D, K)
     if info.correlated_iiv:
         corr = _draw_values(fit, ["corr_iiv"], index)["corr_iiv"]  # (D, K, K)
         cov = omega[:, :, None] * corr * omega[:, None, :]
@@ -110,8 +120,9 @@ def new_subject_eta(fit: Any, index: np.ndarray, rng: np.random.Generator) -> np
     return z * omega[:, None, :]
 
 
-def simulate_dv(info: Any, pred: np.ndarray, resid: dict[str, np.ndarray],
-                rng: np.random.Generator) -> np.ndarray:
+def simulate_dv(
+    info: Any, pred: np.ndarray, resid: dict[str, np.ndarray], rng: np.random.Generator
+) -> np.ndarray:
     """Add residual error (or draw ordinal grades) to predictions at the fitted observations.
 
     Parameters
@@ -219,8 +230,9 @@ def censor_flags(info: Any, y: np.ndarray) -> np.ndarray:
     return flags
 
 
-def posterior_predictive(fit: Any, n_draws: int = 500, seed: int = 0,
-                         new_subjects: bool = False) -> xr.Dataset:
+def posterior_predictive(
+    fit: Any, n_draws: int = 500, seed: int = 0, new_subjects: bool = False
+) -> xr.Dataset:
     """Replicated datasets at the fitted observations.
 
     Parameters
@@ -321,9 +333,14 @@ def _finite_or_nan(x: Any) -> float:
     return x if np.isfinite(x) else float("nan")
 
 
-def vpc_table(fit: Any, n_sim: int = 200, n_bins: int = 8,
-              quantiles: tuple[float, ...] = (0.05, 0.5, 0.95), interval: float = 0.95,
-              seed: int = 0) -> pd.DataFrame:
+def vpc_table(
+    fit: Any,
+    n_sim: int = 200,
+    n_bins: int = 8,
+    quantiles: tuple[float, ...] = (0.05, 0.5, 0.95),
+    interval: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Visual predictive check statistics per endpoint and time bin.
 
     For each bin: the observed ``quantiles`` (NaN where they fall below the LLOQ), the median
@@ -377,17 +394,26 @@ def vpc_table(fit: Any, n_sim: int = 200, n_bins: int = 8,
                 y_sim = rep["y_rep"].values[:, cols]
                 for level in ospec.levels[1:]:
                     frac = (y_sim >= level).mean(axis=1)
-                    rows.append({
-                        "endpoint": name, "bin": b, "t_lo": edges[b], "t_hi": edges[b + 1],
-                        "t_mid": float(np.median(t[which == b])), "n": int(cols.size),
-                        "q": np.nan, "level": float(level),
-                        "observed": float(np.mean(y_obs >= level)),
-                        "sim_median": float(np.median(frac)),
-                        "sim_lo": float(np.quantile(frac, lo_q)),
-                        "sim_hi": float(np.quantile(frac, hi_q)),
-                        "blq_observed": np.nan, "blq_sim_median": np.nan,
-                        "blq_sim_lo": np.nan, "blq_sim_hi": np.nan,
-                    })
+                    rows.append(
+                        {
+                            "endpoint": name,
+                            "bin": b,
+                            "t_lo": edges[b],
+                            "t_hi": edges[b + 1],
+                            "t_mid": float(np.median(t[which == b])),
+                            "n": int(cols.size),
+                            "q": np.nan,
+                            "level": float(level),
+                            "observed": float(np.mean(y_obs >= level)),
+                            "sim_median": float(np.median(frac)),
+                            "sim_lo": float(np.quantile(frac, lo_q)),
+                            "sim_hi": float(np.quantile(frac, hi_q)),
+                            "blq_observed": np.nan,
+                            "blq_sim_median": np.nan,
+                            "blq_sim_lo": np.nan,
+                            "blq_sim_hi": np.nan,
+                        }
+                    )
                 continue
             y_obs = np.nan_to_num(rep["y"].values[cols], nan=-np.inf)
             cens_obs = rep["cens"].values[cols] == 1
@@ -399,24 +425,26 @@ def vpc_table(fit: Any, n_sim: int = 200, n_bins: int = 8,
                 # A replicate whose quantile is below the limit counts as -inf: the interval
                 # then reaches below the LLOQ instead of ignoring those replicates.
                 simulated = np.nan_to_num(_censored_quantile(y_sim, cens_sim, q), nan=-np.inf)
-                rows.append({
-                    "endpoint": name,
-                    "bin": b,
-                    "t_lo": edges[b],
-                    "t_hi": edges[b + 1],
-                    "t_mid": float(np.median(t[which == b])),
-                    "n": int(cols.size),
-                    "q": q,
-                    "level": np.nan,
-                    "observed": float(observed),
-                    "sim_median": _finite_or_nan(np.quantile(simulated, 0.5, method="nearest")),
-                    "sim_lo": _finite_or_nan(np.quantile(simulated, lo_q, method="nearest")),
-                    "sim_hi": _finite_or_nan(np.quantile(simulated, hi_q, method="nearest")),
-                    "blq_observed": float(cens_obs.mean()),
-                    "blq_sim_median": float(np.median(blq_sim)),
-                    "blq_sim_lo": float(np.quantile(blq_sim, lo_q)),
-                    "blq_sim_hi": float(np.quantile(blq_sim, hi_q)),
-                })
+                rows.append(
+                    {
+                        "endpoint": name,
+                        "bin": b,
+                        "t_lo": edges[b],
+                        "t_hi": edges[b + 1],
+                        "t_mid": float(np.median(t[which == b])),
+                        "n": int(cols.size),
+                        "q": q,
+                        "level": np.nan,
+                        "observed": float(observed),
+                        "sim_median": _finite_or_nan(np.quantile(simulated, 0.5, method="nearest")),
+                        "sim_lo": _finite_or_nan(np.quantile(simulated, lo_q, method="nearest")),
+                        "sim_hi": _finite_or_nan(np.quantile(simulated, hi_q, method="nearest")),
+                        "blq_observed": float(cens_obs.mean()),
+                        "blq_sim_median": float(np.median(blq_sim)),
+                        "blq_sim_lo": float(np.quantile(blq_sim, lo_q)),
+                        "blq_sim_hi": float(np.quantile(blq_sim, hi_q)),
+                    }
+                )
     table = pd.DataFrame(rows)
     table.attrs["n_sim"] = n_sim
     table.attrs["seed"] = seed

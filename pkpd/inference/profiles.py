@@ -234,8 +234,13 @@ def get_profile(profile: str | Profile) -> Profile:
     return PROFILES[profile]
 
 
-def select_endpoints(cohort: Any, endpoints: Sequence[str], source_spec: Any,
-                     target_spec: Any, predose_zero: Sequence[str] = ()) -> Any:
+def select_endpoints(
+    cohort: Any,
+    endpoints: Sequence[str],
+    source_spec: Any,
+    target_spec: Any,
+    predose_zero: Sequence[str] = (),
+) -> Any:
     """Keep only some endpoints' observations, and the doses the target model has routes for.
 
     Observations of the ``predose_zero`` endpoints recorded before a subject's first dose are
@@ -267,11 +272,15 @@ def select_endpoints(cohort: Any, endpoints: Sequence[str], source_spec: Any,
     """
     from pkpd.data import from_dataframe
 
-    missing = [e for e in endpoints
-               if e not in source_spec.observations or e not in target_spec.observations]
+    missing = [
+        e
+        for e in endpoints
+        if e not in source_spec.observations or e not in target_spec.observations
+    ]
     if missing:
-        raise KeyError(f"endpoint(s) {missing} not in both {source_spec.name!r} and "
-                       f"{target_spec.name!r}")
+        raise KeyError(
+            f"endpoint(s) {missing} not in both {source_spec.name!r} and {target_spec.name!r}"
+        )
     df = cohort.to_dataframe()
     dvid_col = next(c for c in df.columns if c.upper() == "DVID")
     cmt_col = next((c for c in df.columns if c.upper() == "CMT"), None)
@@ -295,10 +304,15 @@ def select_endpoints(cohort: Any, endpoints: Sequence[str], source_spec: Any,
         zero = df[dvid_col].map(lambda v: not pd.isna(v) and _code(v) in zero_codes)
         keep_obs &= ~(zero & before)
     out = df[keep_obs | keep_dose].copy()
-    out[dvid_col] = out[dvid_col].map(
-        lambda v: pd.NA if pd.isna(v) else recode[_code(v)]).astype("Int64")
-    return from_dataframe(out, source=f"{cohort.source}[{','.join(endpoints)}]",
-                          time_unit=cohort.time_unit, covariates=cohort.covariate_names)
+    out[dvid_col] = (
+        out[dvid_col].map(lambda v: pd.NA if pd.isna(v) else recode[_code(v)]).astype("Int64")
+    )
+    return from_dataframe(
+        out,
+        source=f"{cohort.source}[{','.join(endpoints)}]",
+        time_unit=cohort.time_unit,
+        covariates=cohort.covariate_names,
+    )
 
 
 def _code(v: Any) -> Any:
@@ -403,8 +417,10 @@ def fit_staged(
     data = load_dataset(cohort) if isinstance(cohort, str) else cohort
     for stage in prof.stages[:-1]:
         if stage.sampler not in EARLY_SAMPLERS:
-            raise ValueError(f"stage {stage.name!r}: an earlier stage's sampler must be one of "
-                             f"{EARLY_SAMPLERS}, got {stage.sampler!r}")
+            raise ValueError(
+                f"stage {stage.name!r}: an earlier stage's sampler must be one of "
+                f"{EARLY_SAMPLERS}, got {stage.sampler!r}"
+            )
     estimates: dict[str, tuple[float, str]] = {}  # parameter -> (estimate, stage)
     records: list[dict[str, Any]] = []
     result = None
@@ -412,25 +428,46 @@ def fit_staged(
         last = k == len(prof.stages) - 1
         t0 = time.perf_counter()
         full = base if stage.model is None else load_model(stage.model)
-        carried = {n: v for n, (v, _) in estimates.items()
-                   if n in full.parameters and n not in stage.typical}
+        carried = {
+            n: v
+            for n, (v, _) in estimates.items()
+            if n in full.parameters and n not in stage.typical
+        }
         starts = {n: estimates[n] for n in stage.typical if n in estimates}
-        staged_spec = full.estimate_only(stage.typical, stage.iiv, values=carried,
-                                         suffix=f"{prof.name}.{stage.name}")
-        stage_data = select_endpoints(data, stage.endpoints, base, full,
-                                      [e for e in stage.predose_zero if e in stage.endpoints])
-        kwargs: dict[str, Any] = dict(seed=seed, gradient=gradient, integrator=integrator,
-                                      solver=solver, progressbar=progressbar)
+        staged_spec = full.estimate_only(
+            stage.typical, stage.iiv, values=carried, suffix=f"{prof.name}.{stage.name}"
+        )
+        stage_data = select_endpoints(
+            data,
+            stage.endpoints,
+            base,
+            full,
+            [e for e in stage.predose_zero if e in stage.endpoints],
+        )
+        kwargs: dict[str, Any] = dict(
+            seed=seed,
+            gradient=gradient,
+            integrator=integrator,
+            solver=solver,
+            progressbar=progressbar,
+        )
         # Earlier estimates as the start, unless the user chose another start for the last stage.
         stage_init: Any = init if last else "prior"
         start_values = {n: v for n, (v, _) in starts.items()}
         if starts and stage_init == "prior":
             stage_init = start_values
         if last:
-            kwargs.update(sampler=sampler, chains=chains, draws=draws, tune=tune,
-                          init=stage_init, sampler_kwargs=dict(sampler_kwargs or {}),
-                          target_accept=target_accept, checkpoint=checkpoint,
-                          iiv_parameterization=iiv_parameterization)
+            kwargs.update(
+                sampler=sampler,
+                chains=chains,
+                draws=draws,
+                tune=tune,
+                init=stage_init,
+                sampler_kwargs=dict(sampler_kwargs or {}),
+                target_accept=target_accept,
+                checkpoint=checkpoint,
+                iiv_parameterization=iiv_parameterization,
+            )
             if starts and stage_init == "map":
                 # The joint mode is searched for from the earlier estimates (closer than the
                 # prior medians: fewer optimiser steps, and the mode next to them).
@@ -441,25 +478,33 @@ def fit_staged(
                 kwargs["draws"] = 1000
         result = fit(staged_spec, stage_data, **kwargs)
         found = _estimates(result, stage.typical)
-        records.append({
-            "stage": stage.name,
-            "model": full.name,
-            "model_hash": staged_spec.hash,
-            "estimated": list(stage.typical),
-            "iiv": list(stage.iiv),
-            "fixed_from": {n: {"value": estimates[n][0], "stage": estimates[n][1]}
-                           for n in carried},
-            "started_from": ({n: {"value": v, "stage": st} for n, (v, st) in starts.items()}
-                             if isinstance(stage_init, dict) or "map_start" in kwargs else {}),
-            "endpoints": list(stage.endpoints),
-            "n_observations": int(stage_data.n_observations),
-            "settings": asdict(result.settings),
-            "estimates": found,
-            "wall_s": time.perf_counter() - t0,
-        })
+        records.append(
+            {
+                "stage": stage.name,
+                "model": full.name,
+                "model_hash": staged_spec.hash,
+                "estimated": list(stage.typical),
+                "iiv": list(stage.iiv),
+                "fixed_from": {
+                    n: {"value": estimates[n][0], "stage": estimates[n][1]} for n in carried
+                },
+                "started_from": (
+                    {n: {"value": v, "stage": st} for n, (v, st) in starts.items()}
+                    if isinstance(stage_init, dict) or "map_start" in kwargs
+                    else {}
+                ),
+                "endpoints": list(stage.endpoints),
+                "n_observations": int(stage_data.n_observations),
+                "settings": asdict(result.settings),
+                "estimates": found,
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
         estimates.update({n: (v, stage.name) for n, v in found.items()})
     assert result is not None  # a profile has at least one stage
-    result.extra["staged"] = {"profile": prof.name, "description": prof.description,
-                              "stages": records}
+    result.extra["staged"] = {
+        "profile": prof.name,
+        "description": prof.description,
+        "stages": records,
+    }
     return result
-

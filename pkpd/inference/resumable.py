@@ -38,8 +38,16 @@ from pkpd.errors import PkpdError
 CHECKPOINT_VERSION = 1
 #: Settings that must not change between the calls of one run (``draws`` may: more draws can be
 #: added after the others, or fewer kept).
-FIXED_SETTINGS = ("chains", "tune", "seed", "target_accept", "max_tree_depth", "init_metric",
-                  "names", "shapes")
+FIXED_SETTINGS = (
+    "chains",
+    "tune",
+    "seed",
+    "target_accept",
+    "max_tree_depth",
+    "init_metric",
+    "names",
+    "shapes",
+)
 #: How the warm-up's first mass matrix is chosen (`sample_resumable`'s ``init_metric``).
 INIT_METRICS = ("curvature", "unit")
 #: Step of the central differences of the gradient that give the curvature (unconstrained scale).
@@ -68,13 +76,16 @@ class SamplingPaused(PkpdError, RuntimeError):
         ``seconds`` (spent on this chain over all calls).
     """
 
-    def __init__(self, directory: Path, progress: list[dict[str, Any]],
-                 reason: str = "at its time limit") -> None:
+    def __init__(
+        self, directory: Path, progress: list[dict[str, Any]], reason: str = "at its time limit"
+    ) -> None:
         self.directory = directory
         self.progress = progress
         done = ", ".join(f"chain {p['chain']} {p['iteration']}/{p['total']}" for p in progress)
-        super().__init__(f"sampling paused {reason} ({done}); call again with "
-                         f"checkpoint={str(directory)!r} to go on")
+        super().__init__(
+            f"sampling paused {reason} ({done}); call again with "
+            f"checkpoint={str(directory)!r} to go on"
+        )
 
 
 def _save(path: Path, obj: Any) -> None:
@@ -104,33 +115,54 @@ def _agree_with_state(rec: dict, done: int, tune: int, chain: int, path: Path) -
     if rec["iteration"] == done:
         return
     if done > rec["iteration"]:
-        raise ValueError(f"{path}: the saved state has done {done} iterations and its record "
-                         f"only {rec['iteration']}")
+        raise ValueError(
+            f"{path}: the saved state has done {done} iterations and its record "
+            f"only {rec['iteration']}"
+        )
     keep = max(0, done - tune)
-    warnings.warn(f"chain {chain}: {path} counted {rec['iteration']} iterations but its saved "
-                  f"state has done {done} (a checkpoint written by pkpd before 2026-12-05 that "
-                  f"was resumed more than once); going on from iteration {done}, keeping "
-                  f"{min(keep, len(rec['draws']))} of {len(rec['draws'])} kept draws",
-                  stacklevel=3)
+    warnings.warn(
+        f"chain {chain}: {path} counted {rec['iteration']} iterations but its saved "
+        f"state has done {done} (a checkpoint written by pkpd before 2026-12-05 that "
+        f"was resumed more than once); going on from iteration {done}, keeping "
+        f"{min(keep, len(rec['draws']))} of {len(rec['draws'])} kept draws",
+        stacklevel=3,
+    )
     rec["iteration"] = done
     del rec["draws"][keep:]
     for k in STATS:
         del rec["stats"][k][keep:]
 
 
-def _start_points(pm_model: Any, start: Mapping[str, Any] | None, chains: int, seed: int,
-                  names: list[str], flatten: Any, jitter: bool = True) -> np.ndarray:
+def _start_points(
+    pm_model: Any,
+    start: Mapping[str, Any] | None,
+    chains: int,
+    seed: int,
+    names: list[str],
+    flatten: Any,
+    jitter: bool = True,
+) -> np.ndarray:
     """Jittered starts on the unconstrained scale, as PyMC's samplers draw them."""
     from pymc.sampling.mcmc import _get_seeds_per_chain, _init_jitter
 
-    points = _init_jitter(pm_model, dict(start) if start else None,
-                          seeds=_get_seeds_per_chain(seed, chains), jitter=jitter,
-                          jitter_max_retries=10)
+    points = _init_jitter(
+        pm_model,
+        dict(start) if start else None,
+        seeds=_get_seeds_per_chain(seed, chains),
+        jitter=jitter,
+        jitter_max_retries=10,
+    )
     return np.stack([flatten(p) for p in points])
 
 
-def _scaled_jitter(centre: np.ndarray, inverse_mass: np.ndarray, chains: int, seed: int,
-                   potential: Any, retries: int = 10) -> np.ndarray:
+def _scaled_jitter(
+    centre: np.ndarray,
+    inverse_mass: np.ndarray,
+    chains: int,
+    seed: int,
+    potential: Any,
+    retries: int = 10,
+) -> np.ndarray:
     """Draw starts around ``centre``, `JITTER_SDS` conditional SDs (at most 1) per coordinate.
 
     PyMC's uniform(-1, 1) on the unconstrained scale puts a typical value that the data pin to
@@ -161,8 +193,9 @@ def _constrained_fn(pm_model: Any) -> tuple[Any, list[str]]:
     return get_jaxified_graph(inputs=pm_model.value_vars, outputs=outs), [v.name for v in outs]
 
 
-def probe_groups(pm_model: Any, names: list[str],
-                 shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+def probe_groups(
+    pm_model: Any, names: list[str], shapes: list[tuple[int, ...]]
+) -> list[np.ndarray]:
     """Return the sets of coordinates whose second derivatives can be probed together.
 
     Different subjects' random effects never meet in one term of the log-density (each
@@ -186,8 +219,9 @@ def probe_groups(pm_model: Any, names: list[str],
     return groups
 
 
-def curvature_metric(grad: Any, x: np.ndarray, groups: list[np.ndarray],
-                     step: float = CURVATURE_STEP) -> tuple[np.ndarray, dict[str, Any]]:
+def curvature_metric(
+    grad: Any, x: np.ndarray, groups: list[np.ndarray], step: float = CURVATURE_STEP
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Return a diagonal inverse mass matrix from the curvature of the potential at ``x``.
 
     NUTS's warm-up starts with the identity, whose step size must suit the most sharply
@@ -215,8 +249,12 @@ def curvature_metric(grad: Any, x: np.ndarray, groups: list[np.ndarray],
         diag[idx] = (hi[idx] - lo[idx]) / (2 * step)
     good = np.isfinite(diag) & (diag > 0)
     inverse = np.where(good, 1.0 / np.where(good, diag, 1.0), 1.0)
-    report = {"probes": len(groups), "not_positive": int((~good).sum()),
-              "min": float(inverse.min()), "max": float(inverse.max())}
+    report = {
+        "probes": len(groups),
+        "not_positive": int((~good).sum()),
+        "min": float(inverse.min()),
+        "max": float(inverse.max()),
+    }
     return inverse, report
 
 
@@ -305,26 +343,38 @@ def sample_resumable(
 
     if init_metric not in INIT_METRICS:
         raise ValueError(f"init_metric must be one of {INIT_METRICS}, got {init_metric!r}")
-    settings = {"version": CHECKPOINT_VERSION, "chains": int(chains), "draws": int(draws),
-                "tune": int(tune), "seed": int(seed), "target_accept": float(target_accept),
-                "max_tree_depth": int(max_tree_depth), "init_metric": init_metric,
-                "names": names, "shapes": [list(s) for s in shapes]}
+    settings = {
+        "version": CHECKPOINT_VERSION,
+        "chains": int(chains),
+        "draws": int(draws),
+        "tune": int(tune),
+        "seed": int(seed),
+        "target_accept": float(target_accept),
+        "max_tree_depth": int(max_tree_depth),
+        "init_metric": init_metric,
+        "names": names,
+        "shapes": [list(s) for s in shapes],
+    }
     run_file = directory / "run.json"
     potential_jit = jax.jit(potential)
     if run_file.is_file():
         saved = json.loads(run_file.read_text())
         changed = [k for k in ("version", *FIXED_SETTINGS) if saved.get(k) != settings[k]]
         if changed:
-            raise ValueError(f"checkpoint {directory} holds a run with other settings ("
-                             + ", ".join(f"{k}: {saved.get(k)!r} there, {settings[k]!r} now"
-                                         for k in changed) + ")")
+            raise ValueError(
+                f"checkpoint {directory} holds a run with other settings ("
+                + ", ".join(f"{k}: {saved.get(k)!r} there, {settings[k]!r} now" for k in changed)
+                + ")"
+            )
         x0 = np.asarray(saved["start"], dtype=float)
         now = float(potential_jit(jnp.asarray(x0[0])))
         then = float(saved["potential_start"])
         if not abs(now - then) <= FINGERPRINT_RTOL * max(1.0, abs(then)):
-            raise ValueError(f"checkpoint {directory} was made with another model or dataset, "
-                             f"or a version of pkpd that solves it differently (log-density at "
-                             f"its start {-then:.10g} there, {-now:.10g} now)")
+            raise ValueError(
+                f"checkpoint {directory} was made with another model or dataset, "
+                f"or a version of pkpd that solves it differently (log-density at "
+                f"its start {-then:.10g} there, {-now:.10g} now)"
+            )
         calls = int(saved.get("calls", 1)) + 1
         walls = list(saved.get("wall_s", []))
         inverse_mass, metric_report = saved.get("inverse_mass"), saved.get("metric")
@@ -337,33 +387,48 @@ def sample_resumable(
         else:
             centre = _start_points(pm_model, start, 1, seed, names, flatten, jitter=False)[0]
             t0 = time.perf_counter()
-            inv, metric_report = curvature_metric(jax.jit(jax.grad(potential)), centre,
-                                                  probe_groups(pm_model, names, shapes))
+            inv, metric_report = curvature_metric(
+                jax.jit(jax.grad(potential)), centre, probe_groups(pm_model, names, shapes)
+            )
             metric_report["seconds"] = round(time.perf_counter() - t0, 1)
             inverse_mass = inv.tolist()
             x0 = _scaled_jitter(centre, inv, chains, seed, potential_jit)
             centre = centre.tolist()
             if progress:
-                print(f"initial mass matrix from the curvature at the start: "
-                      f"{metric_report['probes']} probes in {metric_report['seconds']} s, "
-                      f"inverse mass {metric_report['min']:.3g} to {metric_report['max']:.3g}, "
-                      f"{metric_report['not_positive']} coordinates left at 1",
-                      file=sys.stderr, flush=True)
-    saved_run = {**settings, "start": x0.tolist(), "centre": centre,
-                 "potential_start": float(potential_jit(jnp.asarray(x0[0]))), "calls": calls,
-                 "wall_s": walls, "inverse_mass": inverse_mass, "metric": metric_report}
+                print(
+                    f"initial mass matrix from the curvature at the start: "
+                    f"{metric_report['probes']} probes in {metric_report['seconds']} s, "
+                    f"inverse mass {metric_report['min']:.3g} to {metric_report['max']:.3g}, "
+                    f"{metric_report['not_positive']} coordinates left at 1",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    saved_run = {
+        **settings,
+        "start": x0.tolist(),
+        "centre": centre,
+        "potential_start": float(potential_jit(jnp.asarray(x0[0]))),
+        "calls": calls,
+        "wall_s": walls,
+        "inverse_mass": inverse_mass,
+        "metric": metric_report,
+    }
     run_file.write_text(json.dumps(saved_run))
 
-    kernel = NUTS(potential_fn=potential, target_accept_prob=target_accept,
-                  max_tree_depth=max_tree_depth, find_heuristic_step_size=True,
-                  inverse_mass_matrix=None if inverse_mass is None
-                  else jnp.asarray(inverse_mass))
+    kernel = NUTS(
+        potential_fn=potential,
+        target_accept_prob=target_accept,
+        max_tree_depth=max_tree_depth,
+        find_heuristic_step_size=True,
+        inverse_mass_matrix=None if inverse_mass is None else jnp.asarray(inverse_mass),
+    )
     keys = jax.random.split(jax.random.PRNGKey(seed), chains)
     states = []
     for c in range(chains):
         # init builds the kernel's step function (the same for every chain) and a fresh state.
-        fresh = kernel.init(keys[c], tune, init_params=jnp.asarray(x0[c]), model_args=(),
-                            model_kwargs={})
+        fresh = kernel.init(
+            keys[c], tune, init_params=jnp.asarray(x0[c]), model_args=(), model_kwargs={}
+        )
         path = directory / f"chain{c}.pkl"
         if path.is_file():
             rec = _load(path)
@@ -384,9 +449,9 @@ def sample_resumable(
         state, rec = states[c]
         path = directory / f"chain{c}.pkl"
         # Kept draws beyond a smaller ``draws`` of a later call are dropped.
-        del rec["draws"][max(0, draws):]
+        del rec["draws"][max(0, draws) :]
         for k in STATS:
-            del rec["stats"][k][max(0, draws):]
+            del rec["stats"][k][max(0, draws) :]
         last_save = last_print = time.perf_counter()
         since_print = (rec["iteration"], 0, 0)
 
@@ -396,8 +461,7 @@ def sample_resumable(
 
         try:
             while rec["iteration"] < total and len(rec["draws"]) < draws:
-                if stop.is_set() or (deadline is not None
-                                     and time.perf_counter() >= deadline):
+                if stop.is_set() or (deadline is not None and time.perf_counter() >= deadline):
                     break
                 t0 = time.perf_counter()
                 state = step(state)
@@ -408,11 +472,15 @@ def sample_resumable(
                 if rec["iteration"] > tune:
                     rec["draws"].append(np.asarray(state.z))
                     depth = int(np.ceil(np.log2(n_steps + 1)))
-                    values = {"lp": -float(state.potential_energy), "diverging": diverged,
-                              "n_steps": n_steps, "tree_depth": depth,
-                              "acceptance_rate": float(state.accept_prob),
-                              "energy": float(state.energy),
-                              "step_size": float(state.adapt_state.step_size)}
+                    values = {
+                        "lp": -float(state.potential_energy),
+                        "diverging": diverged,
+                        "n_steps": n_steps,
+                        "tree_depth": depth,
+                        "acceptance_rate": float(state.accept_prob),
+                        "energy": float(state.energy),
+                        "step_size": float(state.adapt_state.step_size),
+                    }
                     for k in STATS:
                         rec["stats"][k].append(values[k])
                 it0, steps0, div0 = since_print
@@ -421,18 +489,20 @@ def sample_resumable(
                 if now - last_save >= checkpoint_every_s:
                     save(state)
                     last_save = now
-                if progress and (now - last_print >= progress_every_s
-                                 or rec["iteration"] == total):
+                if progress and (now - last_print >= progress_every_s or rec["iteration"] == total):
                     it0, steps0, div0 = since_print
                     n_it = max(rec["iteration"] - it0, 1)
                     phase = "warm-up" if rec["iteration"] <= tune else "sampling"
                     with lock:
-                        print(f"chain {c}: {phase}, iteration {rec['iteration']}/{total}; "
-                              f"since the last line {(now - last_print) / n_it:.2f} s and "
-                              f"{steps0 / n_it:.1f} leapfrog steps per iteration, {div0} "
-                              f"divergent; step size "
-                              f"{float(state.adapt_state.step_size):.3g}",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"chain {c}: {phase}, iteration {rec['iteration']}/{total}; "
+                            f"since the last line {(now - last_print) / n_it:.2f} s and "
+                            f"{steps0 / n_it:.1f} leapfrog steps per iteration, {div0} "
+                            f"divergent; step size "
+                            f"{float(state.adapt_state.step_size):.3g}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     last_print = now
                     since_print = (rec["iteration"], 0, 0)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
@@ -441,8 +511,7 @@ def sample_resumable(
             save(state)
             states[c] = (state, rec)
 
-    threads = [threading.Thread(target=run_chain, args=(c,), daemon=True)
-               for c in range(chains)]
+    threads = [threading.Thread(target=run_chain, args=(c,), daemon=True) for c in range(chains)]
     t_sample = time.perf_counter()
     interrupted = _run_threads(threads, stop)
     # Wall time of each call's sampling (chains in parallel), compilation included.
@@ -452,11 +521,23 @@ def sample_resumable(
         raise errors[0]
     records = [rec for _, rec in states]
     if any(len(rec["draws"]) < draws for rec in records):
-        paused = SamplingPaused(directory, [
-            {"chain": c, "iteration": rec["iteration"], "total": total,
-             "seconds": round(rec["seconds"], 1)} for c, rec in enumerate(records)],
-            "at its time limit" if interrupted is None else
-            "by Ctrl-C" if isinstance(interrupted, KeyboardInterrupt) else "by SIGTERM")
+        paused = SamplingPaused(
+            directory,
+            [
+                {
+                    "chain": c,
+                    "iteration": rec["iteration"],
+                    "total": total,
+                    "seconds": round(rec["seconds"], 1),
+                }
+                for c, rec in enumerate(records)
+            ],
+            "at its time limit"
+            if interrupted is None
+            else "by Ctrl-C"
+            if isinstance(interrupted, KeyboardInterrupt)
+            else "by SIGTERM",
+        )
         if interrupted is not None:
             print(paused, file=sys.stderr, flush=True)
             raise interrupted
@@ -464,8 +545,7 @@ def sample_resumable(
     return _to_idata(pm_model, records, unflatten, draws, directory, calls, saved_run["wall_s"])
 
 
-def _run_threads(threads: list[threading.Thread],
-                 stop: threading.Event) -> BaseException | None:
+def _run_threads(threads: list[threading.Thread], stop: threading.Event) -> BaseException | None:
     """Run the chains' threads; on Ctrl-C or SIGTERM let them save and stop, and return it.
 
     A batch system's SIGTERM (or ``timeout``) would otherwise kill the process with up to a
@@ -477,6 +557,7 @@ def _run_threads(threads: list[threading.Thread],
     previous = None
     main = threading.current_thread() is threading.main_thread()
     if main:
+
         def on_term(signum: int, frame: Any) -> None:
             caught.append(SystemExit(128 + signum))
             stop.set()
@@ -501,8 +582,15 @@ def _run_threads(threads: list[threading.Thread],
     return caught[0] if caught else None
 
 
-def _to_idata(pm_model: Any, records: list[dict], unflatten: Any, draws: int, directory: Path,
-              calls: int, walls: list[float]) -> Any:
+def _to_idata(
+    pm_model: Any,
+    records: list[dict],
+    unflatten: Any,
+    draws: int,
+    directory: Path,
+    calls: int,
+    walls: list[float],
+) -> Any:
     import arviz as az
     import jax
 
@@ -510,14 +598,20 @@ def _to_idata(pm_model: Any, records: list[dict], unflatten: Any, draws: int, di
     z = np.stack([np.stack(rec["draws"][:draws]) for rec in records])  # (chain, draw, dim)
     flat = z.reshape(-1, z.shape[-1])
     values = jax.jit(jax.vmap(lambda x: fn(*unflatten(x))))(flat)
-    posterior = {n: np.asarray(v).reshape(z.shape[0], z.shape[1], *np.shape(v)[1:])
-                 for n, v in zip(out_names, values, strict=True)}
+    posterior = {
+        n: np.asarray(v).reshape(z.shape[0], z.shape[1], *np.shape(v)[1:])
+        for n, v in zip(out_names, values, strict=True)
+    }
     stats = {k: np.asarray([rec["stats"][k][:draws] for rec in records]) for k in STATS}
     stats["diverging"] = stats["diverging"].astype(bool)
-    dims = {n: list(d) for n, d in pm_model.named_vars_to_dims.items()
-            if n in posterior and d is not None}
-    coords = {d: list(pm_model.coords[d]) for ds in dims.values() for d in ds
-              if d in pm_model.coords}
+    dims = {
+        n: list(d)
+        for n, d in pm_model.named_vars_to_dims.items()
+        if n in posterior and d is not None
+    }
+    coords = {
+        d: list(pm_model.coords[d]) for ds in dims.values() for d in ds if d in pm_model.coords
+    }
     idata = az.from_dict(posterior=posterior, sample_stats=stats, coords=coords, dims=dims)
     idata.sample_stats.attrs["pkpd_checkpoint"] = str(directory)
     idata.sample_stats.attrs["pkpd_calls"] = calls

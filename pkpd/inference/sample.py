@@ -123,7 +123,7 @@ def flat_view(names: list[str], shapes: list[tuple[int, ...]]) -> tuple[Any, Any
     offsets = np.cumsum([0, *[int(np.prod(s)) for s in shapes]])
 
     def unflatten(x: Any) -> list[Any]:
-        return [x[offsets[i]:offsets[i + 1]].reshape(shapes[i]) for i in range(len(names))]
+        return [x[offsets[i] : offsets[i + 1]].reshape(shapes[i]) for i in range(len(names))]
 
     def flatten(point: Mapping[str, Any]) -> np.ndarray:
         return np.concatenate([np.asarray(point[n], dtype=float).reshape(-1) for n in names])
@@ -131,9 +131,14 @@ def flat_view(names: list[str], shapes: list[tuple[int, ...]]) -> tuple[Any, Any
     return flatten, unflatten
 
 
-def map_estimate(pm_model: Any, start: dict[str, np.ndarray] | None = None,
-                 maxiter: int = 2000, progress: bool = False, every_s: float = 10.0,
-                 max_step: float = 2.0) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def map_estimate(
+    pm_model: Any,
+    start: dict[str, np.ndarray] | None = None,
+    maxiter: int = 2000,
+    progress: bool = False,
+    every_s: float = 10.0,
+    max_step: float = 2.0,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Maximum a posteriori estimate (L-BFGS on the JAX-compiled log-density).
 
     The optimisation runs on the unconstrained scale (log for positive parameters), where PyMC's
@@ -199,28 +204,44 @@ def map_estimate(pm_model: Any, start: dict[str, np.ndarray] | None = None,
         now = time.perf_counter()
         if progress and now - shown[0] >= every_s:
             shown[0] = now
-            print(f"MAP: iteration {nit}, {nfev} evaluations, "
-                  f"logp {-value:.6g}, {now - t0:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"MAP: iteration {nit}, {nfev} evaluations, logp {-value:.6g}, {now - t0:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     x0 = np.concatenate([np.ravel(np.asarray(start[n], dtype=float)) for n in names])
     try:
         res = lbfgs(objective, x0, maxiter=maxiter, max_step=max_step, callback=callback)
     except ValueError as err:
-        raise ValueError(f"MAP: {err} (the log-density at the start: a failed ODE solve or "
-                         "data impossible under the start values?)") from err
+        raise ValueError(
+            f"MAP: {err} (the log-density at the start: a failed ODE solve or "
+            "data impossible under the start values?)"
+        ) from err
     if progress:
-        print(f"MAP: {res.message} after {res.nit} iterations, {res.nfev} evaluations "
-              f"({res.failed} failed), logp {-res.fun:.6g}, "
-              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"MAP: {res.message} after {res.nit} iterations, {res.nfev} evaluations "
+            f"({res.failed} failed), logp {-res.fun:.6g}, "
+            f"{time.perf_counter() - t0:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     values = unflatten(jnp.asarray(res.x))
-    expand = get_jaxified_graph(inputs=pm_model.value_vars,
-                                outputs=pm_model.unobserved_value_vars)
-    out = {v.name: np.asarray(val) for v, val in zip(pm_model.unobserved_value_vars,
-                                                      expand(*values), strict=True)}
-    report = {"logp": -float(res.fun), "success": bool(res.success),
-              "message": str(res.message), "nit": int(res.nit), "nfev": int(res.nfev),
-              "failed": int(res.failed), "capped": int(res.capped),
-              "wall_s": time.perf_counter() - t0}
+    expand = get_jaxified_graph(inputs=pm_model.value_vars, outputs=pm_model.unobserved_value_vars)
+    out = {
+        v.name: np.asarray(val)
+        for v, val in zip(pm_model.unobserved_value_vars, expand(*values), strict=True)
+    }
+    report = {
+        "logp": -float(res.fun),
+        "success": bool(res.success),
+        "message": str(res.message),
+        "nit": int(res.nit),
+        "nfev": int(res.nfev),
+        "failed": int(res.failed),
+        "capped": int(res.capped),
+        "wall_s": time.perf_counter() - t0,
+    }
     return out, report
 
 
@@ -264,18 +285,23 @@ def start_point(pm_model: Any, values: Mapping[str, float]) -> dict[str, np.ndar
             key = pm_model.rvs_to_values[rv].name
             transform = pm_model.rvs_to_transforms.get(rv)
             if np.ndim(point[key]) != 0:
-                raise KeyError(f"{name!r} is not a scalar parameter; start values are for "
-                               "typical values and IIV SDs")
+                raise KeyError(
+                    f"{name!r} is not a scalar parameter; start values are for "
+                    "typical values and IIV SDs"
+                )
             if transform is None:
                 u = x
             else:
                 u = float(transform.forward(np.asarray(x), *rv.owner.inputs).eval())
         else:
-            known = sorted(n[4:] if n.startswith("log_") else n[6:] if n.startswith("logit_")
-                           else n for n in free if n != "z" and np.ndim(point.get(
-                               pm_model.rvs_to_values[free[n]].name, 0)) == 0)
-            raise KeyError(f"no free parameter {name!r} to start from; estimated: "
-                           f"{', '.join(known)}")
+            known = sorted(
+                n[4:] if n.startswith("log_") else n[6:] if n.startswith("logit_") else n
+                for n in free
+                if n != "z" and np.ndim(point.get(pm_model.rvs_to_values[free[n]].name, 0)) == 0
+            )
+            raise KeyError(
+                f"no free parameter {name!r} to start from; estimated: {', '.join(known)}"
+            )
         if not np.isfinite(u):
             raise ValueError(f"start value {x!r} of {name!r} is outside its support")
         point[key] = np.asarray(u, dtype=float)
@@ -284,20 +310,21 @@ def start_point(pm_model: Any, values: Mapping[str, float]) -> dict[str, np.ndar
     return point
 
 
-def _with_centred_eta(pm_model: Any, point: dict[str, np.ndarray],
-                      eta: Any) -> dict[str, np.ndarray]:
+def _with_centred_eta(
+    pm_model: Any, point: dict[str, np.ndarray], eta: Any
+) -> dict[str, np.ndarray]:
     """Move ``phi`` so that the centred random effects are ``eta`` (its centred columns).
 
     ``phi`` is centred on the typical values, so a point whose typical values changed, or a
     point of the non-centred model, needs it moved to keep the random effects it means.
     """
     eta_expr = pm_model.replace_rvs_by_values([pm_model["eta"]])[0]
-    fn = pm_model.compile_fn(eta_expr, inputs=pm_model.value_vars, on_unused_input="ignore",
-                             point_fn=False)
+    fn = pm_model.compile_fn(
+        eta_expr, inputs=pm_model.value_vars, on_unused_input="ignore", point_fn=False
+    )
     now = np.asarray(fn(*[point[v.name] for v in pm_model.value_vars]))
     iiv = list(pm_model.coords["iiv"])
-    names = (list(pm_model.coords["iiv_centered"]) if "iiv_centered" in pm_model.coords
-             else iiv)
+    names = list(pm_model.coords["iiv_centered"]) if "iiv_centered" in pm_model.coords else iiv
     cols = [iiv.index(n) for n in names]
     target = np.broadcast_to(np.asarray(eta, dtype=float), now.shape)
     return {**point, "phi": point["phi"] + target[:, cols] - now[:, cols]}
@@ -322,8 +349,9 @@ def centred_point(pm_model: Any, nc_point: Mapping[str, Any]) -> dict[str, np.nd
             point[key] = np.array(nc_point[key], dtype=float)
     if "iiv_noncentered" in pm_model.coords:  # mixed: z keeps the non-centred columns
         iiv = list(pm_model.coords["iiv"])
-        point["z"] = np.asarray(nc_point["z"])[:, [iiv.index(n) for n in
-                                                    pm_model.coords["iiv_noncentered"]]]
+        point["z"] = np.asarray(nc_point["z"])[
+            :, [iiv.index(n) for n in pm_model.coords["iiv_noncentered"]]
+        ]
     point = _with_centred_eta(pm_model, point, nc_point["eta"])
     return {**point, **_constrained(pm_model, point)}
 
@@ -334,8 +362,12 @@ def _constrained(pm_model: Any, point: dict[str, np.ndarray]) -> dict[str, np.nd
     # constrained scale under the free variable's name, then the deterministics.
     by_name = {v.name: v for v in pm_model.unobserved_value_vars}
     names = [rv.name for rv in pm_model.free_RVs]
-    fn = pm_model.compile_fn([by_name[n] for n in names], inputs=pm_model.value_vars,
-                             on_unused_input="ignore", point_fn=False)
+    fn = pm_model.compile_fn(
+        [by_name[n] for n in names],
+        inputs=pm_model.value_vars,
+        on_unused_input="ignore",
+        point_fn=False,
+    )
     out = fn(*[point[v.name] for v in pm_model.value_vars])
     return {n: np.asarray(v) for n, v in zip(names, out, strict=True)}
 
@@ -407,12 +439,14 @@ def _over_draws(pm_model: Any, posterior: Any, outputs: list, chunk: int = 1000)
     outputs = pytensor.graph.replace.graph_replace(list(outputs), replace, strict=False)
     fn = get_jaxified_graph(inputs=inputs, outputs=outputs)
     n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
-    arrays = [np.asarray(posterior[n].values).reshape(n_chain * n_draw,
-                                                      *posterior[n].shape[2:]) for n in names]
+    arrays = [
+        np.asarray(posterior[n].values).reshape(n_chain * n_draw, *posterior[n].shape[2:])
+        for n in names
+    ]
     batched = jax.jit(jax.vmap(lambda *a: fn(*a)))
     outs = []
     for start in range(0, n_chain * n_draw, chunk):
-        part = [jnp.asarray(a[start:start + chunk]) for a in arrays]
+        part = [jnp.asarray(a[start : start + chunk]) for a in arrays]
         outs.append([np.asarray(o) for o in batched(*part)])
     result = []
     for k in range(len(outputs)):
@@ -426,15 +460,22 @@ def _fill_deterministics(pm_model: Any, posterior: Any) -> Any:
     missing = [d for d in pm_model.deterministics if d.name not in posterior]
     if not missing:
         return posterior
-    values = _over_draws(pm_model, posterior, [pm_model.replace_rvs_by_values([d])[0]
-                                               for d in missing])
+    values = _over_draws(
+        pm_model, posterior, [pm_model.replace_rvs_by_values([d])[0] for d in missing]
+    )
     dims = pm_model.named_vars_to_dims
     for d, v in zip(missing, values, strict=True):
-        names = ("chain", "draw", *(dims.get(d.name) or [f"{d.name}_dim_{i}"
-                                                         for i in range(v.ndim - 2)]))
+        names = (
+            "chain",
+            "draw",
+            *(dims.get(d.name) or [f"{d.name}_dim_{i}" for i in range(v.ndim - 2)]),
+        )
         posterior = posterior.assign({d.name: (names, v)})
-        coords = {n: list(pm_model.coords[n]) for n in names[2:]
-                  if n in pm_model.coords and n not in posterior.coords}
+        coords = {
+            n: list(pm_model.coords[n])
+            for n in names[2:]
+            if n in pm_model.coords and n not in posterior.coords
+        }
         posterior = posterior.assign_coords(coords)
     return posterior
 
@@ -549,8 +590,9 @@ def _fit_variational(pm_model, method, start, draws, seed, progressbar, kw):
     kw = dict(kw)
     n = int(kw.pop("n", VI_STEPS))
     with pm_model:
-        approx = pm.fit(n=n, method=method, random_seed=seed, start=start,
-                        progressbar=progressbar, **kw)
+        approx = pm.fit(
+            n=n, method=method, random_seed=seed, start=start, progressbar=progressbar, **kw
+        )
         idata = approx.sample(draws, random_seed=seed)
     idata.posterior.attrs["pkpd_variational"] = method
     return idata, {"elbo_last": float(-approx.hist[-1]) if len(approx.hist) else np.nan}
@@ -672,32 +714,44 @@ def fit(
         init_values = {str(k): float(v) for k, v in init.items()}
         init = "values"
     elif init not in ("map", "prior", "pathfinder"):
-        raise ValueError("init must be 'map', 'prior', 'pathfinder' or a mapping of start "
-                         f"values, got {init!r}")
+        raise ValueError(
+            f"init must be 'map', 'prior', 'pathfinder' or a mapping of start values, got {init!r}"
+        )
     if map_start is not None:
         if init != "map":
-            raise ValueError(f"map_start is where init='map' starts its optimisation; got init "
-                             f"{init!r}")
+            raise ValueError(
+                f"map_start is where init='map' starts its optimisation; got init {init!r}"
+            )
         init_values = {str(k): float(v) for k, v in map_start.items()}
     chosen = DEFAULT_SAMPLER if sampler == "auto" else sampler
     if checkpoint is not None:
         if sampler not in ("auto", "numpyro"):
-            raise ValueError(f"checkpoint needs NUTS by numpyro (sampler 'auto' or 'numpyro'), "
-                             f"got sampler {sampler!r}")
+            raise ValueError(
+                f"checkpoint needs NUTS by numpyro (sampler 'auto' or 'numpyro'), "
+                f"got sampler {sampler!r}"
+            )
         chosen = "numpyro"
     seed = int(seed)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    pm_model, info = build_model(spec, cohort, solver=solver, correlated_iiv=correlated_iiv,
-                                 censoring=censoring, gradient=gradient,
-                                 integrator=integrator, aggregate=aggregate,
-                                 iiv_parameterization=iiv_parameterization)
+    pm_model, info = build_model(
+        spec,
+        cohort,
+        solver=solver,
+        correlated_iiv=correlated_iiv,
+        censoring=censoring,
+        gradient=gradient,
+        integrator=integrator,
+        aggregate=aggregate,
+        iiv_parameterization=iiv_parameterization,
+    )
     parameterization = resolve_parameterization(iiv_parameterization, info.iiv)
     centred = "centered" in parameterization.values()
     if centred and chosen == "map":
         # Density -> infinity as omega -> 0 with eta = 0: the optimiser would chase that.
-        raise ValueError("a MAP (sampler 'map') needs non-centred random effects; "
-                         f"got {parameterization}")
+        raise ValueError(
+            f"a MAP (sampler 'map') needs non-centred random effects; got {parameterization}"
+        )
     timing["build"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -711,17 +765,25 @@ def fit(
     elif init == "map" or chosen == "map":
         if centred:
             # The mode of the same posterior written non-centred, moved to these coordinates.
-            nc_model, _ = build_model(spec, cohort, solver=solver, correlated_iiv=correlated_iiv,
-                                      censoring=censoring, gradient=gradient,
-                                      integrator=integrator, aggregate=aggregate)
+            nc_model, _ = build_model(
+                spec,
+                cohort,
+                solver=solver,
+                correlated_iiv=correlated_iiv,
+                censoring=censoring,
+                gradient=gradient,
+                integrator=integrator,
+                aggregate=aggregate,
+            )
             nc_given = start_point(nc_model, init_values) if init_values else None
             nc_point, map_report = map_estimate(nc_model, start=nc_given, progress=progressbar)
             point = centred_point(pm_model, nc_point)
         else:
             point, map_report = map_estimate(pm_model, start=given, progress=progressbar)
         if not map_report["success"]:
-            warnings.warn(f"MAP optimisation did not converge: {map_report['message']}",
-                          stacklevel=2)
+            warnings.warn(
+                f"MAP optimisation did not converge: {map_report['message']}", stacklevel=2
+            )
         start = _initvals(pm_model, point)
     elif init == "pathfinder" and chosen != "pathfinder":
         from pkpd.inference.pathfinder import pathfinder_start
@@ -743,40 +805,64 @@ def fit(
         idata = _map_idata(pm_model, point)
         n_chains, n_draws, n_tune = 1, 1, 0
     elif chosen in VARIATIONAL:
-        idata, extra = _fit_variational(pm_model, chosen, start, draws, seed, progressbar,
-                                        sampler_kwargs or {})
+        idata, extra = _fit_variational(
+            pm_model, chosen, start, draws, seed, progressbar, sampler_kwargs or {}
+        )
         n_chains, n_draws, n_tune = 1, draws, int((sampler_kwargs or {}).get("n", VI_STEPS))
     elif chosen == "pathfinder":
         from pkpd.inference.pathfinder import run_pathfinder
 
-        idata, extra = run_pathfinder(pm_model, draws, seed, progressbar, start,
-                                      sampler_kwargs)
+        idata, extra = run_pathfinder(pm_model, draws, seed, progressbar, start, sampler_kwargs)
         n_chains, n_draws, n_tune = 1, draws, 0
     elif checkpoint is not None:
         from pkpd.inference.resumable import sample_resumable
 
-        idata = sample_resumable(pm_model, checkpoint, chains=chains, draws=draws, tune=tune,
-                                 seed=seed, start=start, target_accept=target_accept,
-                                 progress=progressbar, **dict(sampler_kwargs or {}))
+        idata = sample_resumable(
+            pm_model,
+            checkpoint,
+            chains=chains,
+            draws=draws,
+            tune=tune,
+            seed=seed,
+            start=start,
+            target_accept=target_accept,
+            progress=progressbar,
+            **dict(sampler_kwargs or {}),
+        )
         n_chains, n_draws, n_tune = chains, draws, tune
-        extra["checkpoint"] = {"directory": str(checkpoint),
-                               "calls": int(idata.sample_stats.attrs["pkpd_calls"]),
-                               "sampling_s": float(idata.sample_stats.attrs["pkpd_sampling_s"])}
+        extra["checkpoint"] = {
+            "directory": str(checkpoint),
+            "calls": int(idata.sample_stats.attrs["pkpd_calls"]),
+            "sampling_s": float(idata.sample_stats.attrs["pkpd_sampling_s"]),
+        }
     else:
-        idata = _SAMPLE[chosen](pm_model, start, chains, draws, tune, seed, progressbar,
-                                target_accept, dict(sampler_kwargs or {}))
+        idata = _SAMPLE[chosen](
+            pm_model,
+            start,
+            chains,
+            draws,
+            tune,
+            seed,
+            progressbar,
+            target_accept,
+            dict(sampler_kwargs or {}),
+        )
         n_chains, n_draws, n_tune = chains, draws, tune
     timing["sample"] = time.perf_counter() - t0
     counter = getattr(info.predict, "adjoint_counter", None)
     if counter is not None:
-        extra["adjoint"] = {"capacity": int(counter.capacity),
-                            "gradients": counter.gradients, "fallbacks": counter.fallbacks}
+        extra["adjoint"] = {
+            "capacity": int(counter.capacity),
+            "gradients": counter.gradients,
+            "fallbacks": counter.fallbacks,
+        }
         if counter.fallbacks:
             warnings.warn(
                 f"{counter.fallbacks} of {counter.gradients} gradients needed more solver loop "
                 f"iterations than the adjoint's record holds ({counter.capacity}) "
                 "and took forward mode (exact, slower); see pkpd.inference.predict.ADJOINT_MARGIN",
-                stacklevel=2)
+                stacklevel=2,
+            )
 
     t0 = time.perf_counter()
     idata = _standardise(idata, pm_model, info, log_likelihood_group and chosen != "map")
@@ -799,8 +885,14 @@ def fit(
         sampler_kwargs=dict(sampler_kwargs or {}),
         init_values=init_values,
     )
-    return Fit(idata=idata, spec=info.spec, cohort=info.cohort, settings=settings,
-               info=info, extra={"map": map_report, **extra})
+    return Fit(
+        idata=idata,
+        spec=info.spec,
+        cohort=info.cohort,
+        settings=settings,
+        info=info,
+        extra={"map": map_report, **extra},
+    )
 
 
 def _standardise(idata: Any, pm_model: Any, info: ModelInfo, with_loglik: bool) -> Any:
@@ -878,23 +970,34 @@ def compare_samplers(
     rows = []
     for name in samplers:
         t0 = time.perf_counter()
-        result = fit(spec, cohort, sampler=name, chains=chains, draws=draws, tune=tune,
-                     seed=seed, solver=solver, progressbar=False)
+        result = fit(
+            spec,
+            cohort,
+            sampler=name,
+            chains=chains,
+            draws=draws,
+            tune=tune,
+            seed=seed,
+            solver=solver,
+            progressbar=False,
+        )
         total = time.perf_counter() - t0
         diag = result.diagnostics()
         stats = result.idata.sample_stats
         depth = next((stats[k] for k in ("tree_depth", "depth") if k in stats), None)
         sample_s = result.settings.wall_time["sample"]
-        rows.append({
-            "sampler": name,
-            "sample_s": sample_s,
-            "total_s": total,
-            "rhat_max": diag["rhat_max"],
-            "ess_bulk_min": diag["ess_bulk_min"],
-            "ess_tail_min": diag["ess_tail_min"],
-            "ess_per_s": diag["ess_bulk_min"] / sample_s,
-            "divergences": diag["divergences"],
-            "mean_tree_depth": float(depth.mean()) if depth is not None else np.nan,
-            "ok": diag["ok"],
-        })
+        rows.append(
+            {
+                "sampler": name,
+                "sample_s": sample_s,
+                "total_s": total,
+                "rhat_max": diag["rhat_max"],
+                "ess_bulk_min": diag["ess_bulk_min"],
+                "ess_tail_min": diag["ess_tail_min"],
+                "ess_per_s": diag["ess_bulk_min"] / sample_s,
+                "divergences": diag["divergences"],
+                "mean_tree_depth": float(depth.mean()) if depth is not None else np.nan,
+                "ok": diag["ok"],
+            }
+        )
     return pd.DataFrame(rows).set_index("sampler")

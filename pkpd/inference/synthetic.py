@@ -21,9 +21,15 @@ import pandas as pd
 from pkpd.solve import Solver, simulate
 
 
-def dosing_design(n_subjects: int, amount: float, times: Sequence[float], *, cmt: int = 1,
-                  dose_time: float = 0.0, covariates: dict[str, Any] | None = None
-                  ) -> pd.DataFrame:
+def dosing_design(
+    n_subjects: int,
+    amount: float,
+    times: Sequence[float],
+    *,
+    cmt: int = 1,
+    dose_time: float = 0.0,
+    covariates: dict[str, Any] | None = None,
+) -> pd.DataFrame:
     """Return a single-dose design: one dose and the same sampling times for every subject.
 
     Parameters
@@ -49,11 +55,29 @@ def dosing_design(n_subjects: int, amount: float, times: Sequence[float], *, cmt
     """
     rows = []
     for i in range(1, n_subjects + 1):
-        rows.append({"ID": i, "TIME": dose_time, "AMT": amount, "DV": np.nan, "EVID": 1,
-                     "MDV": 1, "CMT": cmt})
+        rows.append(
+            {
+                "ID": i,
+                "TIME": dose_time,
+                "AMT": amount,
+                "DV": np.nan,
+                "EVID": 1,
+                "MDV": 1,
+                "CMT": cmt,
+            }
+        )
         for t in times:
-            rows.append({"ID": i, "TIME": float(t), "AMT": np.nan, "DV": 0.0, "EVID": 0,
-                         "MDV": 0, "CMT": cmt})
+            rows.append(
+                {
+                    "ID": i,
+                    "TIME": float(t),
+                    "AMT": np.nan,
+                    "DV": 0.0,
+                    "EVID": 0,
+                    "MDV": 0,
+                    "CMT": cmt,
+                }
+            )
     df = pd.DataFrame(rows)
     for name, value in (covariates or {}).items():
         values = np.broadcast_to(np.asarray(value, dtype=float), (n_subjects,))

@@ -74,8 +74,9 @@ def state_dependencies(spec: ModelSpec) -> dict[str, frozenset[str]]:
     return {s: expression_states(spec, spec.equations[s][0]) for s in spec.states}
 
 
-def closure(spec: ModelSpec, states: Iterable[str],
-            dependencies: dict[str, frozenset[str]] | None = None) -> frozenset[str]:
+def closure(
+    spec: ModelSpec, states: Iterable[str], dependencies: dict[str, frozenset[str]] | None = None
+) -> frozenset[str]:
     """``states`` and every state their equations need, transitively.
 
     Parameters
@@ -123,5 +124,7 @@ def observation_closures(spec: ModelSpec) -> dict[str, frozenset[str]]:
     dict of str to frozenset of str
     """
     deps = state_dependencies(spec)
-    return {name: closure(spec, expression_states(spec, o.expr), deps)
-            for name, o in spec.observations.items()}
+    return {
+        name: closure(spec, expression_states(spec, o.expr), deps)
+        for name, o in spec.observations.items()
+    }

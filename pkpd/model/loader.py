@@ -211,8 +211,9 @@ def _collect(
         raise ModelError(
             [
                 _problem(
-                    f.where("model", k), k, f"unknown key {k!r} in [model] (known: "
-                    f"{', '.join(sorted(_KEYS['model']))})"
+                    f.where("model", k),
+                    k,
+                    f"unknown key {k!r} in [model] (known: {', '.join(sorted(_KEYS['model']))})",
                 )
                 for k in unknown
             ]

@@ -516,8 +516,9 @@ class ModelSpec:
         for name, old in self.parameters.items():
             estimate = name in typical
             value = old.value if estimate else float(values.get(name, old.typical))
-            new = replace(old, fixed=not estimate, value=value,
-                          iiv=old.iiv if name in iiv else None)
+            new = replace(
+                old, fixed=not estimate, value=value, iiv=old.iiv if name in iiv else None
+            )
             if (new.fixed, new.value, new.iiv) != (old.fixed, old.value, old.iiv):
                 params[name] = new
                 changed.append(name)
@@ -587,8 +588,9 @@ def _prior_text(prior: Prior) -> str:
     return f"{prior.family}({inner})"
 
 
-def _profile_text(spec: ModelSpec, params: dict[str, ParameterSpec], changed: list[str],
-                  include: str, suffix: str) -> str:
+def _profile_text(
+    spec: ModelSpec, params: dict[str, ParameterSpec], changed: list[str], include: str, suffix: str
+) -> str:
     """Write the model file of a profile: include the model, override what changed."""
     lines = [
         f"# Fitting profile {suffix!r} of model {spec.name!r} (hash {spec.hash[:12]}), written by",
@@ -615,8 +617,10 @@ def _profile_text(spec: ModelSpec, params: dict[str, ParameterSpec], changed: li
         if p.covariates:
             effects = ", ".join(
                 f"{e.covariate} = "
-                + _toml_string(f"{e.form}({e.coef if isinstance(e.coef, str) else repr(e.coef)}, "
-                               f"ref={e.ref!r})")
+                + _toml_string(
+                    f"{e.form}({e.coef if isinstance(e.coef, str) else repr(e.coef)}, "
+                    f"ref={e.ref!r})"
+                )
                 for e in p.covariates
             )
             lines.append(f"covariates = {{ {effects} }}")

@@ -101,8 +101,10 @@ class Solver:
             )
         if not (self.rtol > 0 and self.atol > 0):
             raise ValueError(f"tolerances must be positive, got rtol={self.rtol}, atol={self.atol}")
-        if self.batch_size is not None and self.batch_size != "auto" and (
-            isinstance(self.batch_size, str) or int(self.batch_size) < 1
+        if (
+            self.batch_size is not None
+            and self.batch_size != "auto"
+            and (isinstance(self.batch_size, str) or int(self.batch_size) < 1)
         ):
             raise ValueError(
                 f"batch_size must be at least 1, None or 'auto', got {self.batch_size!r}"

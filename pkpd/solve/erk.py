@@ -70,8 +70,9 @@ class UnrolledERK(diffrax.AbstractAdaptiveSolver):
         """Evaluate the vector field."""
         return terms.vf(t0, y0, args)
 
-    def step(self, terms: Any, t0: Any, t1: Any, y0: Any, args: Any, solver_state: Any,
-             made_jump: Any) -> tuple[Any, Any, dict[str, Any], Any, Any]:
+    def step(
+        self, terms: Any, t0: Any, t1: Any, y0: Any, args: Any, solver_state: Any, made_jump: Any
+    ) -> tuple[Any, Any, dict[str, Any], Any, Any]:
         """One step from ``t0`` to ``t1``: solution, error estimate, dense info, FSAL state."""
         tab = self.tableau
         if tab.fsal:

@@ -86,8 +86,9 @@ def _combine(coefs: Any, ks: list[jax.Array]) -> jax.Array | None:
     return total
 
 
-def _stages(field: Any, tab: Any, t: jax.Array, he: jax.Array, y: jax.Array,
-            f0: jax.Array) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
+def _stages(
+    field: Any, tab: Any, t: jax.Array, he: jax.Array, y: jax.Array, f0: jax.Array
+) -> tuple[jax.Array, jax.Array, list[jax.Array]]:
     """One explicit Runge-Kutta step of length ``he`` per lane: ``(y1, error, stage values)``."""
     ks = [he * f0]
     fs = [f0]
@@ -170,8 +171,17 @@ def solve_lanes(
     ValueError
         If the solver's method is not an explicit Runge-Kutta method of `pkpd.solve.erk`.
     """
-    result, stats, _ = _run(model, solver, ev, obs_time, obs_seq, p, with_stats=with_stats,
-                            count_after=count_after, needed_until=needed_until)
+    result, stats, _ = _run(
+        model,
+        solver,
+        ev,
+        obs_time,
+        obs_seq,
+        p,
+        with_stats=with_stats,
+        count_after=count_after,
+        needed_until=needed_until,
+    )
     return (result, stats) if with_stats else result
 
 
@@ -194,8 +204,9 @@ def _method(model: Any, solver: Solver) -> UnrolledERK:
     return method
 
 
-def _inputs(model: Any, ev: dict[str, jax.Array], obs_time: jax.Array, obs_seq: jax.Array,
-            p: jax.Array) -> tuple[_Inputs, Any]:
+def _inputs(
+    model: Any, ev: dict[str, jax.Array], obs_time: jax.Array, obs_seq: jax.Array, p: jax.Array
+) -> tuple[_Inputs, Any]:
     """Merge the stops (times not differentiated); return the loop's differentiable inputs."""
     stops = jax.vmap(lambda e, ot, os, pp: merge_stops(model, e, ot, os, pp))(
         ev, obs_time, obs_seq, p
@@ -204,8 +215,9 @@ def _inputs(model: Any, ev: dict[str, jax.Array], obs_time: jax.Array, obs_seq: 
     # not event times; `differentiable` says when that is exact).
     xs = dict(stops.xs)  # each (N, K)
     xs["t"] = jax.lax.stop_gradient(xs["t"])
-    stops = stops._replace(xs=xs, t0=jax.lax.stop_gradient(stops.t0),
-                           t_stop=jax.lax.stop_gradient(stops.t_stop))
+    stops = stops._replace(
+        xs=xs, t0=jax.lax.stop_gradient(stops.t0), t_stop=jax.lax.stop_gradient(stops.t_stop)
+    )
     p_t = p.T
     # vmap with the batch on axis 1 in and out: any per-subject model works, and XLA keeps the
     # subjects-last layout (as fast as calling a broadcasting right-hand side directly).
@@ -307,8 +319,10 @@ def _run(
         if keep is None:
             enorm = jnp.sqrt(jnp.mean((err / scale) ** 2, axis=0))
         else:  # the RMS over the states integrated: frozen ones do not dilute it
-            enorm = jnp.sqrt(jnp.sum(jnp.where(keep, (err / scale) ** 2, 0.0), axis=0)
-                             / jnp.maximum(jnp.sum(keep, axis=0), 1))
+            enorm = jnp.sqrt(
+                jnp.sum(jnp.where(keep, (err / scale) ** 2, 0.0), axis=0)
+                / jnp.maximum(jnp.sum(keep, axis=0), 1)
+            )
         finite = jnp.all(jnp.isfinite(y1), axis=0)
         # The step-size controller is not differentiated (as in diffrax's PIDController).
         enorm = jax.lax.stop_gradient(jnp.where(finite, enorm, jnp.inf))
@@ -352,8 +366,9 @@ def _run(
         start = event & (kind == INFUSION_START)
         end = event & (kind == INFUSION_END)
         active = jnp.where(start[None] & (cols == at("col", ptr)[None]), 1.0, active)
-        active = jnp.where((end[None] & (cols == at("link", ptr)[None])) | is_reset[None], 0.0,
-                           active)
+        active = jnp.where(
+            (end[None] & (cols == at("link", ptr)[None])) | is_reset[None], 0.0, active
+        )
         switched = start | end | is_reset
         u_in = jax.lax.cond(
             jnp.any(switched),
@@ -382,15 +397,26 @@ def _run(
             tape, extra = extra[0], extra[1:]
             i = tape["iterations"]
             at_i = jnp.minimum(i, capacity - 1)
-            row = {"y": y_start, "t": t_start, "he": he, "accept": accept, "reached": reached,
-                   "ptr": ptr_start, "active": active_start.astype(bool)}
+            row = {
+                "y": y_start,
+                "t": t_start,
+                "he": he,
+                "accept": accept,
+                "reached": reached,
+                "ptr": ptr_start,
+                "active": active_start.astype(bool),
+            }
             tape = {k: tape[k].at[at_i].set(v) for k, v in row.items()}
             tape["iterations"] = i + 1
             new += (tape,)
         if with_stats:
             iterations, accepted, rejected, after = extra
-            new += (iterations + 1, accepted + stepped, rejected + (live & ~accept),
-                    after + (stepped & (t - he >= count_after)))
+            new += (
+                iterations + 1,
+                accepted + stepped,
+                rejected + (live & ~accept),
+                after + (stepped & (t - he >= count_after)),
+            )
         return new
 
     init = (
@@ -407,23 +433,26 @@ def _run(
         jnp.full((n, n_obs + 1, n_states), jnp.nan),
     )
     if capacity:
-        init += ({
-            "y": jnp.zeros((capacity, n_states, n)),
-            "t": jnp.zeros((capacity, n)),
-            "he": jnp.zeros((capacity, n)),
-            "accept": jnp.zeros((capacity, n), bool),
-            "reached": jnp.zeros((capacity, n), bool),
-            "ptr": jnp.zeros((capacity, n), jnp.int32),
-            "active": jnp.zeros((capacity, n_ev, n), bool),
-            "iterations": jnp.zeros((), jnp.int32),
-        },)
+        init += (
+            {
+                "y": jnp.zeros((capacity, n_states, n)),
+                "t": jnp.zeros((capacity, n)),
+                "he": jnp.zeros((capacity, n)),
+                "accept": jnp.zeros((capacity, n), bool),
+                "reached": jnp.zeros((capacity, n), bool),
+                "ptr": jnp.zeros((capacity, n), jnp.int32),
+                "active": jnp.zeros((capacity, n_ev, n), bool),
+                "iterations": jnp.zeros((), jnp.int32),
+            },
+        )
     if with_stats:
         zeros = jnp.zeros(n, jnp.int32)
         init += (jnp.zeros((), jnp.int32), zeros, zeros, zeros)
     final = jax.lax.while_loop(cond, body, init)
     out, status = final[10][:, :n_obs], final[7]
-    status = jnp.where((status == OK) & ~jnp.all(jnp.isfinite(out), axis=(1, 2)), NONFINITE,
-                       status).astype(jnp.int32)
+    status = jnp.where(
+        (status == OK) & ~jnp.all(jnp.isfinite(out), axis=(1, 2)), NONFINITE, status
+    ).astype(jnp.int32)
     ok = status == OK
     result = SolveResult(y=jnp.where(ok[:, None, None], out, jnp.nan), ok=ok, status=status)
     tape = final[11] if capacity else None
@@ -447,9 +476,15 @@ def _stage_field(rows_rhs: Any, ts: jax.Array, y: jax.Array, p_t: jax.Array) -> 
     return jnp.stack(rows_rhs(ts, _rows(y), _rows(p_t)))
 
 
-def _step_back(rows_rhs: Any, tab: Any, row: dict[str, jax.Array], p_t: jax.Array, u: jax.Array,
-               lam: jax.Array, keep: jax.Array | None = None
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _step_back(
+    rows_rhs: Any,
+    tab: Any,
+    row: dict[str, jax.Array],
+    p_t: jax.Array,
+    u: jax.Array,
+    lam: jax.Array,
+    keep: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Pull ``lam`` (cotangent of the step's result) back through one recorded step.
 
     Returns the cotangents of the step's start state, of ``p_t`` and of the inputs ``u``.
@@ -489,8 +524,9 @@ def _step_back(rows_rhs: Any, tab: Any, row: dict[str, jax.Array], p_t: jax.Arra
             if a_full[j][m] != 0.0:
                 mu = mu + a_full[j][m] * nus[j]
         mu = masked(he * mu)  # cotangent of stage m's derivative f(Y_m)
-        _, pull = jax.vjp(lambda yy, pp, m=m: _stage_field(rows_rhs, stage_t[m], yy, pp),
-                          stage_y[m], p_t)
+        _, pull = jax.vjp(
+            lambda yy, pp, m=m: _stage_field(rows_rhs, stage_t[m], yy, pp), stage_y[m], p_t
+        )
         nu, dp = jax.lax.optimization_barrier(pull(mu))
         nus[m] = nu
         lam_y, d_p, d_u = lam_y + nu, d_p + dp, d_u + mu
@@ -503,8 +539,15 @@ def _step_back(rows_rhs: Any, tab: Any, row: dict[str, jax.Array], p_t: jax.Arra
     return jnp.clip(lam_y, -_ADJOINT_CAP, _ADJOINT_CAP), d_p, d_u
 
 
-def iterations(model: Any, solver: Solver, ev: dict[str, jax.Array], obs_time: jax.Array,
-               obs_seq: jax.Array, p: jax.Array, needed_until: Any = None) -> int:
+def iterations(
+    model: Any,
+    solver: Solver,
+    ev: dict[str, jax.Array],
+    obs_time: jax.Array,
+    obs_seq: jax.Array,
+    p: jax.Array,
+    needed_until: Any = None,
+) -> int:
     """Loop iterations of one solve (jitted here): to size `solve_lanes_adjoint`'s record.
 
     Parameters
@@ -516,9 +559,11 @@ def iterations(model: Any, solver: Solver, ev: dict[str, jax.Array], obs_time: j
     -------
     int
     """
+
     def count(q: jax.Array) -> jax.Array:
-        return solve_lanes(model, solver, ev, obs_time, obs_seq, q, with_stats=True,
-                           needed_until=needed_until)[1].iterations
+        return solve_lanes(
+            model, solver, ev, obs_time, obs_seq, q, with_stats=True, needed_until=needed_until
+        )[1].iterations
 
     return int(jax.jit(count)(p))
 
@@ -552,8 +597,10 @@ class AdjointCounter:
             self.fallbacks += int(bool(fell_back))
 
     def __repr__(self) -> str:
-        return (f"AdjointCounter(gradients={self.gradients}, fallbacks={self.fallbacks}, "
-                f"capacity={self.capacity})")
+        return (
+            f"AdjointCounter(gradients={self.gradients}, fallbacks={self.fallbacks}, "
+            f"capacity={self.capacity})"
+        )
 
 
 def solve_lanes_adjoint(
@@ -610,8 +657,10 @@ def solve_lanes_adjoint(
     if capacity < 1:
         raise ValueError(f"capacity must be at least 1, got {capacity}")
     if any(isinstance(a, jax.core.Tracer) for a in (obs_time, obs_seq, *ev.values())):
-        raise ValueError("solve_lanes_adjoint needs concrete event and observation arrays "
-                         "(pass them as constants, not as arguments of a jitted function)")
+        raise ValueError(
+            "solve_lanes_adjoint needs concrete event and observation arrays "
+            "(pass them as constants, not as arguments of a jitted function)"
+        )
     if counter is not None:
         counter.capacity = capacity
     method = _method(model, solver)
@@ -624,8 +673,9 @@ def solve_lanes_adjoint(
     cut_np = None if needed_until is None else np.asarray(needed_until, dtype=np.float64).T
 
     def primal(q: jax.Array) -> tuple[SolveResult, dict[str, jax.Array]]:
-        result, _, tape = _run(model, solver, ev, obs_time, obs_seq, q, capacity=capacity,
-                               needed_until=needed_until)
+        result, _, tape = _run(
+            model, solver, ev, obs_time, obs_seq, q, capacity=capacity, needed_until=needed_until
+        )
         return result, tape
 
     @jax.custom_vjp
@@ -659,12 +709,14 @@ def solve_lanes_adjoint(
                 lam, acc = c
                 i = tape["iterations"] - 1 - j
                 row = jax.lax.optimization_barrier(
-                    {k: v[i] for k, v in tape.items() if k != "iterations"})
+                    {k: v[i] for k, v in tape.items() if k != "iterations"}
+                )
                 ptr, reached = row["ptr"], row["reached"]
                 kind, real, is_obs = (_take(xs[k], ptr) for k in ("kind", "real", "is_obs"))
                 event = reached & ~is_obs & real
                 bolus_into = (event & (kind == BOLUS))[None] & (
-                    states == _take(xs["cmt"], ptr)[None])
+                    states == _take(xs["cmt"], ptr)[None]
+                )
                 reset = (event & (kind == RESET))[None]
                 record = reached & is_obs
                 slot = jnp.where(record, _take(xs["index"], ptr), 0)
@@ -686,8 +738,9 @@ def solve_lanes_adjoint(
                 return lam, acc
 
             zeros = jax.tree_util.tree_map(jnp.zeros_like, inp)
-            lam, acc = jax.lax.fori_loop(0, tape["iterations"], back,
-                                         (jnp.zeros((n_states, n)), zeros))
+            lam, acc = jax.lax.fori_loop(
+                0, tape["iterations"], back, (jnp.zeros((n_states, n)), zeros)
+            )
             cot = acc._replace(y_init=acc.y_init + lam)
             _, pull_inputs = jax.vjp(lambda r: _inputs(model, ev, obs_time, obs_seq, r)[0], q)
             return pull_inputs(cot)[0]
@@ -695,9 +748,15 @@ def solve_lanes_adjoint(
         def forward_mode(_: None) -> jax.Array:
             def along(k: jax.Array) -> jax.Array:
                 tangent = jnp.zeros_like(q).at[:, k].set(1.0)
-                dy = jax.jvp(lambda r: _run(model, solver, ev, obs_time, obs_seq, r,
-                                            needed_until=needed_until)[0].y,
-                             (q,), (tangent,))[1]
+                dy = jax.jvp(
+                    lambda r: (
+                        _run(model, solver, ev, obs_time, obs_seq, r, needed_until=needed_until)[
+                            0
+                        ].y
+                    ),
+                    (q,),
+                    (tangent,),
+                )[1]
                 return jnp.einsum("nos,nos->n", jnp.where(ok[:, None, None], dy, 0.0), g_out)
 
             return jnp.zeros_like(q).at[:, cols].set(jax.vmap(along)(cols).T)

@@ -89,8 +89,9 @@ def default_metrics(ds: xr.Dataset) -> list[Metric]:
     for var in ds.data_vars:
         name = str(var)
         if name.startswith("onset_"):
-            out.append(Metric(f"median onset {name[6:]} (day)", name, "median",
-                              lower_is_better=False))
+            out.append(
+                Metric(f"median onset {name[6:]} (day)", name, "median", lower_is_better=False)
+            )
         elif name.startswith("doses_"):
             out.append(Metric(f"{name[6:]} reactive doses", name, "mean"))
         elif name.startswith(("auc_cart", "auc_CAR")):
@@ -182,9 +183,21 @@ def compare(
     groups = {"all": np.ones(ds.sizes["patient"], bool)}
     groups.update({k: np.asarray(v, bool) for k, v in (subgroups or {}).items()})
     shape = (len(groups), len(metrics), len(strategies))
-    arrays = {k: np.full(shape, np.nan) for k in (
-        "mean", "lo", "hi", "diff_mean", "diff_lo", "diff_hi", "ratio_mean", "ratio_lo",
-        "ratio_hi", "p_best")}
+    arrays = {
+        k: np.full(shape, np.nan)
+        for k in (
+            "mean",
+            "lo",
+            "hi",
+            "diff_mean",
+            "diff_lo",
+            "diff_hi",
+            "ratio_mean",
+            "ratio_lo",
+            "ratio_hi",
+            "p_best",
+        )
+    }
     util = np.zeros((len(groups), len(strategies), ds.sizes["draw"]))
     for g, mask in enumerate(groups.values()):
         for k, metric in enumerate(metrics):
@@ -199,28 +212,39 @@ def compare(
             for s in range(len(strategies)):
                 arrays["mean"][g, k, s], arrays["lo"][g, k, s], arrays["hi"][g, k, s] = _ci(per[s])
                 diff = per[s] - ref
-                (arrays["diff_mean"][g, k, s], arrays["diff_lo"][g, k, s],
-                 arrays["diff_hi"][g, k, s]) = _ci(diff)
+                (
+                    arrays["diff_mean"][g, k, s],
+                    arrays["diff_lo"][g, k, s],
+                    arrays["diff_hi"][g, k, s],
+                ) = _ci(diff)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     ratio = np.where(ref > 0, per[s] / ref, np.nan)
                 if np.isfinite(ratio).any():
-                    (arrays["ratio_mean"][g, k, s], arrays["ratio_lo"][g, k, s],
-                     arrays["ratio_hi"][g, k, s]) = _ci(ratio)
+                    (
+                        arrays["ratio_mean"][g, k, s],
+                        arrays["ratio_lo"][g, k, s],
+                        arrays["ratio_hi"][g, k, s],
+                    ) = _ci(ratio)
             if metric.weight:
                 util[g] -= sign * metric.weight * np.nan_to_num(per)
-    coords = {"subgroup": list(groups), "metric": [m.name for m in metrics],
-              "strategy": strategies}
-    out = xr.Dataset({k: (("subgroup", "metric", "strategy"), v) for k, v in arrays.items()},
-                     coords=coords)
+    coords = {"subgroup": list(groups), "metric": [m.name for m in metrics], "strategy": strategies}
+    out = xr.Dataset(
+        {k: (("subgroup", "metric", "strategy"), v) for k, v in arrays.items()}, coords=coords
+    )
     best_u = util == util.max(axis=1, keepdims=True)
     out["utility_mean"] = (("subgroup", "strategy"), util.mean(axis=2))
-    out["utility_p_best"] = (("subgroup", "strategy"),
-                             (best_u / best_u.sum(axis=1, keepdims=True)).mean(axis=2))
+    out["utility_p_best"] = (
+        ("subgroup", "strategy"),
+        (best_u / best_u.sum(axis=1, keepdims=True)).mean(axis=2),
+    )
     out["variable"] = ("metric", [m.variable for m in metrics])
     out["lower_is_better"] = ("metric", [m.lower_is_better for m in metrics])
-    out.attrs.update(reference=reference, n_draws=int(ds.sizes["draw"]),
-                     n_patients=int(ds.sizes["patient"]),
-                     parameters_from=ds.attrs.get("parameters_from", ""))
+    out.attrs.update(
+        reference=reference,
+        n_draws=int(ds.sizes["draw"]),
+        n_patients=int(ds.sizes["patient"]),
+        parameters_from=ds.attrs.get("parameters_from", ""),
+    )
     return out
 
 
@@ -258,8 +282,13 @@ def decision_table(summary: xr.Dataset, subgroup: str = "all") -> pd.DataFrame:
             v = s.sel(metric=metric, strategy=strategy)
             row[metric] = _fmt(str(metric), float(v["mean"]), float(v["lo"]), float(v["hi"]))
             if strategy != summary.attrs["reference"]:
-                row[f"{metric} vs ref"] = _fmt(str(metric), float(v["diff_mean"]),
-                                               float(v["diff_lo"]), float(v["diff_hi"]), True)
+                row[f"{metric} vs ref"] = _fmt(
+                    str(metric),
+                    float(v["diff_mean"]),
+                    float(v["diff_lo"]),
+                    float(v["diff_hi"]),
+                    True,
+                )
             else:
                 row[f"{metric} vs ref"] = "reference"
         for metric in s["metric"].values:

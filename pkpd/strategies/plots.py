@@ -19,8 +19,14 @@ def _plt() -> Any:
     return plt
 
 
-def forest(summary: xr.Dataset, metrics: Sequence[str] | None = None, *, subgroup: str = "all",
-           path: str | Path | None = None, title: str | None = None) -> Any:
+def forest(
+    summary: xr.Dataset,
+    metrics: Sequence[str] | None = None,
+    *,
+    subgroup: str = "all",
+    path: str | Path | None = None,
+    title: str | None = None,
+) -> Any:
     """Forest plot: each metric's mean and 95% interval per strategy.
 
     Parameters
@@ -42,9 +48,13 @@ def forest(summary: xr.Dataset, metrics: Sequence[str] | None = None, *, subgrou
     s = summary.sel(subgroup=subgroup)
     names = list(metrics or [m for m in s["metric"].values if str(m).startswith("P(")])
     strategies = [str(x) for x in s["strategy"].values]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names) + 1.5,
-                                                    0.45 * len(strategies) + 1.2),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(names),
+        figsize=(3.6 * len(names) + 1.5, 0.45 * len(strategies) + 1.2),
+        sharey=True,
+        squeeze=False,
+    )
     y = np.arange(len(strategies))[::-1]
     for ax, name in zip(axes[0], names, strict=True):
         v = s.sel(metric=name)
@@ -57,17 +67,25 @@ def forest(summary: xr.Dataset, metrics: Sequence[str] | None = None, *, subgrou
         ax.set_xlabel(f"{name}{' (%)' if scale == 100 else ''}")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(y, strategies)
-    fig.suptitle(title or f"Strategy comparison ({summary.attrs.get('parameters_from', '')}; "
-                          f"mean and 95% interval over {summary.attrs.get('n_draws', '?')} draws)",
-                 fontsize=9)
+    fig.suptitle(
+        title
+        or f"Strategy comparison ({summary.attrs.get('parameters_from', '')}; "
+        f"mean and 95% interval over {summary.attrs.get('n_draws', '?')} draws)",
+        fontsize=9,
+    )
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
 
 
-def ribbons(sim: xr.Dataset, endpoints: Sequence[str] | None = None, *,
-            path: str | Path | None = None, log_y: Sequence[str] = ()) -> Any:
+def ribbons(
+    sim: xr.Dataset,
+    endpoints: Sequence[str] | None = None,
+    *,
+    path: str | Path | None = None,
+    log_y: Sequence[str] = (),
+) -> Any:
     """Median and 50%/90% bands of each endpoint over the kept (draw, patient) pairs.
 
     Parameters
@@ -103,7 +121,7 @@ def ribbons(sim: xr.Dataset, endpoints: Sequence[str] | None = None, *,
         ax.set_xlabel("day")
         if name in log_y:
             ax.set_yscale("log")
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7, frameon=False)
     fig.tight_layout()
@@ -112,8 +130,14 @@ def ribbons(sim: xr.Dataset, endpoints: Sequence[str] | None = None, *,
     return fig
 
 
-def tradeoff(summary: xr.Dataset, toxicity: str, efficacy: str, *, subgroup: str = "all",
-             path: str | Path | None = None) -> Any:
+def tradeoff(
+    summary: xr.Dataset,
+    toxicity: str,
+    efficacy: str,
+    *,
+    subgroup: str = "all",
+    path: str | Path | None = None,
+) -> Any:
     """Toxicity against efficacy per strategy, with 95% intervals on both axes.
 
     Parameters
@@ -135,11 +159,16 @@ def tradeoff(summary: xr.Dataset, toxicity: str, efficacy: str, *, subgroup: str
     for k, strategy in enumerate(s["strategy"].values):
         tx = s.sel(metric=toxicity, strategy=strategy)
         ef = s.sel(metric=efficacy, strategy=strategy)
-        ax.errorbar(float(ef["mean"]), 100 * float(tx["mean"]),
-                    xerr=[[float(ef["mean"] - ef["lo"])], [float(ef["hi"] - ef["mean"])]],
-                    yerr=[[100 * float(tx["mean"] - tx["lo"])],
-                          [100 * float(tx["hi"] - tx["mean"])]],
-                    fmt="o", color=f"C{k}", capsize=3, label=str(strategy))
+        ax.errorbar(
+            float(ef["mean"]),
+            100 * float(tx["mean"]),
+            xerr=[[float(ef["mean"] - ef["lo"])], [float(ef["hi"] - ef["mean"])]],
+            yerr=[[100 * float(tx["mean"] - tx["lo"])], [100 * float(tx["hi"] - tx["mean"])]],
+            fmt="o",
+            color=f"C{k}",
+            capsize=3,
+            label=str(strategy),
+        )
     ax.set_xlabel(efficacy)
     ax.set_ylabel(f"{toxicity} (%)")
     ax.legend(fontsize=7, frameon=False)

@@ -144,8 +144,10 @@ def prior_draws(
             cols.append(prior.sample(rng, n_draws))
     theta = np.stack(cols, axis=1) if cols else np.zeros((n_draws, 0))
     iiv = [p for p in spec.parameters.values() if p.iiv is not None]
-    omega = np.stack([p.iiv.sample(rng, n_draws) for p in iiv], axis=1) if iiv else np.zeros(
-        (n_draws, 0)
+    omega = (
+        np.stack([p.iiv.sample(rng, n_draws) for p in iiv], axis=1)
+        if iiv
+        else np.zeros((n_draws, 0))
     )
     return theta, omega
 
@@ -209,8 +211,10 @@ def posterior_draws(
     if fitted == [str(k) for k in range(len(names))]:  # unnamed dims: the model's IIV order
         fitted = list(names)
     if set(fitted) != set(names):
-        raise ValueError(f"the fit correlates the random effects of {fitted}, the model has IIV "
-                         f"on {names}: simulate with the fitted model")
+        raise ValueError(
+            f"the fit correlates the random effects of {fitted}, the model has IIV "
+            f"on {names}: simulate with the fitted model"
+        )
     order = [fitted.index(name) for name in names]
     corr = np.asarray(corr.transpose(corr.dims[0], corr.dims[1], "sample").values)
     corr = np.moveaxis(corr, -1, 0)[pick][:, order][:, :, order]  # (D, K, K), model order
@@ -336,10 +340,16 @@ def make_population(
         if route not in model.dose_targets:
             raise ValueError(f"base dose: model {model.name!r} has no dose route {route!r}")
         amt = amount(cov) if callable(amount) else amount
-        doses.append(BaseDose(route, np.full(n_patients, float(day)), np.broadcast_to(
-            np.asarray(amt, float), (n_patients,)).copy()))
-    return Population(theta, omega, z, u, cov, tuple(doses), source, np.asarray(ids), provided,
-                      corr_chol)
+        doses.append(
+            BaseDose(
+                route,
+                np.full(n_patients, float(day)),
+                np.broadcast_to(np.asarray(amt, float), (n_patients,)).copy(),
+            )
+        )
+    return Population(
+        theta, omega, z, u, cov, tuple(doses), source, np.asarray(ids), provided, corr_chol
+    )
 
 
 def base_from_cohort(model: Any, cohort: Any, route: str, pick: np.ndarray) -> BaseDose:

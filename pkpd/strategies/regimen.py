@@ -286,7 +286,13 @@ class Strategy:
 _DOSE_KEYS = {"drug", "route", "dose", "dose_unit", "cap", "duration"}
 _REGIMEN_KEYS = _DOSE_KEYS | {"start", "interval", "n_doses", "until"}
 _REACTIVE_KEYS = _DOSE_KEYS | {
-    "trigger", "persist", "assess_every", "start", "stop", "max_doses", "min_interval",
+    "trigger",
+    "persist",
+    "assess_every",
+    "start",
+    "stop",
+    "max_doses",
+    "min_interval",
 }
 
 
@@ -315,8 +321,14 @@ def _dose(entry: dict, fail: Any) -> Dose:
         raise fail("duration", str(exc)) from None
     if duration < 0:
         raise fail("duration", "duration must not be negative")
-    return Dose(drug.strip(), str(entry.get("route", "")).strip(), float(amount), unit,
-                None if cap is None else float(cap), duration)
+    return Dose(
+        drug.strip(),
+        str(entry.get("route", "")).strip(),
+        float(amount),
+        unit,
+        None if cap is None else float(cap),
+        duration,
+    )
 
 
 def _time(entry: dict, key: str, default: Any, fail: Any) -> float:
@@ -417,8 +429,9 @@ def strategy_from_dict(data: dict, source: str = "<dict>") -> Strategy:
         if persist < 0:
             raise fail("persist", "persist must not be negative")
         policies.append(
-            ReactivePolicy(dose, trigger, every, start, stop,
-                           _count(entry, "max_doses", 1, fail), min_interval)
+            ReactivePolicy(
+                dose, trigger, every, start, stop, _count(entry, "max_doses", 1, fail), min_interval
+            )
         )
     return Strategy(
         name=name.strip(),
@@ -493,32 +506,48 @@ def validate(strategy: Strategy, model: Any, *, has_weight: bool) -> None:
         where = dict(file=strategy.source or None, column="drug")
         if dose.route_name not in routes:
             drugs = sorted({r.rsplit("_", 1)[0] for r in routes})
-            problems.append(Problem(
-                f"strategy {strategy.name!r}, {part}: unknown drug/route {dose.route_name!r} for "
-                f"model {model.name!r} (dose routes: {', '.join(routes)}; "
-                f"drugs: {', '.join(drugs)})",
-                **where))
+            problems.append(
+                Problem(
+                    f"strategy {strategy.name!r}, {part}: unknown drug/route "
+                    f"{dose.route_name!r} for model {model.name!r} (dose routes: "
+                    f"{', '.join(routes)}; "
+                    f"drugs: {', '.join(drugs)})",
+                    **where,
+                )
+            )
             continue
         if dose.per_kg and not has_weight:
-            problems.append(Problem(
-                f"strategy {strategy.name!r}, {part}: {dose} is dosed per kg but the patients "
-                "have no body weight (covariate WT)", file=strategy.source or None,
-                column="dose_unit"))
+            problems.append(
+                Problem(
+                    f"strategy {strategy.name!r}, {part}: {dose} is dosed per kg but the patients "
+                    "have no body weight (covariate WT)",
+                    file=strategy.source or None,
+                    column="dose_unit",
+                )
+            )
         if spec is not None:
             route = spec.doses[dose.route_name]
             if route.per is None and not U.same_dimension(
                 U.parse_unit(route.amount_unit), U.parse_unit("mg")
             ):
-                problems.append(Problem(
-                    f"strategy {strategy.name!r}: route {route.name!r} takes doses in "
-                    f"{route.amount_unit}, not a mass", file=strategy.source or None,
-                    column="route"))
+                problems.append(
+                    Problem(
+                        f"strategy {strategy.name!r}: route {route.name!r} takes doses in "
+                        f"{route.amount_unit}, not a mass",
+                        file=strategy.source or None,
+                        column="route",
+                    )
+                )
     for policy in strategy.reactive:
         if policy.trigger.quantity not in quantities:
-            problems.append(Problem(
-                f"strategy {strategy.name!r}: trigger on unknown quantity "
-                f"{policy.trigger.quantity!r} (endpoints: {', '.join(model.endpoints)}; "
-                f"states: {', '.join(model.states)})", file=strategy.source or None,
-                column="trigger"))
+            problems.append(
+                Problem(
+                    f"strategy {strategy.name!r}: trigger on unknown quantity "
+                    f"{policy.trigger.quantity!r} (endpoints: {', '.join(model.endpoints)}; "
+                    f"states: {', '.join(model.states)})",
+                    file=strategy.source or None,
+                    column="trigger",
+                )
+            )
     if problems:
         raise StrategyError(problems)

@@ -20,8 +20,14 @@ from pkpd.strategies.regimen import Strategy
 from pkpd.strategies.simulate import simulate_strategies
 
 
-def _redraw(model: Any, population: Population, names: Sequence[str], factor: float,
-            shift: float | None, seed: int) -> np.ndarray:
+def _redraw(
+    model: Any,
+    population: Population,
+    names: Sequence[str],
+    factor: float,
+    shift: float | None,
+    seed: int,
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     theta = population.theta.copy()
     for name in names:
@@ -85,12 +91,20 @@ def assumption_sensitivity(
     scenarios: list[tuple[str, Population]] = [("base", population)]
     for f in factors:
         theta = _redraw(model, population, names, f, None, seed)
-        scenarios.append((f"assumption priors x{f:g} wider", population.with_theta(
-            theta, f"{population.source}; assumptions widened x{f:g}")))
+        scenarios.append(
+            (
+                f"assumption priors x{f:g} wider",
+                population.with_theta(theta, f"{population.source}; assumptions widened x{f:g}"),
+            )
+        )
     for sh in shifts:
         theta = _redraw(model, population, names, 1.0, sh, seed)
-        scenarios.append((f"assumption medians x{sh:g}", population.with_theta(
-            theta, f"{population.source}; assumption medians x{sh:g}")))
+        scenarios.append(
+            (
+                f"assumption medians x{sh:g}",
+                population.with_theta(theta, f"{population.source}; assumption medians x{sh:g}"),
+            )
+        )
     rows = []
     base_rank = None
     sign = 1.0 if metric.lower_is_better else -1.0
@@ -98,12 +112,18 @@ def assumption_sensitivity(
         ds = simulate_strategies(model, pop, strategies, **simulate_kwargs)
         summary = compare(ds, [metric])
         means = summary["mean"].sel(subgroup="all", metric=metric.name)
-        order = [str(s) for s in means["strategy"].values[np.argsort(sign * means.values,
-                                                                       kind="stable")]]
+        order = [
+            str(s) for s in means["strategy"].values[np.argsort(sign * means.values, kind="stable")]
+        ]
         if base_rank is None:
             base_rank = order
-        row = {"scenario": label, **{str(s): float(v) for s, v in zip(
-            means["strategy"].values, means.values, strict=True)}}
+        row = {
+            "scenario": label,
+            **{
+                str(s): float(v)
+                for s, v in zip(means["strategy"].values, means.values, strict=True)
+            },
+        }
         row["ranking"] = " < ".join(order) if metric.lower_is_better else " > ".join(order)
         row["same best"] = order[0] == base_rank[0]
         row["same ranking"] = order == base_rank

@@ -162,9 +162,7 @@ class _Resolver:
         self.model = model
         self.spec = model.spec
         self.cov = covariates[index]  # (M, C)
-        self.wt = (
-            self.cov[:, model.covariates.index("WT")] if "WT" in model.covariates else None
-        )
+        self.wt = self.cov[:, model.covariates.index("WT")] if "WT" in model.covariates else None
         self.tf = U.factor("day", model.time_unit)
 
     def amount(self, dose: Dose) -> np.ndarray:
@@ -368,12 +366,23 @@ def simulate_strategies(
         n_real = real.size
         di, ni = idx // n, idx % n
         eta = population.eta(di, ni)
-        p = np.asarray(_individual(model, jnp.asarray(population.theta[di]), jnp.asarray(eta),
-                                   jnp.asarray(population.covariates[ni])))
+        p = np.asarray(
+            _individual(
+                model,
+                jnp.asarray(population.theta[di]),
+                jnp.asarray(eta),
+                jnp.asarray(population.covariates[ni]),
+            )
+        )
         resolver = _Resolver(model, population.covariates, ni)
         base_cols = [
-            _Column(b.time[ni] * tf, b.amount[ni], int(model.dose_targets[b.route]), 0.0,
-                    b.amount[ni] > 0)
+            _Column(
+                b.time[ni] * tf,
+                b.amount[ni],
+                int(model.dose_targets[b.route]),
+                0.0,
+                b.amount[ni] > 0,
+            )
             for b in population.base
         ]
         t_arr = np.broadcast_to(times * tf, (m, times.size))
@@ -407,9 +416,16 @@ def simulate_strategies(
                 # trajectories come back (on a GPU, host-side work on full trajectories cost
                 # more than the solve).
                 ev_sel = event_arrays({k: v[sel] for k, v in ev.items()})
-                o, y, st_ = _run(model, solver, use_lanes, ev_sel,
-                                 jnp.asarray(t_arr[sel]), jnp.asarray(seq[sel]),
-                                 jnp.asarray(p[sel]), jnp.asarray(u[sel]))
+                o, y, st_ = _run(
+                    model,
+                    solver,
+                    use_lanes,
+                    ev_sel,
+                    jnp.asarray(t_arr[sel]),
+                    jnp.asarray(seq[sel]),
+                    jnp.asarray(p[sel]),
+                    jnp.asarray(u[sel]),
+                )
                 if values is None:
                     values, states, status = o, y, np.array(st_)
                 else:
@@ -436,7 +452,9 @@ def simulate_strategies(
                 reasons = [STATUS_MESSAGES[int(status[b])] for b in bad]
                 raise SolverError(
                     f"strategy {s.name!r}: {int((~ok).sum())} of {m} simulations failed",
-                    [f"draw {di[b]} patient {ni[b]}" for b in bad], reasons)
+                    [f"draw {di[b]} patient {ni[b]}" for b in bad],
+                    reasons,
+                )
             g = values[:, jnp.asarray(grid_idx), :]
             summary = _outcomes(g, jnp.asarray(grid_days), ord_e, cont_e)
             for key, v in summary.items():
@@ -463,8 +481,9 @@ def simulate_strategies(
     data["pair_draw"] = ("pair", keep // n)
     data["pair_patient"] = ("pair", keep % n)
     data["passes"] = ("strategy", passes_used)
-    covs = {f"cov_{c}": ("patient", population.covariates[:, k])
-            for k, c in enumerate(model.covariates)}
+    covs = {
+        f"cov_{c}": ("patient", population.covariates[:, k]) for k, c in enumerate(model.covariates)
+    }
     data.update(covs)
     ds = xr.Dataset(
         data,
@@ -532,8 +551,9 @@ def _decide(
         earliest.append(np.where(eligible.any(axis=1), a_times[first], np.inf))
     when = np.min(np.stack(earliest), axis=0) if earliest else np.full(m, np.inf)
     act = np.isfinite(when) & ok
-    for (_pol, st), e_j in zip(zip(strategy.reactive, slot_time, strict=True), earliest,
-                               strict=True):
+    for (_pol, st), e_j in zip(
+        zip(strategy.reactive, slot_time, strict=True), earliest, strict=True
+    ):
         fire = act & (e_j == when)
         rows = np.flatnonzero(fire)
         st[rows, np.isfinite(st[rows]).sum(axis=1)] = when[rows]

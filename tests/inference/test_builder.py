@@ -17,16 +17,28 @@ from pkpd.model import parse_prior
 def test_names_dims_and_fixed_parameters():
     pm_model, info = build_model("pk_1cmt_oral", "theophylline")
     free = {rv.name for rv in pm_model.free_RVs}
-    assert free == {"log_ka", "log_CL", "log_V", "sigma_add", "omega_ka", "omega_CL", "omega_V",
-                    "z"}
+    assert free == {
+        "log_ka",
+        "log_CL",
+        "log_V",
+        "sigma_add",
+        "omega_ka",
+        "omega_CL",
+        "omega_V",
+        "z",
+    }
     assert {d.name for d in pm_model.deterministics} == {"ka", "CL", "V", "eta"}
     assert info.fixed == {"tlag": 0.0, "F": 1.0}
     assert pm_model.named_vars_to_dims["eta"] == ("subject", "iiv")
     assert list(pm_model.coords["iiv"]) == ["ka", "CL", "V"]
     assert len(pm_model.coords["subject"]) == 12
     assert len(pm_model.coords["obs_id"]) == 132
-    assert info.roles == {"ka": "structural", "sigma_add": "residual", "CL": "structural",
-                          "V": "structural"}
+    assert info.roles == {
+        "ka": "structural",
+        "sigma_add": "residual",
+        "CL": "structural",
+        "V": "structural",
+    }
     # The closed form is the default fitting solver when the model declares one.
     assert info.solver.uses_analytic(info.model)
 
@@ -36,16 +48,28 @@ def test_one_jax_op_for_the_whole_cohort():
     from pytensor.link.jax.ops import JAXOp
 
     pm_model, _ = build_model("pk_1cmt_oral", "theophylline")
-    ops = {v.owner.op for v in ancestors([pm_model.logp()]) if v.owner is not None
-           and isinstance(v.owner.op, JAXOp)}
+    ops = {
+        v.owner.op
+        for v in ancestors([pm_model.logp()])
+        if v.owner is not None and isinstance(v.owner.op, JAXOp)
+    }
     assert len(ops) == 1
 
 
-@pytest.mark.parametrize("text", [
-    "LogNormal(median=3, cv=0.5)", "Normal(mu=1, sigma=2)", "HalfNormal(0.7)",
-    "HalfCauchy(1.5)", "Exponential(2.0)", "Gamma(alpha=2, beta=3)", "Uniform(lower=1, upper=4)",
-    "Beta(alpha=2, beta=5)", "LogitNormal(mu=0.3, sigma=0.8)",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "LogNormal(median=3, cv=0.5)",
+        "Normal(mu=1, sigma=2)",
+        "HalfNormal(0.7)",
+        "HalfCauchy(1.5)",
+        "Exponential(2.0)",
+        "Gamma(alpha=2, beta=3)",
+        "Uniform(lower=1, upper=4)",
+        "Beta(alpha=2, beta=5)",
+        "LogitNormal(mu=0.3, sigma=0.8)",
+    ],
+)
 def test_prior_density_matches_the_model_file(text):
     """The PyMC prior of each family has the density scipy gives for the same text."""
     prior = parse_prior(text)
@@ -140,8 +164,12 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="gradient"):
         build_model("pk_1cmt_oral", "theophylline", gradient="sideways")
     spec = pkpd.load_model("pk_1cmt_oral")
-    one = dataclasses.replace(spec, parameters={
-        n: dataclasses.replace(p, iiv=None) if n in ("ka", "V") else p
-        for n, p in spec.parameters.items()})
+    one = dataclasses.replace(
+        spec,
+        parameters={
+            n: dataclasses.replace(p, iiv=None) if n in ("ka", "V") else p
+            for n, p in spec.parameters.items()
+        },
+    )
     with pytest.raises(ValueError, match="at least two"):
         build_model(one, "theophylline", correlated_iiv=True)

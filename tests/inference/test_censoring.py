@@ -34,8 +34,9 @@ SEED = 0  # data seed, chosen before the first run
 def fits():
     spec = pkpd.load_model(MODELS / "pk_1cmt_iv_prop.toml")
     design = dosing_design(100, 100.0, [1, 2, 4, 8, 12, 18, 24, 30, 36])
-    cohort, truth = simulate_study(spec, design, TRUTH, omega=OMEGA, lloq=LLOQ, seed=SEED,
-                                   balanced_eta=True)
+    cohort, truth = simulate_study(
+        spec, design, TRUTH, omega=OMEGA, lloq=LLOQ, seed=SEED, balanced_eta=True
+    )
     out = {"blq_fraction": truth["blq_fraction"]}
     for mode in ("m3", "drop"):
         out[mode] = fit(spec, cohort, censoring=mode, seed=1, progressbar=False)

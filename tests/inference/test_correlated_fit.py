@@ -18,8 +18,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def corr_fit():
-    return fit("pk_1cmt_oral", "theophylline", seed=3, chains=2, draws=150, tune=150,
-               correlated_iiv=True, progressbar=False)
+    return fit(
+        "pk_1cmt_oral",
+        "theophylline",
+        seed=3,
+        chains=2,
+        draws=150,
+        tune=150,
+        correlated_iiv=True,
+        progressbar=False,
+    )
 
 
 def test_nutpie_fit_records_the_iiv_correlation(corr_fit):
@@ -45,8 +53,15 @@ def test_nutpie_fit_records_the_iiv_correlation(corr_fit):
 
 def test_strategy_population_keeps_the_fitted_correlation(corr_fit):
     model = corr_fit.spec.compile()
-    pop = make_population(model, n_patients=4000, n_draws=3, seed=1, fit=corr_fit,
-                          cohort=pkpd.load_dataset("theophylline"), base_routes=["oral"])
+    pop = make_population(
+        model,
+        n_patients=4000,
+        n_draws=3,
+        seed=1,
+        fit=corr_fit,
+        cohort=pkpd.load_dataset("theophylline"),
+        base_routes=["oral"],
+    )
     assert pop.corr_chol.shape == (3, 3, 3)
     flat = corr_fit.idata.posterior["corr_iiv"].values.reshape(-1, 3, 3)
     for d in range(3):
@@ -68,14 +83,34 @@ def test_compare_command_over_a_saved_fit(corr_fit, tmp_path):
     path = tmp_path / "fit.nc"
     corr_fit.save(path)
     strategies = tmp_path / "s.toml"
-    strategies.write_text('[[strategy]]\nname = "single"\nreference = true\n\n'
-                          '[[strategy]]\nname = "second dose"\n[[strategy.regimen]]\n'
-                          'drug = "oral"\ndose = 320\nstart = "12 h"\n')
+    strategies.write_text(
+        '[[strategy]]\nname = "single"\nreference = true\n\n'
+        '[[strategy]]\nname = "second dose"\n[[strategy.regimen]]\n'
+        'drug = "oral"\ndose = 320\nstart = "12 h"\n'
+    )
     out = tmp_path / "c.nc"
-    result = CliRunner().invoke(app, [
-        "compare", str(path), str(strategies), "--cohort", "theophylline", "--base-route",
-        "oral", "--patients", "12", "--draws", "5", "--horizon", "2", "--seed", "1",
-        "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            str(path),
+            str(strategies),
+            "--cohort",
+            "theophylline",
+            "--base-route",
+            "oral",
+            "--patients",
+            "12",
+            "--draws",
+            "5",
+            "--horizon",
+            "2",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     ds = xr.open_dataset(out)
     assert ds.attrs["parameters_from"].startswith("posterior")

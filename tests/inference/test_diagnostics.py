@@ -17,9 +17,14 @@ def _idata(chains=4, draws=1000, shift=0.0, divergences=0, seed=0):
     diverging = np.zeros((chains, draws), dtype=bool)
     diverging.flat[:divergences] = True
     energy = rng.standard_normal((chains, draws))
-    return az.from_dict(posterior={"CL": x},
-                        sample_stats={"diverging": diverging, "energy": energy,
-                                      "tree_depth": np.full((chains, draws), 3)})
+    return az.from_dict(
+        posterior={"CL": x},
+        sample_stats={
+            "diverging": diverging,
+            "energy": energy,
+            "tree_depth": np.full((chains, draws), 3),
+        },
+    )
 
 
 def test_independent_chains_pass():
@@ -77,8 +82,9 @@ def test_a_deliberately_bad_fit_is_flagged_everywhere(tmp_path):
     """One chain of 30 draws after 30 warm-up iterations cannot pass the checks."""
     from pkpd.inference.plots import plot_vpc
 
-    bad = fit("pk_1cmt_oral", "theophylline", chains=1, draws=30, tune=30, seed=3,
-              progressbar=False)
+    bad = fit(
+        "pk_1cmt_oral", "theophylline", chains=1, draws=30, tune=30, seed=3, progressbar=False
+    )
     diag = bad.diagnostics()
     assert not diag["ok"] and not bad.ok
     assert bad.verdict.startswith("FLAGGED")
@@ -104,13 +110,15 @@ def test_summary_lists_iiv_correlations():
     corr = np.zeros((chains, draws, 3, 3))
     corr[..., 0, 0] = corr[..., 1, 1] = corr[..., 2, 2] = 1.0
     corr[..., 1, 2] = corr[..., 2, 1] = r
-    idata = az.from_dict(posterior={
-        "CL": 2.7 + 0.1 * rng.standard_normal((chains, draws)),
-        "omega_ka": 0.6 + 0.05 * rng.standard_normal((chains, draws)),
-        "omega_CL": 0.3 + 0.02 * rng.standard_normal((chains, draws)),
-        "omega_V": 0.15 + 0.01 * rng.standard_normal((chains, draws)),
-        "corr_iiv": corr,
-    })
+    idata = az.from_dict(
+        posterior={
+            "CL": 2.7 + 0.1 * rng.standard_normal((chains, draws)),
+            "omega_ka": 0.6 + 0.05 * rng.standard_normal((chains, draws)),
+            "omega_CL": 0.3 + 0.02 * rng.standard_normal((chains, draws)),
+            "omega_V": 0.15 + 0.01 * rng.standard_normal((chains, draws)),
+            "corr_iiv": corr,
+        }
+    )
     spec = pkpd.load_model("pk_1cmt_oral")
     table = parameter_table(idata, spec, {"CL": "structural"}, ("ka", "CL", "V"))
     pairs = table[table["kind"] == "IIV correlation"]
@@ -118,10 +126,21 @@ def test_summary_lists_iiv_correlations():
     assert pairs.loc["corr(CL,V)", "median"] == pytest.approx(np.median(r))
     assert pairs.loc["corr(CL,V)", "lower"] == pytest.approx(np.quantile(r, 0.025))
     assert pairs.loc["corr(ka,V)", "median"] == 0.0
-    assert list(table["kind"]) == ["typical", "IIV", "IIV", "IIV", "IIV correlation",
-                                   "IIV correlation", "IIV correlation"]
+    assert list(table["kind"]) == [
+        "typical",
+        "IIV",
+        "IIV",
+        "IIV",
+        "IIV correlation",
+        "IIV correlation",
+        "IIV correlation",
+    ]
     assert "corr(CL,V)" in format_table(table, "OK")
     # no correlation rows without correlated IIV
-    plain = parameter_table(idata.posterior.drop_vars("corr_iiv").pipe(
-        lambda p: az.InferenceData(posterior=p)), spec, {"CL": "structural"}, ("ka", "CL", "V"))
+    plain = parameter_table(
+        idata.posterior.drop_vars("corr_iiv").pipe(lambda p: az.InferenceData(posterior=p)),
+        spec,
+        {"CL": "structural"},
+        ("ka", "CL", "V"),
+    )
     assert "IIV correlation" not in set(plain["kind"])

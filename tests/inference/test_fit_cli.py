@@ -35,15 +35,30 @@ def test_vpc_of_a_good_fit(theo_fit, tmp_path):
 @pytest.mark.slow
 def test_fit_command_flags_a_short_fit(tmp_path):
     out = tmp_path / "short.nc"
-    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--chains", 1,
-                    "--draws", 40, "--tune", 40, "--seed", 4, "--no-progress", "--centered", "CL")
+    result = invoke(
+        "fit",
+        "pk_1cmt_oral",
+        "theophylline",
+        "--out",
+        out,
+        "--chains",
+        1,
+        "--draws",
+        40,
+        "--tune",
+        40,
+        "--seed",
+        4,
+        "--no-progress",
+        "--centered",
+        "CL",
+    )
     assert result.exit_code == 1, result.output
     assert "FLAGGED" in result.stderr
     assert out.is_file()
     saved = load_fit(out).settings
     assert saved.draws == 40
-    assert saved.iiv_parameterization == {"ka": "noncentered", "CL": "centered",
-                                          "V": "noncentered"}
+    assert saved.iiv_parameterization == {"ka": "noncentered", "CL": "centered", "V": "noncentered"}
     summary = invoke("summary", out)
     assert summary.exit_code == 1
     assert summary.output.startswith("FLAGGED")
@@ -52,17 +67,28 @@ def test_fit_command_flags_a_short_fit(tmp_path):
 
 
 def test_bad_inputs_exit_2(tmp_path):
-    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", tmp_path / "x.nc",
-                    "--sampler", "bogus")
+    result = invoke(
+        "fit", "pk_1cmt_oral", "theophylline", "--out", tmp_path / "x.nc", "--sampler", "bogus"
+    )
     assert result.exit_code == 2
     assert "unknown sampler" in result.stderr
     assert invoke("summary", tmp_path / "missing.nc").exit_code == 2
-    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", tmp_path / "x.nc",
-                    "--centered", "tlag")
+    result = invoke(
+        "fit", "pk_1cmt_oral", "theophylline", "--out", tmp_path / "x.nc", "--centered", "tlag"
+    )
     assert result.exit_code == 2
     assert "without IIV: tlag" in result.stderr
-    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", tmp_path / "x.nc",
-                    "--centered", "all", "--sampler", "map")
+    result = invoke(
+        "fit",
+        "pk_1cmt_oral",
+        "theophylline",
+        "--out",
+        tmp_path / "x.nc",
+        "--centered",
+        "all",
+        "--sampler",
+        "map",
+    )
     assert result.exit_code == 2
     assert "non-centred random effects" in result.stderr
 
@@ -74,14 +100,27 @@ def test_fit_command_uses_the_fitting_tolerances(tmp_path):
     from pkpd.solve import Solver
 
     out = tmp_path / "map.nc"
-    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--sampler", "map",
-                    "--no-progress")
+    result = invoke(
+        "fit", "pk_1cmt_oral", "theophylline", "--out", out, "--sampler", "map", "--no-progress"
+    )
     assert result.exit_code == 1, result.output  # MAP is always flagged
     default = Solver("auto", rtol=FIT_RTOL, atol=FIT_ATOL, max_steps=FIT_MAX_STEPS)
     assert load_fit(out).settings.solver == repr(default)
     out2 = tmp_path / "map2.nc"
-    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out2, "--sampler", "map",
-                    "--atol", 1e-10, "--solver", "tsit5", "--no-progress")
+    result = invoke(
+        "fit",
+        "pk_1cmt_oral",
+        "theophylline",
+        "--out",
+        out2,
+        "--sampler",
+        "map",
+        "--atol",
+        1e-10,
+        "--solver",
+        "tsit5",
+        "--no-progress",
+    )
     assert result.exit_code == 1, result.output
     given = Solver("tsit5", rtol=FIT_RTOL, atol=1e-10, max_steps=FIT_MAX_STEPS)
     assert load_fit(out2).settings.solver == repr(given)
@@ -89,8 +128,24 @@ def test_fit_command_uses_the_fitting_tolerances(tmp_path):
 
 def test_fit_command_in_pieces(tmp_path):
     out, folder = tmp_path / "fit.nc", tmp_path / "chains"
-    common = ("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--chains", 2, "--draws", 20,
-              "--tune", 20, "--seed", 4, "--no-progress", "--checkpoint", folder)
+    common = (
+        "fit",
+        "pk_1cmt_oral",
+        "theophylline",
+        "--out",
+        out,
+        "--chains",
+        2,
+        "--draws",
+        20,
+        "--tune",
+        20,
+        "--seed",
+        4,
+        "--no-progress",
+        "--checkpoint",
+        folder,
+    )
     paused = invoke(*common, "--max-seconds", 0)
     assert paused.exit_code == 3, paused.output
     assert "call again" in paused.stderr and not out.exists()
@@ -98,8 +153,10 @@ def test_fit_command_in_pieces(tmp_path):
     done = invoke(*common)
     assert done.exit_code in (0, 1), done.output  # 20 draws: flagged or not, but finished
     assert load_fit(out).posterior.sizes["draw"] == 20
-    assert invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out,
-                  "--max-seconds", 5).exit_code == 2
+    assert (
+        invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--max-seconds", 5).exit_code
+        == 2
+    )
 
 
 def test_fit_command_profile_options_reach_fit_staged(monkeypatch, tmp_path):
@@ -113,18 +170,48 @@ def test_fit_command_profile_options_reach_fit_staged(monkeypatch, tmp_path):
 
     monkeypatch.setattr("pkpd.inference.profiles.fit_staged", recorder)
     out = tmp_path / "x.nc"
-    result = invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile",
-                    "cart_crs_core", "--chains", 2, "--no-progress")
+    result = invoke(
+        "fit",
+        "cart_crs",
+        "virtual_cart",
+        "--out",
+        out,
+        "--profile",
+        "cart_crs_core",
+        "--chains",
+        2,
+        "--no-progress",
+    )
     assert result.exit_code == 2 and "recorded" in result.stderr
     name, profile, kw = calls[-1]
     assert (name, profile) == ("cart_crs", "cart_crs_core")
     assert kw["init"] is None and kw["iiv_parameterization"] is None and kw["chains"] == 2
-    invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile", "cart_crs_core",
-           "--init", "prior", "--centered", "none")
+    invoke(
+        "fit",
+        "cart_crs",
+        "virtual_cart",
+        "--out",
+        out,
+        "--profile",
+        "cart_crs_core",
+        "--init",
+        "prior",
+        "--centered",
+        "none",
+    )
     assert calls[-1][2]["init"] == "prior"
     assert calls[-1][2]["iiv_parameterization"] == "noncentered"
-    invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile", "cart_crs_core",
-           "--centered", "rho")
+    invoke(
+        "fit",
+        "cart_crs",
+        "virtual_cart",
+        "--out",
+        out,
+        "--profile",
+        "cart_crs_core",
+        "--centered",
+        "rho",
+    )
     assert calls[-1][2]["iiv_parameterization"] == {"rho": "centered"}
     assert len(calls) == 3
 
@@ -134,12 +221,29 @@ def test_fit_command_refuses_a_bad_profile(tmp_path):
     result = invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile", "cart_all")
     assert result.exit_code == 2
     assert "unknown profile 'cart_all'" in result.stderr and "cart_crs_core" in result.stderr
-    result = invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile",
-                    "cart_kinetics", "--correlated-iiv")
+    result = invoke(
+        "fit",
+        "cart_crs",
+        "virtual_cart",
+        "--out",
+        out,
+        "--profile",
+        "cart_kinetics",
+        "--correlated-iiv",
+    )
     assert result.exit_code == 2 and "--correlated-iiv" in result.stderr
     # a model without the profile's parameters: named, exit 2 (not a traceback)
-    result = invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--profile",
-                    "cart_crs_core", "--sampler", "map")
+    result = invoke(
+        "fit",
+        "pk_1cmt_oral",
+        "theophylline",
+        "--out",
+        out,
+        "--profile",
+        "cart_crs_core",
+        "--sampler",
+        "map",
+    )
     assert result.exit_code == 2, result.output
     assert not out.exists()
 
@@ -147,8 +251,18 @@ def test_fit_command_refuses_a_bad_profile(tmp_path):
 @pytest.mark.slow
 def test_fit_command_with_a_profile_saves_the_staged_fit(tmp_path):
     out = tmp_path / "staged.nc"
-    result = invoke("fit", "cart_crs", "virtual_cart", "--out", out, "--profile",
-                    "cart_kinetics", "--sampler", "map", "--no-progress")
+    result = invoke(
+        "fit",
+        "cart_crs",
+        "virtual_cart",
+        "--out",
+        out,
+        "--profile",
+        "cart_kinetics",
+        "--sampler",
+        "map",
+        "--no-progress",
+    )
     assert result.exit_code == 1, result.output  # a MAP is always flagged
     assert "in the stages of profile cart_kinetics" in result.output
     saved = load_fit(out)

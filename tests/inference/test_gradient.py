@@ -56,15 +56,17 @@ def _check(pm_model, seed):
 
 
 def test_gradient_closed_form_reverse_mode():
-    pm_model, _ = build_model("pk_1cmt_oral", "theophylline", solver=Solver("analytic"),
-                              gradient="reverse")
+    pm_model, _ = build_model(
+        "pk_1cmt_oral", "theophylline", solver=Solver("analytic"), gradient="reverse"
+    )
     _check(pm_model, seed=11)
 
 
 @pytest.mark.parametrize("integrator", ["engine", "lanes"])
 def test_gradient_ode_forward_sensitivities(integrator):
-    pm_model, info = build_model("pk_1cmt_oral", "theophylline", solver=TIGHT,
-                                 gradient="forward", integrator=integrator)
+    pm_model, info = build_model(
+        "pk_1cmt_oral", "theophylline", solver=TIGHT, gradient="forward", integrator=integrator
+    )
     assert info.integrator == integrator
     _check(pm_model, seed=12)
 
@@ -79,11 +81,11 @@ def test_gradient_lanes_adjoint(multi_spec, multi_cohort):
 
 def test_adjoint_needs_lanes(multi_spec, multi_cohort):
     with pytest.raises(ValueError, match="adjoint"):
-        build_model(multi_spec, multi_cohort, solver=TIGHT, gradient="adjoint",
-                    integrator="engine")
+        build_model(multi_spec, multi_cohort, solver=TIGHT, gradient="adjoint", integrator="engine")
     with pytest.raises(ValueError, match="explicit Runge-Kutta"):
-        build_model(multi_spec, multi_cohort, solver=Solver("kvaerno5", rtol=1e-8),
-                    gradient="adjoint")
+        build_model(
+            multi_spec, multi_cohort, solver=Solver("kvaerno5", rtol=1e-8), gradient="adjoint"
+        )
 
 
 def test_gradient_censoring_ordinal_several_endpoints(multi_spec, multi_cohort):
@@ -99,8 +101,13 @@ def observe_only_spec(multi_spec, tmp_path_factory):
     fixed = 'C50 = { unit = "mg/L", value = 2.0, source = "assumption: test" }'
     assert fixed in text
     path = tmp_path_factory.mktemp("obs_only") / "multi_endpoint_c50.toml"
-    path.write_text(text.replace(fixed, 'C50 = { unit = "mg/L", prior = "LogNormal(median=2.0, '
-                                        'cv=0.5)", source = "assumption: test" }'))
+    path.write_text(
+        text.replace(
+            fixed,
+            'C50 = { unit = "mg/L", prior = "LogNormal(median=2.0, '
+            'cv=0.5)", source = "assumption: test" }',
+        )
+    )
     return pkpd.load_model(path)
 
 
@@ -108,15 +115,17 @@ def test_solve_parameters_leave_out_observation_only_ones(observe_only_spec):
     assert solve_parameters(observe_only_spec) == {"CL", "V"}
     assert "C50" in dynamic_parameters(observe_only_spec)
     assert {"V_car", "s_crs"} <= dynamic_parameters(pkpd.load_model("cart_crs")) - solve_parameters(
-        pkpd.load_model("cart_crs"))
+        pkpd.load_model("cart_crs")
+    )
 
 
 @pytest.mark.parametrize("integrator", ["engine", "lanes"])
 def test_gradient_of_an_observation_only_parameter(observe_only_spec, multi_cohort, integrator):
     """C50 gets its sensitivity from the observation function alone (no tangent through the
     solve); the gradient must still match central differences."""
-    pm_model, info = build_model(observe_only_spec, multi_cohort, solver=TIGHT,
-                                 integrator=integrator)
+    pm_model, info = build_model(
+        observe_only_spec, multi_cohort, solver=TIGHT, integrator=integrator
+    )
     assert "C50" in info.estimated
     _check(pm_model, seed=14)
 
@@ -125,17 +134,18 @@ def test_failed_solve_rejects_the_proposal():
     """A solve that fails (here: a step budget of 2 per interval) gives a non-finite
     log-density and gradient, never a plausible number; with a normal budget the same point is
     finite."""
-    pm_model, _ = build_model("pk_1cmt_oral", "theophylline",
-                              solver=Solver("tsit5", rtol=1e-6, atol=1e-9, max_steps=2))
+    pm_model, _ = build_model(
+        "pk_1cmt_oral", "theophylline", solver=Solver("tsit5", rtol=1e-6, atol=1e-9, max_steps=2)
+    )
     f, x0 = _logp_function(pm_model)
     value, grad = jax.jit(jax.value_and_grad(f))(jnp.asarray(x0))
     assert not np.isfinite(float(value))
     assert not np.all(np.isfinite(np.asarray(grad)))
-    ok_model, _ = build_model("pk_1cmt_oral", "theophylline",
-                              solver=Solver("tsit5", rtol=1e-6, atol=1e-9, max_steps=4096))
+    ok_model, _ = build_model(
+        "pk_1cmt_oral", "theophylline", solver=Solver("tsit5", rtol=1e-6, atol=1e-9, max_steps=4096)
+    )
     g, _ = _logp_function(ok_model)
     assert np.isfinite(float(jax.jit(g)(jnp.asarray(x0))))
-
 
 
 @pytest.mark.slow
@@ -152,7 +162,7 @@ def test_pytensor_gradient_matches_the_jax_gradient(multi_spec, multi_cohort):
     for v in pm_model.value_vars:
         shape = np.shape(init[v.name])
         size = int(np.prod(shape))
-        point[v.name] = x[start:start + size].reshape(shape)
+        point[v.name] = x[start : start + size].reshape(shape)
         start += size
     logp_pt = pm_model.compile_logp()(point)
     dlogp_pt = pm_model.compile_dlogp()(point)  # flat, in value_vars order
@@ -168,16 +178,23 @@ def test_fit_counts_the_adjoint_s_reverse_passes(multi_spec, multi_cohort, monke
     import pkpd.inference.predict as predict
     from pkpd.inference import fit
 
-    result = fit(multi_spec, multi_cohort, sampler="map", gradient="adjoint", solver=TIGHT,
-                 progressbar=False)
+    result = fit(
+        multi_spec, multi_cohort, sampler="map", gradient="adjoint", solver=TIGHT, progressbar=False
+    )
     counts = result.extra["adjoint"]
     assert counts["gradients"] > 0 and counts["fallbacks"] == 0
     assert counts["capacity"] > predict.ADJOINT_SLACK
     monkeypatch.setattr(predict, "ADJOINT_MARGIN", 0.0)
     monkeypatch.setattr(predict, "ADJOINT_SLACK", 1)
     with pytest.warns(UserWarning, match="took forward mode"):
-        small = fit(multi_spec, multi_cohort, sampler="map", gradient="adjoint", solver=TIGHT,
-                    progressbar=False)
+        small = fit(
+            multi_spec,
+            multi_cohort,
+            sampler="map",
+            gradient="adjoint",
+            solver=TIGHT,
+            progressbar=False,
+        )
     counts = small.extra["adjoint"]
     assert counts["capacity"] == 1 and counts["fallbacks"] == counts["gradients"] > 0
     # (That the fallback's gradient is the adjoint's: tests/solve/test_lanes.py.)

@@ -86,15 +86,30 @@ def _cohort(iv_by="DUR"):
     """Three subjects: an oral dose at 0 h and an IV infusion at 12 h (by DUR or by RATE)."""
     rows = []
     for sid, scale in ((1, 1.0), (2, 1.4), (3, 0.7)):
-        rows.append(dict(ID=sid, TIME=0.0, AMT=100.0, DV=np.nan, EVID=1, MDV=1, CMT="oral",
-                         DUR=0.0, RATE=0.0))
+        rows.append(
+            dict(
+                ID=sid, TIME=0.0, AMT=100.0, DV=np.nan, EVID=1, MDV=1, CMT="oral", DUR=0.0, RATE=0.0
+            )
+        )
         infusion = dict(DUR=2.0, RATE=0.0) if iv_by == "DUR" else dict(DUR=0.0, RATE=25.0)
-        rows.append(dict(ID=sid, TIME=12.0, AMT=50.0, DV=np.nan, EVID=1, MDV=1, CMT="iv",
-                         **infusion))
+        rows.append(
+            dict(ID=sid, TIME=12.0, AMT=50.0, DV=np.nan, EVID=1, MDV=1, CMT="iv", **infusion)
+        )
         for t in (0.5, 1.0, 2.0, 4.0, 8.0, 12.5, 13.0, 14.0, 18.0, 24.0):
             conc = scale * 2.5 * np.exp(-0.1 * t) * (1 - np.exp(-1.5 * t)) + 0.3 * (t > 12)
-            rows.append(dict(ID=sid, TIME=t, AMT=np.nan, DV=conc, EVID=0, MDV=0, CMT="central",
-                             DUR=0.0, RATE=0.0))
+            rows.append(
+                dict(
+                    ID=sid,
+                    TIME=t,
+                    AMT=np.nan,
+                    DV=conc,
+                    EVID=0,
+                    MDV=0,
+                    CMT="central",
+                    DUR=0.0,
+                    RATE=0.0,
+                )
+            )
     df = pd.DataFrame(rows).sort_values(["ID", "TIME"], kind="stable")
     df["DVID"] = 1
     return from_dataframe(df, source=f"oral_iv_{iv_by}", time_unit="h")
@@ -102,8 +117,7 @@ def _cohort(iv_by="DUR"):
 
 def test_lanes_gradient_matches_central_differences(tmp_path):
     """Bolus amounts (oral F) and infusion rates (IV F, infusion by duration) carry tangents."""
-    pm_model, info = build_model(_spec(tmp_path), _cohort("DUR"), solver=TIGHT,
-                                 integrator="lanes")
+    pm_model, info = build_model(_spec(tmp_path), _cohort("DUR"), solver=TIGHT, integrator="lanes")
     assert info.integrator == "lanes"
     _check(pm_model, seed=31)
 
@@ -183,16 +197,27 @@ def test_engine_fallback_still_differentiates_the_lag(tmp_path, monkeypatch):
     from pkpd.inference import predict
 
     monkeypatch.setattr(predict, "LANES_MIN_SIZE", 1)
-    pm_model, info = build_model(_spec(tmp_path, ESTIMATED_LAG, "lagged.toml"),
-                                 _cohort("RATE"), solver=TIGHT, integrator="auto")
+    pm_model, info = build_model(
+        _spec(tmp_path, ESTIMATED_LAG, "lagged.toml"),
+        _cohort("RATE"),
+        solver=TIGHT,
+        integrator="auto",
+    )
     assert info.integrator == "engine"
     _check(pm_model, seed=32)
 
 
 def test_fit_records_the_integrator_and_a_saved_fit_rebuilds_it(tmp_path):
     spec = _spec(tmp_path)
-    result = fit(spec, _cohort("DUR"), sampler="map", seed=1, progressbar=False,
-                 solver=Solver("tsit5", rtol=1e-6, atol=1e-9), integrator="lanes")
+    result = fit(
+        spec,
+        _cohort("DUR"),
+        sampler="map",
+        seed=1,
+        progressbar=False,
+        solver=Solver("tsit5", rtol=1e-6, atol=1e-9),
+        integrator="lanes",
+    )
     assert result.settings.integrator == "lanes"
     assert result.settings.gradient == "forward"  # "auto" resolved: 2 parameters, few tangents
     path = tmp_path / "fit.nc"
@@ -200,11 +225,15 @@ def test_fit_records_the_integrator_and_a_saved_fit_rebuilds_it(tmp_path):
     loaded = load_fit(path)
     assert loaded.settings.integrator == "lanes"
     assert loaded.info.integrator == "lanes"
-    theta = jnp.asarray(result.info.theta_from(
-        {n: float(result.posterior[n].mean()) for n in result.info.estimated}))
+    theta = jnp.asarray(
+        result.info.theta_from(
+            {n: float(result.posterior[n].mean()) for n in result.info.estimated}
+        )
+    )
     eta = jnp.zeros((3, len(result.info.iiv)))
-    np.testing.assert_array_equal(np.asarray(result.info.predict(theta, eta)),
-                                  np.asarray(loaded.info.predict(theta, eta)))
+    np.testing.assert_array_equal(
+        np.asarray(result.info.predict(theta, eta)), np.asarray(loaded.info.predict(theta, eta))
+    )
 
 
 @pytest.mark.slow

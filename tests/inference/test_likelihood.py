@@ -17,24 +17,34 @@ from pkpd.solve import Solver, bind, simulate
 # Tight tolerances so that solver error (1e-10 relative) is far below the 1e-8 we compare at.
 TIGHT = Solver("tsit5", rtol=1e-10, atol=1e-12)
 
-POINT = {"CL": 2.5, "V": 18.0, "sigma_add": 0.3, "sigma_prop": 0.15, "sigma_log": 0.25,
-         "c1": 0.2, "c2": 1.1, "omega_CL": 0.3, "omega_V": 0.2}
+POINT = {
+    "CL": 2.5,
+    "V": 18.0,
+    "sigma_add": 0.3,
+    "sigma_prop": 0.15,
+    "sigma_log": 0.25,
+    "c1": 0.2,
+    "c2": 1.1,
+    "omega_CL": 0.3,
+    "omega_V": 0.2,
+}
 
 
 def _posterior(pm_model, values):
     """A one-draw posterior holding the constrained value of every free variable."""
     data = {}
     for rv in pm_model.free_RVs:
-        data[rv.name] = (("chain", "draw", *[f"{rv.name}_dim{i}" for i in range(rv.ndim)]),
-                         np.asarray(values[rv.name], dtype=float)[None, None])
+        data[rv.name] = (
+            ("chain", "draw", *[f"{rv.name}_dim{i}" for i in range(rv.ndim)]),
+            np.asarray(values[rv.name], dtype=float)[None, None],
+        )
     return xr.Dataset(data, coords={"chain": [0], "draw": [0]})
 
 
 def _expected(spec, cohort, info, z):
     """Log-likelihood of each observation, by hand with scipy, from an independent simulation."""
     eta = z * np.array([POINT["omega_CL"], POINT["omega_V"]])
-    sim = simulate(info.model, cohort, {"CL": POINT["CL"], "V": POINT["V"]}, eta=eta,
-                   solver=TIGHT)
+    sim = simulate(info.model, cohort, {"CL": POINT["CL"], "V": POINT["V"]}, eta=eta, solver=TIGHT)
     pred = sim["pred"].values
     obs = info.observations
     out = []
@@ -53,8 +63,9 @@ def _expected(spec, cohort, info, z):
                 out.append(dist.logsf(lim))
         elif name == "marker":
             dist = stats.norm(np.log(f), POINT["sigma_log"])
-            out.append(dist.logpdf(np.log(y)) - np.log(y) if cens == 0
-                       else dist.logcdf(np.log(lim)))
+            out.append(
+                dist.logpdf(np.log(y)) - np.log(y) if cens == 0 else dist.logcdf(np.log(lim))
+            )
         else:
             c = np.array([-np.inf, POINT["c1"], POINT["c2"], np.inf])
             k_ = int(obs.category[k])
@@ -81,10 +92,15 @@ def test_loglik_matches_scipy(multi_spec, multi_cohort):
     pm_model, info = build_model(multi_spec, multi_cohort, solver=TIGHT)
     z = np.random.default_rng(7).standard_normal((3, 2))
     values = {
-        "log_CL": np.log(POINT["CL"]), "log_V": np.log(POINT["V"]),
-        "sigma_add": POINT["sigma_add"], "sigma_prop": POINT["sigma_prop"],
-        "sigma_log": POINT["sigma_log"], "cutpoints_grade": [POINT["c1"], POINT["c2"]],
-        "omega_CL": POINT["omega_CL"], "omega_V": POINT["omega_V"], "z": z,
+        "log_CL": np.log(POINT["CL"]),
+        "log_V": np.log(POINT["V"]),
+        "sigma_add": POINT["sigma_add"],
+        "sigma_prop": POINT["sigma_prop"],
+        "sigma_log": POINT["sigma_log"],
+        "cutpoints_grade": [POINT["c1"], POINT["c2"]],
+        "omega_CL": POINT["omega_CL"],
+        "omega_V": POINT["omega_V"],
+        "z": z,
     }
     got = log_likelihood(pm_model, _posterior(pm_model, values))["y"][0, 0]
     want = _expected(multi_spec, multi_cohort, info, z)
@@ -120,8 +136,7 @@ def test_ordinal_value_must_be_a_level(multi_spec, multi_cohort):
 def test_endpoint_default_lloq(multi_spec, multi_cohort):
     """An endpoint's ``lloq`` censors records below it for which the dataset gives no limit."""
     conc = dataclasses.replace(multi_spec.observations["conc"], lloq=3.2)
-    spec = dataclasses.replace(multi_spec, observations={**multi_spec.observations,
-                                                         "conc": conc})
+    spec = dataclasses.replace(multi_spec, observations={**multi_spec.observations, "conc": conc})
     model = spec.compile()
     obs = collect_observations(spec, model, multi_cohort, bind(model, multi_cohort))
     conc_rows = obs.endpoint == 0
@@ -155,10 +170,12 @@ def test_censored_lognormal_with_zero_prediction_has_a_finite_gradient():
 
     from pkpd.inference.likelihood import observation_logp
 
-    obs = SimpleNamespace(endpoint=np.zeros(3, int), cens=np.array([1, 1, 0]),
-                          category=np.zeros(3, int))
-    spec = SimpleNamespace(observations={"cells": SimpleNamespace(error="lognormal",
-                                                                  sigma={"sigma": "s"})})
+    obs = SimpleNamespace(
+        endpoint=np.zeros(3, int), cens=np.array([1, 1, 0]), category=np.zeros(3, int)
+    )
+    spec = SimpleNamespace(
+        observations={"cells": SimpleNamespace(error="lognormal", sigma={"sigma": "s"})}
+    )
     model = SimpleNamespace(endpoints=["cells"])
     pred, sd = pt.dvector("pred"), pt.dscalar("s")
     value = np.array([0.1, 0.1, 2.0])  # LLOQ, LLOQ, an observed value
@@ -168,5 +185,6 @@ def test_censored_lognormal_with_zero_prediction_has_a_finite_gradient():
     assert values[0] == 0.0 and d_pred[0] == 0.0
     np.testing.assert_allclose(values[1], stats.norm(np.log(0.05), 0.5).logcdf(np.log(0.1)))
     np.testing.assert_allclose(
-        values[2], stats.norm(np.log(1.5), 0.5).logpdf(np.log(2.0)) - np.log(2.0))
+        values[2], stats.norm(np.log(1.5), 0.5).logpdf(np.log(2.0)) - np.log(2.0)
+    )
     assert np.all(np.isfinite(d_pred)) and np.isfinite(d_sd)

@@ -11,8 +11,7 @@ TARGET = np.arange(1.0, 6.0) * 10.0
 
 def quartic(x):
     """A smooth bowl whose minimum (about 9.8, 18.7, 26.3, 32.9, 38.5) is far from 0."""
-    return (np.sum((x - TARGET) ** 2) + 1e-4 * np.sum(x**4),
-            2 * (x - TARGET) + 4e-4 * x**3)
+    return (np.sum((x - TARGET) ** 2) + 1e-4 * np.sum(x**4), 2 * (x - TARGET) + 4e-4 * x**3)
 
 
 @pytest.mark.parametrize("n", [2, 10])

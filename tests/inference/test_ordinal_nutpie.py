@@ -22,8 +22,17 @@ def test_ordinal_cutpoints_have_default_initial_values(multi_spec, multi_cohort)
 def test_nutpie_fits_a_model_with_ordinal_grades(multi_spec, multi_cohort):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        f = fit(multi_spec, multi_cohort, sampler="nutpie", chains=1, draws=30, tune=30, seed=3,
-                progressbar=False, log_likelihood_group=False)
+        f = fit(
+            multi_spec,
+            multi_cohort,
+            sampler="nutpie",
+            chains=1,
+            draws=30,
+            tune=30,
+            seed=3,
+            progressbar=False,
+            log_likelihood_group=False,
+        )
     cuts = f.idata.posterior[["c1", "c2"]].to_array().values
     assert np.all(np.isfinite(cuts))
     assert np.all(cuts[1] > cuts[0])

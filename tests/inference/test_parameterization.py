@@ -51,8 +51,14 @@ def test_same_posterior_up_to_the_jacobian(models):
     z = rng.normal(size=(n_sub, 3))
     eta = z * np.exp(log_omega)
     common = {f"omega_{n}_log__": log_omega[k] for k, n in enumerate(("ka", "CL", "V"))}
-    common.update({"log_ka": np.log(1.4), "log_CL": np.log(2.9), "log_V": np.log(31.0),
-                   "sigma_add_log__": np.log(0.7)})
+    common.update(
+        {
+            "log_ka": np.log(1.4),
+            "log_CL": np.log(2.9),
+            "log_V": np.log(31.0),
+            "sigma_add_log__": np.log(0.7),
+        }
+    )
     lp_nc = _logp_at(nc, {**common, "z": z})
     # Centred: the subject's log parameter, phi = log(typical) + eta (a shift: Jacobian 1).
     typical = np.array([common["log_ka"], common["log_CL"], common["log_V"]])
@@ -66,7 +72,9 @@ def test_same_posterior_up_to_the_jacobian(models):
 def test_options_are_checked():
     assert resolve_parameterization("centered", ["a", "b"]) == {"a": "centered", "b": "centered"}
     assert resolve_parameterization({"b": "centered"}, ["a", "b"]) == {
-        "a": "noncentered", "b": "centered"}
+        "a": "noncentered",
+        "b": "centered",
+    }
     with pytest.raises(ValueError, match="unknown IIV parameterization 'centred'"):
         resolve_parameterization("centred", ["a"])
     with pytest.raises(ValueError, match="unknown IIV parameterization 'partly'"):
@@ -74,8 +82,12 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="without IIV: tlag"):
         resolve_parameterization({"tlag": "centered"}, ["ka", "CL"])
     with pytest.raises(ValueError, match="one parameterization for all"):
-        build_model("pk_1cmt_oral", "theophylline", correlated_iiv=True,
-                    iiv_parameterization={"CL": "centered"})
+        build_model(
+            "pk_1cmt_oral",
+            "theophylline",
+            correlated_iiv=True,
+            iiv_parameterization={"CL": "centered"},
+        )
     with pytest.raises(ValueError, match="non-centred random effects"):
         fit("pk_1cmt_oral", "theophylline", sampler="map", iiv_parameterization="centered")
 
@@ -91,9 +103,12 @@ def test_a_non_centred_point_in_centred_coordinates(models, which):
     c = models[1] if which == "centered" else models[2]
     nc_point, _ = map_estimate(nc)
     point = centred_point(c, nc_point)
-    eta = c.compile_fn(c.replace_rvs_by_values([c["eta"]])[0], inputs=c.value_vars,
-                       on_unused_input="ignore", point_fn=False)(
-        *[point[v.name] for v in c.value_vars])
+    eta = c.compile_fn(
+        c.replace_rvs_by_values([c["eta"]])[0],
+        inputs=c.value_vars,
+        on_unused_input="ignore",
+        point_fn=False,
+    )(*[point[v.name] for v in c.value_vars])
     np.testing.assert_allclose(eta, nc_point["eta"], rtol=1e-10, atol=1e-12)
     for name in ("log_CL", "omega_CL", "sigma_add"):
         np.testing.assert_allclose(point[name], nc_point[name], rtol=1e-12)
@@ -108,8 +123,9 @@ def test_a_non_centred_point_in_centred_coordinates(models, which):
 def test_correlated_and_centred_is_a_multivariate_normal():
     import pymc as pm
 
-    pm_model, _ = build_model("pk_1cmt_oral", "theophylline", correlated_iiv=True,
-                              iiv_parameterization="centered")
+    pm_model, _ = build_model(
+        "pk_1cmt_oral", "theophylline", correlated_iiv=True, iiv_parameterization="centered"
+    )
     phi = pm_model["phi"]
     assert isinstance(phi.owner.op, type(pm.MvNormal.dist(np.zeros(2), np.eye(2)).owner.op))
     assert np.isfinite(pm_model.compile_logp()(pm_model.initial_point()))
@@ -117,21 +133,35 @@ def test_correlated_and_centred_is_a_multivariate_normal():
 
 @pytest.mark.slow
 def test_centred_fit_records_its_parameterization():
-    f = fit("pk_1cmt_oral", "theophylline", seed=5, chains=2, draws=100, tune=150,
-            progressbar=False, iiv_parameterization={"CL": "centered"})
-    assert f.settings.iiv_parameterization == {"ka": "noncentered", "CL": "centered",
-                                               "V": "noncentered"}
+    f = fit(
+        "pk_1cmt_oral",
+        "theophylline",
+        seed=5,
+        chains=2,
+        draws=100,
+        tune=150,
+        progressbar=False,
+        iiv_parameterization={"CL": "centered"},
+    )
+    assert f.settings.iiv_parameterization == {
+        "ka": "noncentered",
+        "CL": "centered",
+        "V": "noncentered",
+    }
     post = f.idata.posterior
     assert post["eta"].dims == ("chain", "draw", "subject", "iiv")
-    np.testing.assert_allclose(post["eta"].sel(iiv="CL").values,
-                               post["phi"].sel(iiv_centered="CL").values
-                               - np.log(post["CL"].values)[..., None], atol=1e-12)
+    np.testing.assert_allclose(
+        post["eta"].sel(iiv="CL").values,
+        post["phi"].sel(iiv_centered="CL").values - np.log(post["CL"].values)[..., None],
+        atol=1e-12,
+    )
     # phi repeats eta: diagnostics report eta only (200 draws: ESS < 400 flags eta).
     import arviz as az
 
     from pkpd.inference.diagnostics import flagged_parameters
 
-    rows = flagged_parameters(post, az.rhat(post), az.ess(post, method="bulk"),
-                              az.ess(post, method="tail"))
+    rows = flagged_parameters(
+        post, az.rhat(post), az.ess(post, method="bulk"), az.ess(post, method="tail")
+    )
     names = {row["name"].split("[")[0] for row in rows}
     assert "eta" in names and "phi" not in names and "z" not in names

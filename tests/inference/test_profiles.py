@@ -96,14 +96,20 @@ def test_predose_records_change_nothing_and_gradients_are_finite(tiny, crs, kin)
     spec = kin.estimate_only(stage.typical, stage.iiv)
     out = {}
     for drop in (True, False):
-        data = select_endpoints(tiny.subset(tiny.subjects[:2]), stage.endpoints, crs, kin,
-                                ["cart_blood"] if drop else [])
+        data = select_endpoints(
+            tiny.subset(tiny.subjects[:2]),
+            stage.endpoints,
+            crs,
+            kin,
+            ["cart_blood"] if drop else [],
+        )
         pm_model, _ = build_model(spec, data)
         logp, names, _ = _flat_fn(pm_model)
         point = pm_model.initial_point()
         args = [jnp.asarray(point[n]) for n in names]
-        out[drop] = jax.value_and_grad(lambda *a, f=logp: f(*a)[0],
-                                       argnums=tuple(range(len(args))))(*args)
+        out[drop] = jax.value_and_grad(
+            lambda *a, f=logp: f(*a)[0], argnums=tuple(range(len(args)))
+        )(*args)
         out[drop] = (out[drop], data.n_observations)
     (v_drop, g_drop), n_drop = out[True]
     (v_keep, g_keep), n_keep = out[False]
@@ -115,11 +121,22 @@ def test_predose_records_change_nothing_and_gradients_are_finite(tiny, crs, kin)
 
 
 def test_an_earlier_stage_must_be_a_point_estimate(tiny):
-    bad = Profile("bad", "", (
-        Stage("a", "cart_kinetics", ("rho",), (), ("cart_blood",), sampler="nutpie",
-              reasons={"rho": "x"}),
-        Stage("b", "cart_kinetics", ("rho",), (), ("cart_blood",), reasons={"rho": "x"}),
-    ))
+    bad = Profile(
+        "bad",
+        "",
+        (
+            Stage(
+                "a",
+                "cart_kinetics",
+                ("rho",),
+                (),
+                ("cart_blood",),
+                sampler="nutpie",
+                reasons={"rho": "x"},
+            ),
+            Stage("b", "cart_kinetics", ("rho",), (), ("cart_blood",), reasons={"rho": "x"}),
+        ),
+    )
     with pytest.raises(ValueError, match="earlier stage"):
         fit_staged("cart_kinetics", tiny, bad)
 
@@ -137,33 +154,46 @@ class _Recorder:
         from pkpd.inference.sample import FitSettings
 
         self.calls.append(kwargs)
-        post = {n: SimpleNamespace(values=np.array([[p.typical]]))
-                for n, p in spec.parameters.items() if not p.fixed}
-        settings = FitSettings(sampler=kwargs["sampler"], chains=1, draws=1, tune=0,
-                               seed=kwargs["seed"], init=str(kwargs["init"]),
-                               target_accept=0.8, solver="")
-        return SimpleNamespace(idata=SimpleNamespace(posterior=post), settings=settings,
-                               extra={})
+        post = {
+            n: SimpleNamespace(values=np.array([[p.typical]]))
+            for n, p in spec.parameters.items()
+            if not p.fixed
+        }
+        settings = FitSettings(
+            sampler=kwargs["sampler"],
+            chains=1,
+            draws=1,
+            tune=0,
+            seed=kwargs["seed"],
+            init=str(kwargs["init"]),
+            target_accept=0.8,
+            solver="",
+        )
+        return SimpleNamespace(idata=SimpleNamespace(posterior=post), settings=settings, extra={})
 
 
-@pytest.mark.parametrize(("profile", "sampler", "init", "param"), [
-    # measured choices for the core profile's NUTS (RESULTS.md 2026-12-05 08:53)
-    ("cart_crs_core", "auto", "map", "centered"),
-    ("cart_crs_core", "numpyro", "map", "centered"),
-    # a MAP or an approximation of the last stage keeps non-centred effects and the usual start
-    ("cart_crs_core", "map", "values", "noncentered"),
-    ("cart_crs_core", "pathfinder", "values", "noncentered"),
-    ("cart_kinetics", "auto", "values", "noncentered"),
-])
+@pytest.mark.parametrize(
+    ("profile", "sampler", "init", "param"),
+    [
+        # measured choices for the core profile's NUTS (RESULTS.md 2026-12-05 08:53)
+        ("cart_crs_core", "auto", "map", "centered"),
+        ("cart_crs_core", "numpyro", "map", "centered"),
+        # a MAP or an approximation of the last stage keeps non-centred effects and the usual start
+        ("cart_crs_core", "map", "values", "noncentered"),
+        ("cart_crs_core", "pathfinder", "values", "noncentered"),
+        ("cart_kinetics", "auto", "values", "noncentered"),
+    ],
+)
 def test_the_last_stage_starts_and_is_written_as_the_profile_says(
-        tiny, monkeypatch, profile, sampler, init, param):
+    tiny, monkeypatch, profile, sampler, init, param
+):
     recorder = _Recorder()
     monkeypatch.setattr("pkpd.inference.sample.fit", recorder)
     fit_staged("cart_crs", tiny, profile, sampler=sampler)
     *earlier, last = recorder.calls
     assert all(c["init"] == "prior" for c in earlier[:1])  # the first stage: prior medians
     # "values": the earlier stages' estimates (a mapping), as before profiles had a start
-    assert (isinstance(last["init"], dict) if init == "values" else last["init"] == init)
+    assert isinstance(last["init"], dict) if init == "values" else last["init"] == init
     # a joint mode is searched for from the earlier stages' estimates, as "values" starts there
     stages = PROFILES[profile].stages
     again = set(stages[0].typical) & set(stages[-1].typical)
@@ -179,8 +209,7 @@ def test_the_last_stage_starts_and_is_written_as_the_profile_says(
 def test_given_start_and_parameterization_override_the_profile(tiny, monkeypatch):
     recorder = _Recorder()
     monkeypatch.setattr("pkpd.inference.sample.fit", recorder)
-    fit_staged("cart_crs", tiny, "cart_crs_core", init="prior",
-               iiv_parameterization="noncentered")
+    fit_staged("cart_crs", tiny, "cart_crs_core", init="prior", iiv_parameterization="noncentered")
     last = recorder.calls[-1]
     assert isinstance(last["init"], dict) and "rho" in last["init"]
     assert last["iiv_parameterization"] == "noncentered"
@@ -201,8 +230,9 @@ def test_staged_fit_records_its_stages_and_is_reproducible(tiny, tmp_path):
     assert final["settings"]["target_accept"] == 0.9
     # every parameter of the pooled stage is estimated again: none fixed, all started there
     assert final["fixed_from"] == {}
-    assert final["started_from"] == {n: {"value": v, "stage": "pooled"}
-                                     for n, v in pooled["estimates"].items()}
+    assert final["started_from"] == {
+        n: {"value": v, "stage": "pooled"} for n, v in pooled["estimates"].items()
+    }
     assert final["settings"]["init"] == "values"
     assert final["settings"]["init_values"] == pooled["estimates"]
     assert pooled["started_from"] == {} and pooled["settings"]["init"] == "prior"
@@ -218,20 +248,37 @@ def test_staged_fit_records_its_stages_and_is_reproducible(tiny, tmp_path):
     # same seed, same result
     second = fit_staged("cart_crs", tiny, **kw)
     assert second.extra["staged"]["stages"][0]["estimates"] == pooled["estimates"]
-    np.testing.assert_array_equal(second.idata.posterior["rho"].values,
-                                  first.idata.posterior["rho"].values)
+    np.testing.assert_array_equal(
+        second.idata.posterior["rho"].values, first.idata.posterior["rho"].values
+    )
 
 
 @pytest.mark.slow
 def test_later_stages_start_from_or_fix_earlier_estimates(tiny):
     """A parameter estimated again starts at the earlier estimate; one not estimated again is
     fixed there; the later MAP moves from its start only where the data say so."""
-    prof = Profile("two_maps", "", (
-        Stage("first", "cart_kinetics", ("rho", "V_car"), (), ("cart_blood",),
-              reasons={"rho": "x", "V_car": "x"}),
-        Stage("second", "cart_kinetics", ("rho", "alpha"), (), ("cart_blood",),
-              reasons={"rho": "x", "alpha": "x"}),
-    ))
+    prof = Profile(
+        "two_maps",
+        "",
+        (
+            Stage(
+                "first",
+                "cart_kinetics",
+                ("rho", "V_car"),
+                (),
+                ("cart_blood",),
+                reasons={"rho": "x", "V_car": "x"},
+            ),
+            Stage(
+                "second",
+                "cart_kinetics",
+                ("rho", "alpha"),
+                (),
+                ("cart_blood",),
+                reasons={"rho": "x", "alpha": "x"},
+            ),
+        ),
+    )
     result = fit_staged("cart_crs", tiny, prof, seed=2, sampler="map")
     first, second = result.extra["staged"]["stages"]
     v_car, rho = first["estimates"]["V_car"], first["estimates"]["rho"]

@@ -19,20 +19,26 @@ def _cohort():
     """Two subjects, an oral dose; concentrations to 24 h, the response to 12 h only."""
     rows = []
     for sid in (1, 2):
-        rows.append(dict(ID=sid, TIME=0.0, AMT=100.0 * sid, DV=np.nan, EVID=1, MDV=1,
-                         CMT="oral", DVID=1))
-        rows += [dict(ID=sid, TIME=t, AMT=np.nan, DV=2.0, EVID=0, MDV=0, CMT="central",
-                      DVID=1) for t in CONC_TIMES]
-        rows += [dict(ID=sid, TIME=t, AMT=np.nan, DV=90.0, EVID=0, MDV=0, CMT="R", DVID=2)
-                 for t in RESPONSE_TIMES]
+        rows.append(
+            dict(ID=sid, TIME=0.0, AMT=100.0 * sid, DV=np.nan, EVID=1, MDV=1, CMT="oral", DVID=1)
+        )
+        rows += [
+            dict(ID=sid, TIME=t, AMT=np.nan, DV=2.0, EVID=0, MDV=0, CMT="central", DVID=1)
+            for t in CONC_TIMES
+        ]
+        rows += [
+            dict(ID=sid, TIME=t, AMT=np.nan, DV=90.0, EVID=0, MDV=0, CMT="R", DVID=2)
+            for t in RESPONSE_TIMES
+        ]
     df = pd.DataFrame(rows).sort_values(["ID", "TIME"], kind="stable")
     return from_dataframe(df, source="turnover", time_unit="h")
 
 
 @pytest.fixture(scope="module")
 def info():
-    return prepare_model("pd_turnover", _cohort(), integrator="lanes",
-                         solver=Solver("tsit5", rtol=1e-6, atol=1e-9))
+    return prepare_model(
+        "pd_turnover", _cohort(), integrator="lanes", solver=Solver("tsit5", rtol=1e-6, atol=1e-9)
+    )
 
 
 def test_needed_until_follows_the_selected_observations(info):
@@ -61,11 +67,21 @@ def test_pruned_predictions_and_gradient_match_the_full_solve(info):
     w = jnp.asarray(np.random.default_rng(5).normal(size=len(obs)))
     out = []
     for prune in (False, True):
-        f = make_predictor(info.spec, model, bound, info.solver, obs.subject, obs.column,
-                           gradient="forward", integrator="lanes", prune_states=prune)
+        f = make_predictor(
+            info.spec,
+            model,
+            bound,
+            info.solver,
+            obs.subject,
+            obs.column,
+            gradient="forward",
+            integrator="lanes",
+            prune_states=prune,
+        )
         pred = jax.jit(f)(theta, eta)
         grad = jax.jit(jax.grad(lambda th, e, f=f: jnp.sum(w * f(th, e)), argnums=(0, 1)))(
-            theta, eta)
+            theta, eta
+        )
         out.append((np.asarray(pred), [np.asarray(g) for g in grad]))
     (p0, g0), (p1, g1) = out
     # the same solution to the solver's tolerance (rtol 1e-6), not to rounding: the frozen

@@ -31,8 +31,9 @@ class _Clock:
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
-    return fit("pk_1cmt_oral", "theophylline",
-               checkpoint=tmp_path_factory.mktemp("whole") / "run", **RUN)
+    return fit(
+        "pk_1cmt_oral", "theophylline", checkpoint=tmp_path_factory.mktemp("whole") / "run", **RUN
+    )
 
 
 def test_uninterrupted_run_is_a_complete_fit(whole):
@@ -56,8 +57,13 @@ def test_paused_in_warm_up_and_resumed_gives_the_same_draws(whole, tmp_path, mon
     folder = tmp_path / "run"
     monkeypatch.setattr(resumable, "time", _Clock())
     with pytest.raises(SamplingPaused) as err:
-        fit("pk_1cmt_oral", "theophylline", checkpoint=folder,
-            sampler_kwargs={"max_seconds": 60}, **RUN)
+        fit(
+            "pk_1cmt_oral",
+            "theophylline",
+            checkpoint=folder,
+            sampler_kwargs={"max_seconds": 60},
+            **RUN,
+        )
     monkeypatch.undo()
     done = [p["iteration"] for p in err.value.progress]
     assert all(i < RUN["tune"] for i in done) and sum(done) > 0, done
@@ -65,8 +71,9 @@ def test_paused_in_warm_up_and_resumed_gives_the_same_draws(whole, tmp_path, mon
     resumed = fit("pk_1cmt_oral", "theophylline", checkpoint=folder, **RUN)
     assert resumed.extra["checkpoint"]["calls"] == 2
     xr.testing.assert_equal(resumed.posterior, whole.posterior)
-    xr.testing.assert_equal(resumed.idata.sample_stats[["lp", "n_steps"]],
-                            whole.idata.sample_stats[["lp", "n_steps"]])
+    xr.testing.assert_equal(
+        resumed.idata.sample_stats[["lp", "n_steps"]], whole.idata.sample_stats[["lp", "n_steps"]]
+    )
 
 
 def test_paused_twice_and_resumed_gives_the_same_draws(whole, tmp_path, monkeypatch):
@@ -79,8 +86,13 @@ def test_paused_twice_and_resumed_gives_the_same_draws(whole, tmp_path, monkeypa
     for _ in range(2):
         monkeypatch.setattr(resumable, "time", _Clock())
         with pytest.raises(SamplingPaused):
-            fit("pk_1cmt_oral", "theophylline", checkpoint=folder,
-                sampler_kwargs={"max_seconds": 25}, **RUN)
+            fit(
+                "pk_1cmt_oral",
+                "theophylline",
+                checkpoint=folder,
+                sampler_kwargs={"max_seconds": 25},
+                **RUN,
+            )
         monkeypatch.undo()
         for c in range(RUN["chains"]):
             with open(folder / f"chain{c}.pkl", "rb") as fh:
@@ -96,8 +108,11 @@ def test_a_record_ahead_of_its_state_goes_on_from_the_state():
     from pathlib import Path
 
     def rec(iteration, n_draws):
-        return {"iteration": iteration, "draws": list(range(n_draws)),
-                "stats": {k: list(range(n_draws)) for k in resumable.STATS}}
+        return {
+            "iteration": iteration,
+            "draws": list(range(n_draws)),
+            "stats": {k: list(range(n_draws)) for k in resumable.STATS},
+        }
 
     r = rec(508, 8)
     with pytest.warns(UserWarning, match="counted 508 iterations but its saved state has done 150"):
@@ -183,8 +198,9 @@ def test_curvature_of_a_quadratic_is_exact():
     def grad(x):
         return a * x
 
-    inverse, report = resumable.curvature_metric(grad, np.ones(5), [np.array([i]) for i in
-                                                                    range(5)])
+    inverse, report = resumable.curvature_metric(
+        grad, np.ones(5), [np.array([i]) for i in range(5)]
+    )
     np.testing.assert_allclose(inverse[:3], 1 / a[:3], rtol=1e-12)
     np.testing.assert_array_equal(inverse[3:], 1.0)  # not positive: left at 1
     assert (report["probes"], report["not_positive"]) == (5, 2)
@@ -219,8 +235,9 @@ def test_probing_subjects_together_gives_each_subject_its_own_curvature():
 
 
 def test_starts_are_jittered_by_the_curvature(whole):
-    saved = json.loads((resumable.Path(whole.extra["checkpoint"]["directory"]) / "run.json")
-                       .read_text())
+    saved = json.loads(
+        (resumable.Path(whole.extra["checkpoint"]["directory"]) / "run.json").read_text()
+    )
     start, centre = np.asarray(saved["start"]), np.asarray(saved["centre"])
     width = np.minimum(1.0, resumable.JITTER_SDS * np.sqrt(saved["inverse_mass"]))
     assert np.all(np.abs(start - centre) <= width)
@@ -236,7 +253,12 @@ def test_a_resumed_fit_does_not_recompute_its_start(whole, monkeypatch):
         raise AssertionError("the MAP was recomputed for a resumed run")
 
     monkeypatch.setattr(sample, "map_estimate", no_map)
-    again = fit("pk_1cmt_oral", "theophylline", init="map",
-                checkpoint=whole.extra["checkpoint"]["directory"], **RUN)
+    again = fit(
+        "pk_1cmt_oral",
+        "theophylline",
+        init="map",
+        checkpoint=whole.extra["checkpoint"]["directory"],
+        **RUN,
+    )
     assert "resumed" in again.extra["map"]["skipped"]
     xr.testing.assert_equal(again.posterior, whole.posterior)

@@ -18,19 +18,21 @@ def short_fit():
     """A short NUTS fit (flagged: too short; enough to carry every group)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fit("pk_1cmt_oral", "theophylline", chains=2, draws=50, tune=50, seed=2,
-                   progressbar=False)
+        return fit(
+            "pk_1cmt_oral", "theophylline", chains=2, draws=50, tune=50, seed=2, progressbar=False
+        )
 
 
 @pytest.mark.slow
 def test_round_trip(short_fit, tmp_path):
     path = short_fit.save(tmp_path / "fit.nc")
     loaded = load_fit(path)
-    for group in ("posterior", "sample_stats", "log_likelihood", "observed_data",
-                  "constant_data"):
+    for group in ("posterior", "sample_stats", "log_likelihood", "observed_data", "constant_data"):
         a, b = getattr(short_fit.idata, group), getattr(loaded.idata, group)
-        xr.testing.assert_equal(a.drop_attrs() if hasattr(a, "drop_attrs") else a,
-                                b.drop_attrs() if hasattr(b, "drop_attrs") else b)
+        xr.testing.assert_equal(
+            a.drop_attrs() if hasattr(a, "drop_attrs") else a,
+            b.drop_attrs() if hasattr(b, "drop_attrs") else b,
+        )
     assert loaded.spec.hash == short_fit.spec.hash
     assert loaded.settings == short_fit.settings
     assert loaded.cohort.to_dataframe().equals(short_fit.cohort.to_dataframe())
@@ -42,8 +44,10 @@ def test_round_trip(short_fit, tmp_path):
     assert loaded.diagnostics()["rhat_max"] == short_fit.diagnostics()["rhat_max"]
     # The re-attached model predicts exactly as the original.
     theta, eta = loaded.draws(max_draws=3)
-    np.testing.assert_array_equal(np.asarray(loaded.info.predict(theta[0], eta[0])),
-                                  np.asarray(short_fit.info.predict(theta[0], eta[0])))
+    np.testing.assert_array_equal(
+        np.asarray(loaded.info.predict(theta[0], eta[0])),
+        np.asarray(short_fit.info.predict(theta[0], eta[0])),
+    )
 
 
 def test_changed_model_file_is_refused(tmp_path):
@@ -99,11 +103,22 @@ def test_sampler_kwargs_are_recorded_and_saved(tmp_path):
     # part of the saved settings, so a saved fit did not say how it was sampled.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = fit("pk_1cmt_oral", "theophylline", chains=1, draws=20, tune=20, seed=3,
-                     progressbar=False,
-                     sampler_kwargs={"low_rank_modified_mass_matrix": True,
-                                     "mass_matrix_eigval_cutoff": np.float64(3.0)})
+        result = fit(
+            "pk_1cmt_oral",
+            "theophylline",
+            chains=1,
+            draws=20,
+            tune=20,
+            seed=3,
+            progressbar=False,
+            sampler_kwargs={
+                "low_rank_modified_mass_matrix": True,
+                "mass_matrix_eigval_cutoff": np.float64(3.0),
+            },
+        )
     assert result.settings.sampler_kwargs["low_rank_modified_mass_matrix"] is True
     loaded = load_fit(result.save(tmp_path / "fit.nc"))
-    assert loaded.settings.sampler_kwargs == {"low_rank_modified_mass_matrix": True,
-                                              "mass_matrix_eigval_cutoff": 3.0}
+    assert loaded.settings.sampler_kwargs == {
+        "low_rank_modified_mass_matrix": True,
+        "mass_matrix_eigval_cutoff": 3.0,
+    }

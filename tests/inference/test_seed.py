@@ -16,6 +16,7 @@ def test_same_seed_same_draws(sampler):
     b = fit("pk_1cmt_oral", "theophylline", sampler=sampler, seed=5, **SETTINGS)
     c = fit("pk_1cmt_oral", "theophylline", sampler=sampler, seed=6, **SETTINGS)
     xr.testing.assert_equal(a.posterior, b.posterior)
-    np.testing.assert_array_equal(a.idata.log_likelihood["y"].values,
-                                  b.idata.log_likelihood["y"].values)
+    np.testing.assert_array_equal(
+        a.idata.log_likelihood["y"].values, b.idata.log_likelihood["y"].values
+    )
     assert not np.array_equal(a.posterior["CL"].values, c.posterior["CL"].values)

@@ -29,6 +29,7 @@ def test_start_point_sets_the_free_variables_on_their_scales(theo_model):
     np.testing.assert_allclose(constrained["omega_V"], 0.3, rtol=1e-12)
     np.testing.assert_allclose(point["omega_V_log__"], np.log(0.3), rtol=1e-12)
 
+
 def test_start_point_rejects_unknown_names_and_values_outside_the_support(theo_model):
     pm_model, _ = theo_model
     with pytest.raises(KeyError, match="no free parameter 'Vmax'.*ka"):
@@ -47,14 +48,22 @@ def test_fit_rejects_a_bad_start_before_sampling():
 def test_map_from_a_start_and_settings_saved(tmp_path):
     """MAP from two starts reaches the same mode; the start values are recorded and saved."""
     a = fit("pk_1cmt_oral", "theophylline", sampler="map", progressbar=False)
-    b = fit("pk_1cmt_oral", "theophylline", sampler="map", progressbar=False,
-            init={"ka": 0.5, "CL": 5.0, "V": 20.0})
+    b = fit(
+        "pk_1cmt_oral",
+        "theophylline",
+        sampler="map",
+        progressbar=False,
+        init={"ka": 0.5, "CL": 5.0, "V": 20.0},
+    )
     assert a.settings.init == "prior" and a.settings.init_values == {}
     assert b.settings.init == "values"
     assert b.settings.init_values == {"ka": 0.5, "CL": 5.0, "V": 20.0}
     for name in ("ka", "CL", "V"):
-        np.testing.assert_allclose(float(b.idata.posterior[name].values.ravel()[0]),
-                                   float(a.idata.posterior[name].values.ravel()[0]), rtol=1e-3)
+        np.testing.assert_allclose(
+            float(b.idata.posterior[name].values.ravel()[0]),
+            float(a.idata.posterior[name].values.ravel()[0]),
+            rtol=1e-3,
+        )
     back = load_fit(b.save(tmp_path / "map.nc"))
     assert back.settings.init_values == b.settings.init_values
 
@@ -79,13 +88,17 @@ def test_samplers_receive_the_start(monkeypatch):
 def test_centred_subjects_follow_the_typical_values_they_are_centred_on():
     # Regression (2026-12-05): phi = log(typical) + eta; a start that moved the typical value
     # without phi would start every subject off typical.
-    pm_model, _ = build_model("pk_1cmt_oral", "theophylline",
-                              iiv_parameterization={"CL": "centered"})
+    pm_model, _ = build_model(
+        "pk_1cmt_oral", "theophylline", iiv_parameterization={"CL": "centered"}
+    )
     point = start_point(pm_model, {"CL": 2.2, "ka": 2.0})  # prior median of CL: 3
     np.testing.assert_allclose(point["phi"], np.log(2.2))  # every subject at the typical CL
-    eta = pm_model.compile_fn(pm_model.replace_rvs_by_values([pm_model["eta"]])[0],
-                              inputs=pm_model.value_vars, on_unused_input="ignore",
-                              point_fn=False)(*[point[v.name] for v in pm_model.value_vars])
+    eta = pm_model.compile_fn(
+        pm_model.replace_rvs_by_values([pm_model["eta"]])[0],
+        inputs=pm_model.value_vars,
+        on_unused_input="ignore",
+        point_fn=False,
+    )(*[point[v.name] for v in pm_model.value_vars])
     np.testing.assert_allclose(eta, 0.0, atol=1e-12)
 
 
@@ -107,8 +120,14 @@ def test_init_map_searches_for_the_mode_from_map_start(monkeypatch, param):
     monkeypatch.setattr(S, "map_estimate", recording_map)
     monkeypatch.setitem(S._SAMPLE, "nutpie", fake)
     with pytest.raises(RuntimeError, match="stop here"):
-        fit("pk_1cmt_oral", "theophylline", init="map", progressbar=False,
-            map_start={"ka": 0.5, "CL": 5.0}, iiv_parameterization=param)
+        fit(
+            "pk_1cmt_oral",
+            "theophylline",
+            init="map",
+            progressbar=False,
+            map_start={"ka": 0.5, "CL": 5.0},
+            iiv_parameterization=param,
+        )
     np.testing.assert_allclose(seen["map_start"]["log_ka"], np.log(0.5))
     np.testing.assert_allclose(seen["map_start"]["log_CL"], np.log(5.0))
     # the chains start at the mode the optimiser found, not at map_start
@@ -116,8 +135,14 @@ def test_init_map_searches_for_the_mode_from_map_start(monkeypatch, param):
 
 
 def test_map_start_is_recorded_and_needs_init_map():
-    f = fit("pk_1cmt_oral", "theophylline", sampler="map", init="map", progressbar=False,
-            map_start={"ka": 0.5})
+    f = fit(
+        "pk_1cmt_oral",
+        "theophylline",
+        sampler="map",
+        init="map",
+        progressbar=False,
+        map_start={"ka": 0.5},
+    )
     assert f.settings.init == "map" and f.settings.init_values == {"ka": 0.5}
     with pytest.raises(ValueError, match="map_start.*init='map'"):
         fit("pk_1cmt_oral", "theophylline", init="prior", map_start={"ka": 0.5})

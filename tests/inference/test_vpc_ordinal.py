@@ -20,8 +20,16 @@ DATA = Path(__file__).parent / "data"
 def short_fit(multi_spec, multi_cohort):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fit(multi_spec, multi_cohort, chains=1, draws=60, tune=60, seed=11,
-                   progressbar=False, log_likelihood_group=False)
+        return fit(
+            multi_spec,
+            multi_cohort,
+            chains=1,
+            draws=60,
+            tune=60,
+            seed=11,
+            progressbar=False,
+            log_likelihood_group=False,
+        )
 
 
 def test_ordinal_rows_hold_grade_fractions(short_fit):

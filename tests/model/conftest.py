@@ -11,6 +11,7 @@ from pkpd.model import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+
 @pytest.fixture
 def write(tmp_path):
     """write(name, text) -> path of a model file in tmp_path (text is dedented)."""

@@ -14,8 +14,11 @@ from pkpd.model.dependencies import (
 def test_turnover_model_graph():
     spec = pkpd.load_model("pd_turnover")
     deps = state_dependencies(spec)
-    assert deps == {"depot": {"depot"}, "central": {"depot", "central"},
-                    "R": {"R", "central"}}  # through the derived Cp = central / V
+    assert deps == {
+        "depot": {"depot"},
+        "central": {"depot", "central"},
+        "R": {"R", "central"},
+    }  # through the derived Cp = central / V
     assert closure(spec, ["R"]) == {"R", "central", "depot"}
     assert closure(spec, ["depot"]) == {"depot"}
     obs = observation_closures(spec)

@@ -195,8 +195,13 @@ def _arrays(spec, model):
     else:
         empty = DoseRecords(*(np.zeros(0) for _ in range(9)))
         events = build_event_table([empty, empty])
-        cov = np.tile([_covariate_value(spec, c, d) for c, d in zip(
-            model.covariates, model.covariate_defaults, strict=True)], (2, 1))
+        cov = np.tile(
+            [
+                _covariate_value(spec, c, d)
+                for c, d in zip(model.covariates, model.covariate_defaults, strict=True)
+            ],
+            (2, 1),
+        )
     shape = (2, times.size)
     obs_time = np.broadcast_to(times, shape)
     return events, obs_time, np.full(shape, np.inf), np.ones(shape, bool), None, cov

@@ -138,8 +138,16 @@ def test_code_in_equation_is_refused_and_not_run(load_error, tmp_path, no_system
     assert problem.column == "central"
     assert any(
         words in problem.message
-        for words in ("is not allowed", "only these functions", "only numbers", "underscore",
-                      "is a function", "keyword", "* arguments", "conditions compare")
+        for words in (
+            "is not allowed",
+            "only these functions",
+            "only numbers",
+            "underscore",
+            "is a function",
+            "keyword",
+            "* arguments",
+            "conditions compare",
+        )
     ), problem.message
     assert not marker.exists()
     assert no_system == []
@@ -287,8 +295,11 @@ def test_iiv_must_be_a_prior_for_a_standard_deviation(load_error):
         ('value = 2.0, source = "test"', "value = 2.0, fixed = false", "has no prior"),
         ('value = 2.0, source = "test"', 'value = 2.0, iiv_scale = "probit"', "iiv_scale"),
         ('value = 2.0, source = "test"', "value = 2.0, bogus = 1", "unknown key(s) ['bogus']"),
-        ('value = 2.0, source = "test"', 'value = 2.0, covariates = { AGE = "exp(0.1, ref=40)" }',
-         "unknown covariate 'AGE'"),
+        (
+            'value = 2.0, source = "test"',
+            'value = 2.0, covariates = { AGE = "exp(0.1, ref=40)" }',
+            "unknown covariate 'AGE'",
+        ),
     ],
 )
 def test_invalid_parameter(load_error, old, new, words):
@@ -492,7 +503,9 @@ def test_every_duplicate_is_listed(write):
         load_model(main)
     assert [p.column for p in exc.value.problems] == ["central", "CL", "V"]
     assert [p.row for p in exc.value.problems] == [
-        line_of(main, "central ="), line_of(main, "CL ="), line_of(main, "V =")
+        line_of(main, "central ="),
+        line_of(main, "CL ="),
+        line_of(main, "V ="),
     ]
     assert all(p.file == str(main.resolve()) for p in exc.value.problems)
     assert "override = true" in exc.value.problems[1].message
@@ -506,7 +519,7 @@ def test_missing_model_file():
 
 def test_unknown_top_level_key_has_its_line(load_error):
     # regression: a top-level key (not a [table]) was reported without a line
-    err, path = load_error('# a comment\nversion = 2\n' + MINIMAL)
+    err, path = load_error("# a comment\nversion = 2\n" + MINIMAL)
     assert_problem(err, path, "version = 2", "version", "unknown section [version]")
 
 
@@ -514,22 +527,56 @@ def test_unknown_top_level_key_has_its_line(load_error):
     "old, new, needle, column, words",
     [
         # regression: unknown keys were ignored, so a misspelt setting silently had no effect
-        ('unit = "mg"\n\n[obs', 'unit = "mg"\nbioavailabilty = "0.5"\n\n[obs', "[doses.iv]", "iv",
-         "unknown key(s) ['bioavailabilty'] for dose route iv"),
-        (STATE, 'central = { unit = "mg", inital = 1 }', "central = {", "central",
-         "unknown key(s) ['inital'] for state central"),
-        ('error = "none"', 'error = "none"\nlloq_ = 0.1', "[observations.conc]", "conc",
-         "unknown key(s) ['lloq_'] for observation conc"),
-        ("[equations]", '[covariates]\nWT = { unit = "kg", defualt = 70 }\n\n[equations]',
-         "WT = {", "WT", "unknown key(s) ['defualt'] for covariate WT"),
-        ("[equations]", '[derived]\nk = { expresion = "CL / V" }\n\n[equations]', "k = {", "k",
-         "unknown key(s) ['expresion'] for derived quantity k"),
-        ('time_unit = "h"', 'time_unit = "h"\ntimeunit = "day"', "timeunit", "timeunit",
-         "unknown key 'timeunit' in [model]"),
-        ('time_unit = "h"',
-         'time_unit = "h"\nanalytic = { kind = "1cmt", central = "central", CL = "CL", V = "V", '
-         'k = "CL" }',
-         "analytic =", "analytic", "unknown key(s) ['k'] in analytic"),
+        (
+            'unit = "mg"\n\n[obs',
+            'unit = "mg"\nbioavailabilty = "0.5"\n\n[obs',
+            "[doses.iv]",
+            "iv",
+            "unknown key(s) ['bioavailabilty'] for dose route iv",
+        ),
+        (
+            STATE,
+            'central = { unit = "mg", inital = 1 }',
+            "central = {",
+            "central",
+            "unknown key(s) ['inital'] for state central",
+        ),
+        (
+            'error = "none"',
+            'error = "none"\nlloq_ = 0.1',
+            "[observations.conc]",
+            "conc",
+            "unknown key(s) ['lloq_'] for observation conc",
+        ),
+        (
+            "[equations]",
+            '[covariates]\nWT = { unit = "kg", defualt = 70 }\n\n[equations]',
+            "WT = {",
+            "WT",
+            "unknown key(s) ['defualt'] for covariate WT",
+        ),
+        (
+            "[equations]",
+            '[derived]\nk = { expresion = "CL / V" }\n\n[equations]',
+            "k = {",
+            "k",
+            "unknown key(s) ['expresion'] for derived quantity k",
+        ),
+        (
+            'time_unit = "h"',
+            'time_unit = "h"\ntimeunit = "day"',
+            "timeunit",
+            "timeunit",
+            "unknown key 'timeunit' in [model]",
+        ),
+        (
+            'time_unit = "h"',
+            'time_unit = "h"\nanalytic = { kind = "1cmt", central = "central", CL = "CL", V = "V", '
+            'k = "CL" }',
+            "analytic =",
+            "analytic",
+            "unknown key(s) ['k'] in analytic",
+        ),
     ],
 )
 def test_unknown_keys(load_error, old, new, needle, column, words):

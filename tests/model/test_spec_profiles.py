@@ -16,8 +16,7 @@ def kin():
 
 
 def test_estimate_only_estimates_the_named_and_fixes_the_rest(kin):
-    prof = kin.estimate_only(["rho", "alpha", "sigma_cart"], iiv=["rho"],
-                             values={"V_car": 400.0})
+    prof = kin.estimate_only(["rho", "alpha", "sigma_cart"], iiv=["rho"], values={"V_car": 400.0})
     assert prof.estimated() == ["rho", "alpha", "sigma_cart"]
     assert [n for n, p in prof.parameters.items() if p.iiv is not None] == ["rho"]
     assert prof.parameters["V_car"].fixed and prof.parameters["V_car"].value == 400.0
@@ -53,7 +52,14 @@ def test_profile_text_loads_back_to_the_same_spec(kin, tmp_path: Path):
     for name, p in prof.parameters.items():
         q = again.parameters[name]
         assert (q.fixed, q.value, q.prior, q.iiv, q.iiv_scale, q.unit, q.covariates) == (
-            p.fixed, p.value, p.prior, p.iiv, p.iiv_scale, p.unit, p.covariates), name
+            p.fixed,
+            p.value,
+            p.prior,
+            p.iiv,
+            p.iiv_scale,
+            p.unit,
+            p.covariates,
+        ), name
     assert list(again.parameters) == list(prof.parameters)
 
 

@@ -21,8 +21,8 @@ def cohort(doses, covariates: Mapping[str, Sequence[float]] | None = None, n: in
     ``doses`` is one list of doses for all ``n`` subjects, or a list of such lists (one per
     subject, then ``n`` is their number).
     """
-    per_subject = bool(doses) and isinstance(doses[0], list | tuple) and isinstance(
-        doses[0][0], list | tuple
+    per_subject = (
+        bool(doses) and isinstance(doses[0], list | tuple) and isinstance(doses[0][0], list | tuple)
     )
     if per_subject:
         n = len(doses)
@@ -35,8 +35,9 @@ def cohort(doses, covariates: Mapping[str, Sequence[float]] | None = None, n: in
         rows.append(dict(ID=i + 1, TIME=0.0, EVID=2, MDV=1, AMT=np.nan, CMT=None, RATE=0.0, **cov))
         for route, day, amount, duration in doses[i]:
             rate = amount / duration if duration > 0 else 0.0
-            rows.append(dict(ID=i + 1, TIME=day, EVID=1, MDV=1, AMT=amount, CMT=route, RATE=rate,
-                             **cov))
+            rows.append(
+                dict(ID=i + 1, TIME=day, EVID=1, MDV=1, AMT=amount, CMT=route, RATE=rate, **cov)
+            )
     df = pd.DataFrame(rows)
     df = df.sort_values(["ID", "TIME"], kind="stable").reset_index(drop=True)
     return from_dataframe(df, covariates=list(covariates), source="test cohort")

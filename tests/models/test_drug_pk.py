@@ -31,8 +31,16 @@ def frey_2010(dose_mg: float, t_inf: float, times: np.ndarray) -> np.ndarray:
             q * c - q * y[1] / v2,
         ]
 
-    sol = solve_ivp(rhs, (0, times[-1]), [0.0, 0.0], t_eval=times, rtol=1e-10, atol=1e-10,
-                    max_step=t_inf / 4, method="LSODA")
+    sol = solve_ivp(
+        rhs,
+        (0, times[-1]),
+        [0.0, 0.0],
+        t_eval=times,
+        rtol=1e-10,
+        atol=1e-10,
+        max_step=t_inf / 4,
+        method="LSODA",
+    )
     return sol.y[0] / v1
 
 

@@ -47,8 +47,9 @@ def test_il6_rises_while_signalling_and_crp_fall_during_crs(runs):
     assert il6_b.max() > 1.5 * il6_a.max()
     assert np.all(signalling(*b)[after] < 0.1 * signalling(*a)[after])  # signalling blocked
     day5 = np.searchsorted(TIMES, 5.0)
-    assert crp_b[np.searchsorted(TIMES[after], 5.0)] < 0.5 * crp_a[np.searchsorted(
-        TIMES[after], 5.0)]
+    assert (
+        crp_b[np.searchsorted(TIMES[after], 5.0)] < 0.5 * crp_a[np.searchsorted(TIMES[after], 5.0)]
+    )
     day14 = np.searchsorted(TIMES, 14.0)
     assert np.all(np.diff(grid(b, "crp")[day5:day14]) < 0)
     # Tocilizumab does not change CAR-T expansion (Stein 2019: Ftoci not significant).

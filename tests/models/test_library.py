@@ -44,9 +44,25 @@ def parameter_problems(path: Path) -> list[str]:
 def test_cart_library_is_there():
     names = {p.stem for p in CART}
     expected = {
-        "antigen", "cart_kinetics", "myeloid", "il6", "tocilizumab_pk", "tocilizumab", "il1",
-        "anakinra_pk", "anakinra", "nets", "disulfiram_pk", "disulfiram", "vascular", "crp",
-        "outcomes", "dexamethasone_pk", "dexamethasone", "cart_crs", "cart_il6_toc",
+        "antigen",
+        "cart_kinetics",
+        "myeloid",
+        "il6",
+        "tocilizumab_pk",
+        "tocilizumab",
+        "il1",
+        "anakinra_pk",
+        "anakinra",
+        "nets",
+        "disulfiram_pk",
+        "disulfiram",
+        "vascular",
+        "crp",
+        "outcomes",
+        "dexamethasone_pk",
+        "dexamethasone",
+        "cart_crs",
+        "cart_il6_toc",
     }
     assert expected <= names
 
@@ -88,8 +104,13 @@ def test_the_check_catches_undocumented_parameters(tmp_path):
 def test_assembled_model_has_every_component(cart_crs):
     spec = cart_crs.spec
     assert set(cart_crs.dose_targets) >= {
-        "cart_iv", "tocilizumab_iv", "anakinra_sc", "anakinra_iv", "disulfiram_po",
-        "dexamethasone_po", "dexamethasone_iv",
+        "cart_iv",
+        "tocilizumab_iv",
+        "anakinra_sc",
+        "anakinra_iv",
+        "disulfiram_po",
+        "dexamethasone_po",
+        "dexamethasone_iv",
     }
     assert {"crs_grade", "icans_grade", "il6", "crp", "net", "cart_blood"} <= set(spec.observations)
     assert spec.observations["crs_grade"].error == "ordinal"

@@ -26,15 +26,46 @@ from pkpd.strategies import simulate_strategies, strategy_from_dict
 
 GRID = np.arange(-0.25, 28.0001, 0.25)
 
-TOCILIZUMAB = {"name": "tocilizumab", "regimen": [
-    {"drug": "tocilizumab", "route": "iv", "dose": 8, "dose_unit": "mg/kg", "cap": 800,
-     "duration": "1 h", "start": "-1 h"}]}  # Caimi 2021: 1 h before infusion
-ANAKINRA = {"name": "anakinra", "regimen": [
-    {"drug": "anakinra", "route": "sc", "dose": 100, "start": "0 d", "interval": "12 h",
-     "until": "10 d"}]}  # Park 2023 window (its dose was not found: 100 mg q12h assumed)
-DISULFIRAM = {"name": "disulfiram", "regimen": [
-    {"drug": "disulfiram", "route": "po", "dose": 500, "start": "-3 d", "interval": "1 d",
-     "until": "10 d"}]}  # label loading dose, pre-loaded (science.md strategy list)
+TOCILIZUMAB = {
+    "name": "tocilizumab",
+    "regimen": [
+        {
+            "drug": "tocilizumab",
+            "route": "iv",
+            "dose": 8,
+            "dose_unit": "mg/kg",
+            "cap": 800,
+            "duration": "1 h",
+            "start": "-1 h",
+        }
+    ],
+}  # Caimi 2021: 1 h before infusion
+ANAKINRA = {
+    "name": "anakinra",
+    "regimen": [
+        {
+            "drug": "anakinra",
+            "route": "sc",
+            "dose": 100,
+            "start": "0 d",
+            "interval": "12 h",
+            "until": "10 d",
+        }
+    ],
+}  # Park 2023 window (its dose was not found: 100 mg q12h assumed)
+DISULFIRAM = {
+    "name": "disulfiram",
+    "regimen": [
+        {
+            "drug": "disulfiram",
+            "route": "po",
+            "dose": 500,
+            "start": "-3 d",
+            "interval": "1 d",
+            "until": "10 d",
+        }
+    ],
+}  # label loading dose, pre-loaded (science.md strategy list)
 
 
 def run(model, n, seed, strategies, sets):
@@ -49,8 +80,10 @@ def run(model, n, seed, strategies, sets):
     strategies = [strategy_from_dict(s) for s in strategies]
     sim = simulate_strategies(model, pop, strategies, grid=GRID, keep_trajectories=0)
     assert bool(sim["ok"].all())
-    cut = {k: theta[0, model.parameter_index(f"c_{k}")] for k in (
-        "crs1", "crs2", "crs3", "icans1", "icans3")}
+    cut = {
+        k: theta[0, model.parameter_index(f"c_{k}")]
+        for k in ("crs1", "crs2", "crs3", "icans1", "icans3")
+    }
     return patients, sim, cut, [s.name for s in strategies], list(sets)
 
 
@@ -65,8 +98,11 @@ def cohort(cart_crs):
 def flora(cart_crs):
     # Flora: a larger cohort, because NET propensity is a weak predictor next to tumour burden
     # (at 200 patients chance covariate imbalance moves the AUC by +-0.05).
-    sets = {"typical": {}, "no NET effects": {"wN": 0.0, "wVN": 0.0},
-            "NET blockade only": {"f1G": 0.0}}  # disulfiram acting on NET formation only
+    sets = {
+        "typical": {},
+        "no NET effects": {"wN": 0.0, "wVN": 0.0},
+        "NET blockade only": {"f1G": 0.0},
+    }  # disulfiram acting on NET formation only
     return run(cart_crs, 500, 2024, [{"name": "none"}, DISULFIRAM], sets)
 
 
@@ -81,8 +117,11 @@ def prob(result, strategy, draw, key):
 def test_norelli_tocilizumab_spares_icans_anakinra_prevents_both(cohort):
     patients = cohort[0]
     high = patients["TUMOR"].to_numpy() > np.quantile(patients["TUMOR"], 2 / 3)
-    rate = {(s, k): prob(cohort, s, "typical", k)[high].mean()
-            for s in ("none", "tocilizumab", "anakinra") for k in ("crs3", "icans3")}
+    rate = {
+        (s, k): prob(cohort, s, "typical", k)[high].mean()
+        for s in ("none", "tocilizumab", "anakinra")
+        for k in ("crs3", "icans3")
+    }
     # Untreated high-burden patients: severe CRS and severe ICANS both common.
     assert rate["none", "crs3"] > 0.10 and rate["none", "icans3"] > 0.10
     # Tocilizumab: severe CRS at least halved; severe ICANS lowered by less than 20%.
@@ -99,8 +138,9 @@ def test_giavridis_myeloid_sources_are_needed_for_severe_crs(cohort, cart_crs):
     assert prob(cohort, "none", "no myeloid", "crs3").mean() < 0.005  # abolished
     assert prob(cohort, "none", "no myeloid", "crs2").mean() < 0.05
     # ... although CAR-T cells expand exactly as before and still make their own IL-6.
-    np.testing.assert_allclose(sim["cmax_cart_blood"].values[0, 1],
-                               sim["cmax_cart_blood"].values[0, 0], rtol=1e-6)
+    np.testing.assert_allclose(
+        sim["cmax_cart_blood"].values[0, 1], sim["cmax_cart_blood"].values[0, 0], rtol=1e-6
+    )
     il6_cart_only = sim["cmax_il6"].values[0, 1]
     baseline = cart_crs.typical_values[cart_crs.parameter_index("I6_0")]
     # CAR-T-derived IL-6 is there (median peak ~7.5 pg/mL over a 5 pg/mL baseline)...
@@ -142,7 +182,8 @@ def test_flora_net_blockade_helps_high_net_patients_most(flora):
         # Its NET-blockade part alone (IL-1 release untouched): at least 1.5x the benefit in
         # high- than in low-propensity patients (2.2x and 2.6x at 1500 patients).
         gain = prob(flora, "none", "NET blockade only", key) - prob(
-            flora, "disulfiram", "NET blockade only", key)
+            flora, "disulfiram", "NET blockade only", key
+        )
         assert gain[tertile == 2].mean() > 1.5 * gain[tertile == 0].mean(), key
 
 
@@ -167,9 +208,15 @@ def prior_draws(cart_crs):
         theta[:, idx] = np.sort(theta[:, idx], axis=1)
     pop = pop.with_theta(theta, "prior")
     strategies = [strategy_from_dict(s) for s in ({"name": "none"}, TOCILIZUMAB, ANAKINRA)]
-    sim = simulate_strategies(model, pop, strategies, grid=GRID, keep_trajectories=0,
-                              solver=Solver("tsit5", rtol=1e-6, atol=1e-9, batch_size=64),
-                              chunk_size=300)
+    sim = simulate_strategies(
+        model,
+        pop,
+        strategies,
+        grid=GRID,
+        keep_trajectories=0,
+        solver=Solver("tsit5", rtol=1e-6, atol=1e-9, batch_size=64),
+        chunk_size=300,
+    )
     rates = {}
     for what, key in (("crs", "c_crs3"), ("icans", "c_icans3")):
         cut = theta[:, model.parameter_index(key)][:, None]

@@ -184,6 +184,7 @@ def test_dense_grid_agrees_with_sparse_grid(model2, cohort_arrays):
     shared = np.searchsorted(dense[0], sparse[0])
     np.testing.assert_allclose(np.asarray(b.y)[:, shared], np.asarray(a.y), rtol=1e-6, atol=1e-8)
     # A user-set first step is honoured and gives the same answer.
-    c = solve(model2, ev, dense, np.full(dense.shape, 1e6), p,
-              Solver(rtol=1e-8, atol=1e-10, dt0=1e-4))
+    c = solve(
+        model2, ev, dense, np.full(dense.shape, 1e6), p, Solver(rtol=1e-8, atol=1e-10, dt0=1e-4)
+    )
     np.testing.assert_allclose(np.asarray(c.y), np.asarray(b.y), rtol=1e-6, atol=1e-8)

@@ -81,8 +81,13 @@ def test_subjects_are_independent(model2, cohort):
     ev, t, seq, p = cohort
     whole = lanes(model2, ev, t, seq, p)
     for i, rec in enumerate(SUBJECTS):
-        one = lanes(model2, build_event_table([rec], min_events=N_EVENTS), t[i:i + 1],
-                    seq[i:i + 1], p[i:i + 1])
+        one = lanes(
+            model2,
+            build_event_table([rec], min_events=N_EVENTS),
+            t[i : i + 1],
+            seq[i : i + 1],
+            p[i : i + 1],
+        )
         # equal up to rounding: XLA may vectorise a batch of 3 and a batch of 1 differently
         np.testing.assert_allclose(one.y[0], whole.y[i], rtol=1e-12, atol=1e-14)
 
@@ -90,11 +95,26 @@ def test_subjects_are_independent(model2, cohort):
 def test_failures_are_reported_per_subject(blowup_model):
     # y' = a y^2 from 1 blows up at 1/a: a = 1 fails before t = 3, a = 0.1 does not
     ev = build_event_table(
-        [DoseRecords(*(np.zeros(0) for _ in range(6)), addl=np.zeros(0, int),
-                     evid=np.zeros(0, int), seq=np.zeros(0))] * 2, min_events=1)
+        [
+            DoseRecords(
+                *(np.zeros(0) for _ in range(6)),
+                addl=np.zeros(0, int),
+                evid=np.zeros(0, int),
+                seq=np.zeros(0),
+            )
+        ]
+        * 2,
+        min_events=1,
+    )
     t = np.tile([0.0, 0.5, 3.0], (2, 1))
-    res = lanes(blowup_model, ev, t, np.full(t.shape, 9.0), np.array([[1.0], [0.1]]),
-                Solver("tsit5", max_steps=4096))
+    res = lanes(
+        blowup_model,
+        ev,
+        t,
+        np.full(t.shape, 9.0),
+        np.array([[1.0], [0.1]]),
+        Solver("tsit5", max_steps=4096),
+    )
     assert int(res.status[0]) in (NONFINITE, STEP_LIMIT, SOLVER_FAILURE)
     assert np.isnan(np.asarray(res.y[0])).all()
     assert int(res.status[1]) == OK
@@ -120,8 +140,9 @@ def test_only_explicit_methods(model2):
     assert not supports(model2, Solver("kvaerno5"))
     assert not supports(model2, Solver("auto"))  # the closed form is used instead
     with pytest.raises(ValueError, match="explicit method"):
-        solve_lanes(model2, Solver("kvaerno5"), {}, np.zeros((1, 1)), np.zeros((1, 1)),
-                    np.zeros((1, 7)))
+        solve_lanes(
+            model2, Solver("kvaerno5"), {}, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 7))
+        )
 
 
 def test_cart_crs_matches_the_engine():
@@ -136,13 +157,19 @@ def test_cart_crs_matches_the_engine():
     n, rng = 6, np.random.default_rng(0)
     cov = np.array([d if np.isfinite(d) else 70.0 for d in m.covariate_defaults])
     eta = rng.normal(size=(n, len(m.iiv))) * 0.3
-    p = np.asarray(jax.vmap(lambda e: m.individual(jnp.asarray(m.typical_values), e,
-                                                   jnp.asarray(cov)))(jnp.asarray(eta)))
+    p = np.asarray(
+        jax.vmap(lambda e: m.individual(jnp.asarray(m.typical_values), e, jnp.asarray(cov)))(
+            jnp.asarray(eta)
+        )
+    )
     ev = {k: np.zeros((n, 3)) for k in ("time", "amount", "rate", "duration", "seq")}
     toc = m.dose_targets["tocilizumab_iv"]
-    ev.update(kind=np.array([[BOLUS, INFUSION_START, INFUSION_END]] * n),
-              cmt=np.array([[m.dose_targets["cart_iv"], toc, toc]] * n),
-              link=np.array([[-1, 2, 1]] * n), mask=np.ones((n, 3), bool))
+    ev.update(
+        kind=np.array([[BOLUS, INFUSION_START, INFUSION_END]] * n),
+        cmt=np.array([[m.dose_targets["cart_iv"], toc, toc]] * n),
+        link=np.array([[-1, 2, 1]] * n),
+        mask=np.ones((n, 3), bool),
+    )
     ev["amount"][:] = [1e8, 8.0, 8.0]
     ev["duration"][:, 1:] = 1 / 24
     ev["seq"][:] = [2.0, 0.0, 1.0]
@@ -165,11 +192,22 @@ def test_a_non_finite_trial_step_is_rejected_not_fatal(blowup_model):
 
     import jax.numpy as jnp
 
-    model = dataclasses.replace(blowup_model, rhs=lambda t, y, p: 1.0 - jnp.exp(y - 1.0) + 0 * p[0],
-                                initial=lambda p: jnp.zeros(1) + 0 * p[0])
+    model = dataclasses.replace(
+        blowup_model,
+        rhs=lambda t, y, p: 1.0 - jnp.exp(y - 1.0) + 0 * p[0],
+        initial=lambda p: jnp.zeros(1) + 0 * p[0],
+    )
     ev = build_event_table(
-        [DoseRecords(*(np.zeros(0) for _ in range(6)), addl=np.zeros(0, int),
-                     evid=np.zeros(0, int), seq=np.zeros(0))], min_events=1)
+        [
+            DoseRecords(
+                *(np.zeros(0) for _ in range(6)),
+                addl=np.zeros(0, int),
+                evid=np.zeros(0, int),
+                seq=np.zeros(0),
+            )
+        ],
+        min_events=1,
+    )
     t = np.array([[0.0, 2e4, 5e4]])
     seq = np.full(t.shape, 9.0)
     res = lanes(model, ev, t, seq, np.array([[1.0]]), Solver("tsit5", dt0=1e4))
@@ -184,8 +222,9 @@ def test_step_counts(model2, cohort):
     plain = lanes(model2, ev, t, seq, p)
     args = (event_arrays(ev), np.asarray(t, float), np.asarray(seq, float), np.asarray(p, float))
     middle = float(np.median(t))
-    res, stats = jax.jit(lambda *a: solve_lanes(model2, TIGHT, *a, with_stats=True,
-                                                count_after=middle))(*args)
+    res, stats = jax.jit(
+        lambda *a: solve_lanes(model2, TIGHT, *a, with_stats=True, count_after=middle)
+    )(*args)
     np.testing.assert_array_equal(res.y, plain.y)
     accepted, rejected = np.asarray(stats.accepted), np.asarray(stats.rejected)
     after = np.asarray(stats.accepted_after)
@@ -203,8 +242,9 @@ def _sum_of_outputs(model, solver, args, weights, adjoint_capacity=None, counter
         if adjoint_capacity is None:
             y = solve_lanes(model, solver, *args, q).y
         else:
-            y = solve_lanes_adjoint(model, solver, *args, q, capacity=adjoint_capacity,
-                                    counter=counter).y
+            y = solve_lanes_adjoint(
+                model, solver, *args, q, capacity=adjoint_capacity, counter=counter
+            ).y
         return (y * weights).sum()
 
     return loss
@@ -226,8 +266,9 @@ def test_adjoint_matches_forward_mode(model2, cohort):
     assert np.all(np.isfinite(forward)) and np.abs(forward).max() > 0
     counter = AdjointCounter()
     for capacity in (n_iter, n_iter - 1):  # record just long enough; one short: fallback
-        adj = jax.jit(jax.grad(_sum_of_outputs(model2, solver, args, weights, capacity,
-                                               counter)))(p)
+        adj = jax.jit(jax.grad(_sum_of_outputs(model2, solver, args, weights, capacity, counter)))(
+            p
+        )
         np.testing.assert_allclose(adj, forward, rtol=1e-10, atol=1e-12 * np.abs(forward).max())
     jax.effects_barrier()
     # Two reverse passes, the second one past the record's end.
@@ -235,8 +276,11 @@ def test_adjoint_matches_forward_mode(model2, cohort):
     from pkpd.solve.lanes import solve_lanes_adjoint
 
     with pytest.raises(ValueError, match="concrete event and observation arrays"):
-        jax.jit(lambda tt: solve_lanes_adjoint(model2, solver, args[0], tt, args[2], p,
-                                               capacity=n_iter).y)(args[1])
+        jax.jit(
+            lambda tt: (
+                solve_lanes_adjoint(model2, solver, args[0], tt, args[2], p, capacity=n_iter).y
+            )
+        )(args[1])
 
 
 @pytest.mark.parametrize("rows", [False, True])
@@ -252,12 +296,18 @@ def test_adjoint_of_an_unused_fast_depot_stays_finite(model1, rows):
     model = model1
     if rows:  # the elementwise right-hand side the compiled models provide
         ka, cl, v = (model.parameters.index(n) for n in ("ka", "CL", "V"))
-        model = dataclasses.replace(model, rhs_rows=lambda t, y, p: [
-            -p[ka] * y[0], p[ka] * y[0] - p[cl] / p[v] * y[1] + 0.0 * t])
+        model = dataclasses.replace(
+            model,
+            rhs_rows=lambda t, y, p: [-p[ka] * y[0], p[ka] * y[0] - p[cl] / p[v] * y[1] + 0.0 * t],
+        )
     n = 2
     ev = {k: np.zeros((n, 1)) for k in ("time", "amount", "rate", "duration", "seq")}
-    ev.update(kind=np.full((n, 1), BOLUS_KIND), cmt=np.ones((n, 1), int),
-              link=np.full((n, 1), -1), mask=np.ones((n, 1), bool))
+    ev.update(
+        kind=np.full((n, 1), BOLUS_KIND),
+        cmt=np.ones((n, 1), int),
+        link=np.full((n, 1), -1),
+        mask=np.ones((n, 1), bool),
+    )
     ev["amount"][:] = 100.0
     grid = np.tile(np.linspace(1.0, 400.0, 12), (n, 1))
     seq = np.full(grid.shape, 1.0)
@@ -285,7 +335,8 @@ def test_needed_until_freezes_states_and_leaves_the_others_unchanged(model2, coh
     full = lanes(model2, ev, t, seq, p)
     until = _needed(p, rest=16.0)
     cut = jax.jit(lambda q: solve_lanes(model2, TIGHT, *args, q, needed_until=until))(
-        np.asarray(p, float))
+        np.asarray(p, float)
+    )
     assert bool(cut.ok.all())
     y, y_full = np.asarray(cut.y), np.asarray(full.y)
     np.testing.assert_allclose(y[:, :, 0], y_full[:, :, 0], rtol=1e-8, atol=1e-10)
@@ -305,7 +356,8 @@ def test_needed_until_everywhere_is_the_full_solve(model2, cohort):
     args = (event_arrays(ev), np.asarray(t, float), np.asarray(seq, float))
     full = lanes(model2, ev, t, seq, p)
     cut = jax.jit(lambda q: solve_lanes(model2, TIGHT, *args, q, needed_until=_needed(q)))(
-        np.asarray(p, float))
+        np.asarray(p, float)
+    )
     np.testing.assert_allclose(cut.y, full.y, rtol=1e-12, atol=1e-14)
 
 
@@ -323,8 +375,9 @@ def test_a_frozen_stiff_state_no_longer_bounds_the_step(model2):
     solver = Solver("tsit5", rtol=1e-6, atol=1e-9)
 
     def counts(until):
-        res, st = jax.jit(lambda q: solve_lanes(model2, solver, *args, q, with_stats=True,
-                                                needed_until=until))(p)
+        res, st = jax.jit(
+            lambda q: solve_lanes(model2, solver, *args, q, with_stats=True, needed_until=until)
+        )(p)
         return np.asarray(res.y), np.asarray(st.accepted)
 
     y_full, steps_full = counts(None)
@@ -350,8 +403,9 @@ def test_adjoint_matches_forward_mode_with_needed_until(model2, cohort):
     def loss(adjoint):
         def f(q):
             if adjoint:
-                y = solve_lanes_adjoint(model2, solver, *args, q, capacity=n_iter,
-                                        needed_until=until).y
+                y = solve_lanes_adjoint(
+                    model2, solver, *args, q, capacity=n_iter, needed_until=until
+                ).y
             else:
                 y = solve_lanes(model2, solver, *args, q, needed_until=until).y
             return (y * weights).sum()

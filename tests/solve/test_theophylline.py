@@ -136,9 +136,7 @@ def test_individual_curves_match_the_analytic_solution(data):
         want_grid = one_cmt_oral(GRID, ka, cl, v, doses[i])
         # the dose is at time 0; the sample at time 0 is recorded after it: exactly 0 mg/L
         np.testing.assert_allclose(ode["pred"].values[i][mask[i]], want_obs, rtol=1e-6, atol=0)
-        np.testing.assert_allclose(
-            ode["pred_grid"].values[i, :, 0], want_grid, rtol=1e-6, atol=0
-        )
+        np.testing.assert_allclose(ode["pred_grid"].values[i, :, 0], want_grid, rtol=1e-6, atol=0)
         np.testing.assert_allclose(
             closed["pred_grid"].values[i, :, 0], want_grid, rtol=1e-10, atol=0
         )

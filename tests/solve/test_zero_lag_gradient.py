@@ -19,10 +19,17 @@ from pkpd.solve import Solver, solve
 
 def test_zero_lag_derivative_is_the_right_sided_one():
     model = pkpd.load_model("pk_1cmt_oral").compile()
-    rec = DoseRecords(time=np.array([0.0]), amount=np.array([100.0]),
-                      cmt=np.array([model.dose_targets["oral"]]), rate=np.zeros(1),
-                      duration=np.zeros(1), ii=np.zeros(1), addl=np.zeros(1, int),
-                      evid=np.array([1]), seq=np.array([2.0]))
+    rec = DoseRecords(
+        time=np.array([0.0]),
+        amount=np.array([100.0]),
+        cmt=np.array([model.dose_targets["oral"]]),
+        rate=np.zeros(1),
+        duration=np.zeros(1),
+        ii=np.zeros(1),
+        addl=np.zeros(1, int),
+        evid=np.array([1]),
+        seq=np.array([2.0]),
+    )
     events = build_event_table([rec])
     obs = np.array([[0.0, 0.5, 1.0, 4.0]])
     seq = np.array([[1.0, 3.0, 3.0, 3.0]])  # a pre-dose sample at 0, then after the dose

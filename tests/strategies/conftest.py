@@ -18,6 +18,9 @@ def toy():
 def population(toy):
     n = 60
     return make_population(
-        toy, n_patients=n, n_draws=6, seed=11,
+        toy,
+        n_patients=n,
+        n_draws=6,
+        seed=11,
         covariates={"WT": np.linspace(50, 110, n), "TB": np.exp(np.linspace(-1, 1, n))},
     )

@@ -25,15 +25,24 @@ pytestmark = pytest.mark.slow
 def comparison():
     model = pkpd.load_model("cart_crs").compile()
     strategies = {s.name: s for s in load_strategies("cart_default")}
-    chosen = [strategies[k] for k in ("none", "soc_reactive_toc", "prophylactic_toc",
-                                      "prophylactic_anakinra")]
+    chosen = [
+        strategies[k]
+        for k in ("none", "soc_reactive_toc", "prophylactic_toc", "prophylactic_anakinra")
+    ]
     n = 120
     rng = np.random.default_rng(7)
     # High tumour burden patients (Norelli's mice carried a high leukaemia burden).
-    pop = make_population(model, n_patients=n, n_draws=8, seed=2018, covariates={
-        "WT": rng.uniform(55, 100, n),
-        "TUMOR": np.full(n, model.covariate_defaults[model.covariates.index("TUMOR")] * 3)},
-        base=[("cart_iv", 0.0, 1e8)])
+    pop = make_population(
+        model,
+        n_patients=n,
+        n_draws=8,
+        seed=2018,
+        covariates={
+            "WT": rng.uniform(55, 100, n),
+            "TUMOR": np.full(n, model.covariate_defaults[model.covariates.index("TUMOR")] * 3),
+        },
+        base=[("cart_iv", 0.0, 1e8)],
+    )
     sim = simulate_strategies(model, pop, chosen)
     return sim, compare(sim, reference="none")
 
@@ -42,10 +51,15 @@ def test_every_strategy_ran(comparison):
     sim, summary = comparison
     assert bool(sim["ok"].all())
     table = decision_table(summary)
-    assert set(table.index) == {"none", "soc_reactive_toc", "prophylactic_toc",
-                                "prophylactic_anakinra"}
-    assert float(summary["mean"].sel(subgroup="all", metric="P(CRS >= 3)",
-                                     strategy="none")) > 0.1  # there is severe CRS to prevent
+    assert set(table.index) == {
+        "none",
+        "soc_reactive_toc",
+        "prophylactic_toc",
+        "prophylactic_anakinra",
+    }
+    assert (
+        float(summary["mean"].sel(subgroup="all", metric="P(CRS >= 3)", strategy="none")) > 0.1
+    )  # there is severe CRS to prevent
     print("\n" + table.T.to_string())
 
 
@@ -58,8 +72,7 @@ def test_norelli_tocilizumab_lowers_crs_not_icans(comparison):
     _, summary = comparison
     mean, _, hi = _diff(summary, "P(CRS >= 3)", "prophylactic_toc")
     assert mean < -0.05 and hi <= 0
-    base_icans = float(summary["mean"].sel(subgroup="all", metric="P(ICANS >= 3)",
-                                           strategy="none"))
+    base_icans = float(summary["mean"].sel(subgroup="all", metric="P(ICANS >= 3)", strategy="none"))
     assert base_icans > 0.05  # there is severe ICANS for the drugs to (not) prevent
     mean, lo, _ = _diff(summary, "P(ICANS >= 3)", "prophylactic_toc")
     assert mean > -0.25 * base_icans  # tocilizumab removes < a quarter of severe ICANS

@@ -23,8 +23,11 @@ def test_prior_draws_follow_the_model_file(toy):
 
 def test_posterior_draws_read_parameters_and_omegas_by_name(toy):
     rng = np.random.default_rng(1)
-    post = {"kin": rng.normal(50, 1, (2, 100)), "omega_kin": rng.uniform(0.1, 0.2, (2, 100)),
-            "sigma_il6": rng.uniform(0.1, 0.3, (2, 100))}
+    post = {
+        "kin": rng.normal(50, 1, (2, 100)),
+        "omega_kin": rng.uniform(0.1, 0.2, (2, 100)),
+        "sigma_il6": rng.uniform(0.1, 0.3, (2, 100)),
+    }
     fit = SimpleNamespace(spec=toy.spec, idata=az.from_dict(posterior=post))
     theta, omega = posterior_draws(fit, 50, np.random.default_rng(2))
     kin = theta[:, toy.parameter_index("kin")]
@@ -40,10 +43,17 @@ def test_posterior_correlation_is_read_by_name_in_model_order():
     fitted = ["V", "ka", "CL"]  # another order than the model's
     corr = np.broadcast_to(np.eye(3), (2, 50, 3, 3)).copy()
     corr[..., 0, 2] = corr[..., 2, 0] = 0.9  # corr(V, CL)
-    post = {"omega_ka": rng.uniform(0.5, 0.6, (2, 50)), "omega_CL": np.full((2, 50), 0.3),
-            "omega_V": np.full((2, 50), 0.2), "corr_iiv": corr}
-    idata = az.from_dict(posterior=post, dims={"corr_iiv": ["iiv", "iiv_bis"]},
-                         coords={"iiv": fitted, "iiv_bis": fitted})
+    post = {
+        "omega_ka": rng.uniform(0.5, 0.6, (2, 50)),
+        "omega_CL": np.full((2, 50), 0.3),
+        "omega_V": np.full((2, 50), 0.2),
+        "corr_iiv": corr,
+    }
+    idata = az.from_dict(
+        posterior=post,
+        dims={"corr_iiv": ["iiv", "iiv_bis"]},
+        coords={"iiv": fitted, "iiv_bis": fitted},
+    )
     fit = SimpleNamespace(spec=model.spec, idata=idata)
     pop = make_population(model, n_patients=5000, n_draws=2, seed=0, fit=fit)
     eta = pop.eta(np.zeros(5000, int), np.arange(5000))
@@ -53,18 +63,32 @@ def test_posterior_correlation_is_read_by_name_in_model_order():
     np.testing.assert_allclose(eta.std(axis=0)[1:], [0.3, 0.2], rtol=0.05)
     # Without a correlation in the fit: independent effects, exactly omega * z as before.
     del post["corr_iiv"]
-    plain = make_population(model, n_patients=50, n_draws=2, seed=0, fit=SimpleNamespace(
-        spec=model.spec, idata=az.from_dict(posterior=post)))
+    plain = make_population(
+        model,
+        n_patients=50,
+        n_draws=2,
+        seed=0,
+        fit=SimpleNamespace(spec=model.spec, idata=az.from_dict(posterior=post)),
+    )
     assert plain.corr_chol is None
-    np.testing.assert_array_equal(plain.eta(np.ones(50, int), np.arange(50)),
-                                  plain.z * plain.omega[1])
+    np.testing.assert_array_equal(
+        plain.eta(np.ones(50, int), np.arange(50)), plain.z * plain.omega[1]
+    )
     # A fit correlating other parameters than the model's IIV is refused.
     post["corr_iiv"] = corr[..., :2, :2]
-    other = az.from_dict(posterior=post, dims={"corr_iiv": ["iiv", "iiv_bis"]},
-                         coords={"iiv": ["ka", "CL"], "iiv_bis": ["ka", "CL"]})
+    other = az.from_dict(
+        posterior=post,
+        dims={"corr_iiv": ["iiv", "iiv_bis"]},
+        coords={"iiv": ["ka", "CL"], "iiv_bis": ["ka", "CL"]},
+    )
     with pytest.raises(ValueError, match="simulate with the fitted model"):
-        make_population(model, n_patients=5, n_draws=2, seed=0,
-                        fit=SimpleNamespace(spec=model.spec, idata=other))
+        make_population(
+            model,
+            n_patients=5,
+            n_draws=2,
+            seed=0,
+            fit=SimpleNamespace(spec=model.spec, idata=other),
+        )
 
 
 def test_patients_do_not_change_with_the_number_of_draws(toy):
@@ -78,8 +102,9 @@ def test_patients_do_not_change_with_the_number_of_draws(toy):
 def test_covariates_and_base_doses_from_a_cohort():
     model = pkpd.load_model("pk_1cmt_oral").compile()
     cohort = pkpd.load_dataset("theophylline")
-    pop = make_population(model, n_patients=25, n_draws=2, seed=0, cohort=cohort,
-                          base_routes=["oral"])
+    pop = make_population(
+        model, n_patients=25, n_draws=2, seed=0, cohort=cohort, base_routes=["oral"]
+    )
     (base,) = pop.base
     assert base.route == "oral"
     # theophylline doses are ~320 mg at time 0, one per subject

@@ -16,8 +16,15 @@ from pkpd.strategies import (
 )
 
 REACTIVE = {
-    "drug": "tocilizumab", "route": "iv", "dose": 8, "dose_unit": "mg/kg", "cap": 800,
-    "trigger": "crs_grade >= 2", "assess_every": "12 h", "max_doses": 3, "min_interval": "8 h",
+    "drug": "tocilizumab",
+    "route": "iv",
+    "dose": 8,
+    "dose_unit": "mg/kg",
+    "cap": 800,
+    "trigger": "crs_grade >= 2",
+    "assess_every": "12 h",
+    "max_doses": 3,
+    "min_interval": "8 h",
 }
 
 
@@ -37,15 +44,29 @@ def test_times_carry_units():
 
 
 def test_regimen_until_expands_to_doses():
-    s = strategy_from_dict({"name": "ana", "regimen": [{
-        "drug": "anakinra", "route": "sc", "dose": 100, "start": "0 d", "interval": "12 h",
-        "until": "10 d"}]})
+    s = strategy_from_dict(
+        {
+            "name": "ana",
+            "regimen": [
+                {
+                    "drug": "anakinra",
+                    "route": "sc",
+                    "dose": 100,
+                    "start": "0 d",
+                    "interval": "12 h",
+                    "until": "10 d",
+                }
+            ],
+        }
+    )
     assert s.regimens[0].n_doses == 21
     assert s.regimens[0].times()[-1] == pytest.approx(10.0)
 
 
 def test_file_roundtrip(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [[strategy]]
         name = "soc"
         reference = true
@@ -58,7 +79,8 @@ def test_file_roundtrip(tmp_path):
         trigger = "crs_grade >= 2"
         max_doses = 4
         min_interval = "8 h"
-        """)
+        """,
+    )
     (s,) = load_strategies(path)
     assert s.reference and s.reactive[0].max_doses == 4
     assert s.reactive[0].min_interval == pytest.approx(8 / 24)
@@ -86,17 +108,32 @@ def test_invalid_fields_are_rejected_with_the_field(change, field, message):
 
 def test_negative_interval_is_rejected():
     with pytest.raises(StrategyError, match="interval must not be negative"):
-        strategy_from_dict({"name": "x", "regimen": [{
-            "drug": "anakinra", "route": "sc", "dose": 100, "interval": "-12 h", "n_doses": 3}]})
+        strategy_from_dict(
+            {
+                "name": "x",
+                "regimen": [
+                    {
+                        "drug": "anakinra",
+                        "route": "sc",
+                        "dose": 100,
+                        "interval": "-12 h",
+                        "n_doses": 3,
+                    }
+                ],
+            }
+        )
 
 
 def test_duplicate_names_and_empty_files(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [[strategy]]
         name = "a"
         [[strategy]]
         name = "a"
-        """)
+        """,
+    )
     with pytest.raises(StrategyError, match="duplicate"):
         load_strategies(path)
     with pytest.raises(StrategyError, match="no \\[\\[strategy\\]\\]"):
@@ -117,8 +154,11 @@ def test_mg_per_kg_without_weights_is_rejected_before_simulating(toy):
     with pytest.raises(StrategyError, match="per kg but the patients have no body weight"):
         validate(s, toy, has_weight=False)
     # A mg dose does not need weights.
-    validate(strategy_from_dict({"name": "y", "reactive": [{**REACTIVE, "dose_unit": "mg"}]}),
-             toy, has_weight=False)
+    validate(
+        strategy_from_dict({"name": "y", "reactive": [{**REACTIVE, "dose_unit": "mg"}]}),
+        toy,
+        has_weight=False,
+    )
 
 
 def test_default_weight_does_not_count_as_a_weight(toy):

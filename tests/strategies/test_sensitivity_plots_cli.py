@@ -19,14 +19,23 @@ METRIC = Metric("P(CRS >= 3)", "max_crs_grade", "risk", 3.0)
 
 
 def test_assumption_sensitivity_redraws_only_assumptions(toy, population):
-    table = assumption_sensitivity(toy, population, STRATEGIES, metric=METRIC, factors=(3.0,),
-                                   shifts=(0.5,), parameters=["KD"], seed=1)
+    table = assumption_sensitivity(
+        toy,
+        population,
+        STRATEGIES,
+        metric=METRIC,
+        factors=(3.0,),
+        shifts=(0.5,),
+        parameters=["KD"],
+        seed=1,
+    )
     assert list(table.index) == ["base", "assumption priors x3 wider", "assumption medians x0.5"]
     assert table.attrs["parameters"] == ["KD"]
     # KD only acts through the antibody: without it, the re-drawn scenarios change nothing.
     assert table.loc["assumption priors x3 wider", "none"] == table.loc["base", "none"]
-    assert table.loc["assumption priors x3 wider", "prophylactic"] != table.loc[
-        "base", "prophylactic"]
+    assert (
+        table.loc["assumption priors x3 wider", "prophylactic"] != table.loc["base", "prophylactic"]
+    )
     assert table["same best"].dtype == bool
     assert table.loc["base", "ranking"] == "prophylactic < none"
 
@@ -49,10 +58,26 @@ def test_compare_command(tmp_path):
         'dose = 8\ndose_unit = "mg/kg"\ncap = 800\nstart = "-1 h"\n'
     )
     out = tmp_path / "c.nc"
-    result = CliRunner().invoke(app, [
-        "compare", str(HERE / "toy_crs.toml"), str(strategies), "--patients", "20", "--draws",
-        "4", "--out", str(out), "--plots", str(tmp_path / "figs"), "--seed", "3",
-        "--covariate", "WT=80"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            str(HERE / "toy_crs.toml"),
+            str(strategies),
+            "--patients",
+            "20",
+            "--draws",
+            "4",
+            "--out",
+            str(out),
+            "--plots",
+            str(tmp_path / "figs"),
+            "--seed",
+            "3",
+            "--covariate",
+            "WT=80",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "P(CRS >= 3)" in result.output and "reference" in result.output
     assert out.exists() and (tmp_path / "figs" / "forest.png").exists()
@@ -65,10 +90,13 @@ def test_compare_command(tmp_path):
 
 def test_compare_rejects_invalid_strategy_file(tmp_path):
     strategies = tmp_path / "s.toml"
-    strategies.write_text('[[strategy]]\nname = "x"\n[[strategy.regimen]]\ndrug = "aspirin"\n'
-                          'dose = 5\n')
-    result = CliRunner().invoke(app, ["compare", str(HERE / "toy_crs.toml"), str(strategies),
-                                      "--out", str(tmp_path / "c.nc")])
+    strategies.write_text(
+        '[[strategy]]\nname = "x"\n[[strategy.regimen]]\ndrug = "aspirin"\ndose = 5\n'
+    )
+    result = CliRunner().invoke(
+        app,
+        ["compare", str(HERE / "toy_crs.toml"), str(strategies), "--out", str(tmp_path / "c.nc")],
+    )
     assert result.exit_code == 2
     assert "unknown drug/route 'aspirin'" in result.output
     assert not (tmp_path / "c.nc").exists()
