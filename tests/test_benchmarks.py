@@ -1,6 +1,7 @@
 """Checks of the benchmark scripts' own logic (not their timings)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,40 @@ def test_cart_recovery_generator_rates_of_the_profile_generator(monkeypatch, cap
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert printed[0] == {"patients": 7, "seed": 20261123}
     assert set(printed[1]["generator_iiv"]) == set(models[1].iiv)
+
+
+def test_map_start_benchmark_times_both_starts_and_restores_fit(monkeypatch):
+    """The benchmark gives the earlier estimates to the first run only, and leaves `fit`,
+    `map_estimate` and the NUTS sampler as they were."""
+    from pkpd.inference import sample
+
+    map_start = _load("map_start")
+    cart_recovery = _load("cart_recovery")
+    monkeypatch.setitem(sys.modules, "cart_recovery", cart_recovery)
+    monkeypatch.setattr(cart_recovery, "generator_model", lambda stage, iiv: None)
+    monkeypatch.setattr(cart_recovery, "generated_cohort", lambda n, seed, model: "cohort")
+    given = []
+
+    def fake_map(pm_model, start=None, **kwargs):
+        return {}, {"logp": -1.0, "nit": 3 if start is None else 2, "success": True}
+
+    def fake_fit(spec, cohort, map_start=None, **kwargs):
+        given.append(map_start)
+        sample.map_estimate("model", start=map_start)
+        sample._SAMPLE["numpyro"]()
+
+    def fake_staged(spec, cohort, profile, **kwargs):
+        assert cohort == "cohort" and profile == "cart_crs_core"
+        sample.fit(spec, cohort, map_start={"rho": 1.0}, **kwargs)
+
+    monkeypatch.setattr(sample, "fit", fake_fit)
+    monkeypatch.setattr(sample, "map_estimate", fake_map)
+    monkeypatch.setattr("pkpd.inference.profiles.fit_staged", fake_staged)
+    originals = sample.fit, sample.map_estimate, sample._SAMPLE["numpyro"]
+    rows = map_start.measure(4, seed=1)
+    assert given == [{"rho": 1.0}, None]
+    assert [(r["start"], r["iterations"]) for r in rows] == [
+        ("earlier estimates", 2),
+        ("prior medians", 3),
+    ]
+    assert (sample.fit, sample.map_estimate, sample._SAMPLE["numpyro"]) == originals

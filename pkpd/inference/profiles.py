@@ -469,8 +469,9 @@ def fit_staged(
                 iiv_parameterization=iiv_parameterization,
             )
             if starts and stage_init == "map":
-                # The joint mode is searched for from the earlier estimates (closer than the
-                # prior medians: fewer optimiser steps, and the mode next to them).
+                # The joint mode is searched for from the earlier estimates, as the other
+                # starts use them (the core stage at 60 patients: the same mode as from the
+                # prior medians in as many L-BFGS steps, RESULTS.md 2026-12-05 19:25).
                 kwargs["map_start"] = start_values
         else:
             kwargs.update(sampler=stage.sampler, log_likelihood_group=False, init=stage_init)
