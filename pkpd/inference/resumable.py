@@ -64,6 +64,14 @@ FINGERPRINT_RTOL = 1e-8
 STATS = ("lp", "diverging", "n_steps", "tree_depth", "acceptance_rate", "energy", "step_size")
 
 
+def _new_warmup(start: int) -> dict[str, Any]:
+    """Return an empty record of warm-up statistics from iteration ``start`` on.
+
+    Iterations done before it (by a version of pkpd that kept none) are not recorded.
+    """
+    return {"from": int(start), "divergent": [], **{k: [] for k in STATS}}
+
+
 class SamplingPaused(PkpdError, RuntimeError):
     """Sampling stopped at its time limit before the last draw; the checkpoint folder holds it.
 
@@ -131,6 +139,11 @@ def _agree_with_state(rec: dict, done: int, tune: int, chain: int, path: Path) -
     del rec["draws"][keep:]
     for k in STATS:
         del rec["stats"][k][keep:]
+    warm = rec.get("warmup")
+    if warm is not None:
+        for k in STATS:
+            del warm[k][max(0, min(done, tune) - warm["from"]) :]
+        warm["divergent"] = [d for d in warm["divergent"] if d[0] <= done]
 
 
 def _start_points(
@@ -434,8 +447,16 @@ def sample_resumable(
             rec = _load(path)
             state = jax.tree_util.tree_map(jnp.asarray, rec.pop("state"))
             _agree_with_state(rec, int(state.i), tune, c, path)
+            # Folders written before 2026-12-05 evening kept no warm-up statistics.
+            rec.setdefault("warmup", _new_warmup(rec["iteration"]))
         else:
-            rec = {"iteration": 0, "draws": [], "stats": {k: [] for k in STATS}, "seconds": 0.0}
+            rec = {
+                "iteration": 0,
+                "draws": [],
+                "stats": {k: [] for k in STATS},
+                "warmup": _new_warmup(0),
+                "seconds": 0.0,
+            }
             state = fresh
         states.append((state, rec))
     step = jax.jit(lambda s: kernel.sample(s, (), {}))
@@ -464,25 +485,32 @@ def sample_resumable(
                 if stop.is_set() or (deadline is not None and time.perf_counter() >= deadline):
                     break
                 t0 = time.perf_counter()
+                before = state
                 state = step(state)
                 n_steps = int(state.num_steps)
                 rec["seconds"] += time.perf_counter() - t0
                 rec["iteration"] = int(state.i)  # the state's own count: the two cannot drift
                 diverged = bool(state.diverging)
+                values = {
+                    "lp": -float(state.potential_energy),
+                    "diverging": diverged,
+                    "n_steps": n_steps,
+                    "tree_depth": int(np.ceil(np.log2(n_steps + 1))),
+                    "acceptance_rate": float(state.accept_prob),
+                    "energy": float(state.energy),
+                    # the step size this iteration used (warm-up adapts it afterwards)
+                    "step_size": float(before.adapt_state.step_size),
+                }
                 if rec["iteration"] > tune:
                     rec["draws"].append(np.asarray(state.z))
-                    depth = int(np.ceil(np.log2(n_steps + 1)))
-                    values = {
-                        "lp": -float(state.potential_energy),
-                        "diverging": diverged,
-                        "n_steps": n_steps,
-                        "tree_depth": depth,
-                        "acceptance_rate": float(state.accept_prob),
-                        "energy": float(state.energy),
-                        "step_size": float(state.adapt_state.step_size),
-                    }
                     for k in STATS:
                         rec["stats"][k].append(values[k])
+                else:
+                    warm = rec["warmup"]
+                    for k in STATS:
+                        warm[k].append(values[k])
+                    if diverged:  # where the divergent trajectory started (unconstrained)
+                        warm["divergent"].append((rec["iteration"], np.asarray(before.z)))
                 it0, steps0, div0 = since_print
                 since_print = (it0, steps0 + n_steps, div0 + int(diverged))
                 now = time.perf_counter()
@@ -612,8 +640,78 @@ def _to_idata(
     coords = {
         d: list(pm_model.coords[d]) for ds in dims.values() for d in ds if d in pm_model.coords
     }
-    idata = az.from_dict(posterior=posterior, sample_stats=stats, coords=coords, dims=dims)
+    warmup, first = _warmup_stats(records)
+    idata = az.from_dict(
+        posterior=posterior,
+        sample_stats=stats,
+        warmup_sample_stats=warmup,
+        save_warmup=warmup is not None,
+        coords=coords,
+        dims=dims,
+    )
+    if warmup is not None:
+        # draw k of the group is warm-up iteration first + k (1-based)
+        idata.warmup_sample_stats.attrs["pkpd_first_iteration"] = first
     idata.sample_stats.attrs["pkpd_checkpoint"] = str(directory)
     idata.sample_stats.attrs["pkpd_calls"] = calls
     idata.sample_stats.attrs["pkpd_sampling_s"] = float(sum(walls))
     return idata
+
+
+def _warmup_stats(records: list[dict]) -> tuple[dict[str, np.ndarray] | None, int]:
+    """Return the warm-up statistics of the iterations every chain recorded, and the first's.
+
+    A folder resumed by a version of pkpd that kept none has them from its next call on. The
+    first iteration's number is 1-based; the statistics are ``None`` when there are none.
+    """
+    warm = [rec.get("warmup") for rec in records]
+    if any(w is None for w in warm):
+        return None, 0
+    start = max(w["from"] for w in warm)
+    n = min(w["from"] + len(w["lp"]) for w in warm) - start
+    if n <= 0:
+        return None, 0
+    stats = {
+        k: np.asarray([w[k][start - w["from"] : start - w["from"] + n] for w in warm])
+        for k in STATS
+    }
+    stats["diverging"] = stats["diverging"].astype(bool)
+    return stats, start + 1
+
+
+def warmup_divergences(directory: str | Path) -> Any:
+    """Where the warm-up's divergent trajectories of a checkpoint folder started.
+
+    Parameters
+    ----------
+    directory : str or Path
+        A checkpoint folder (`sample_resumable`, ``fit(checkpoint=...)``), finished or not.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A row per divergent warm-up iteration: ``chain``, ``iteration`` (1-based) and the
+        position the trajectory started from, a column per unconstrained coordinate (the
+        sampler's value variables, e.g. ``log_omega_FB`` or ``phi[3,2]``). Iterations of calls
+        made before pkpd kept them (2026-12-05) are missing.
+    """
+    import pandas as pd
+
+    directory = Path(directory)
+    run = json.loads((directory / "run.json").read_text())
+    columns = []
+    for name, shape in zip(run["names"], run["shapes"], strict=True):
+        if shape:
+            columns += [f"{name}[{','.join(map(str, i))}]" for i in np.ndindex(*shape)]
+        else:
+            columns.append(name)
+    rows = []
+    for c in range(int(run["chains"])):
+        path = directory / f"chain{c}.pkl"
+        if not path.is_file():
+            continue
+        for iteration, z in _load(path).get("warmup", {}).get("divergent", []):
+            rows.append(
+                {"chain": c, "iteration": int(iteration), **dict(zip(columns, z, strict=True))}
+            )
+    return pd.DataFrame(rows, columns=["chain", "iteration", *columns])

@@ -910,6 +910,8 @@ def _standardise(idata: Any, pm_model: Any, info: ModelInfo, with_loglik: bool) 
     groups = {"posterior": post}
     if "sample_stats" in idata.groups():
         groups["sample_stats"] = idata.sample_stats
+    if "warmup_sample_stats" in idata.groups():
+        groups["warmup_sample_stats"] = idata.warmup_sample_stats
     coords = {"obs_id": np.arange(len(obs))}
     groups["observed_data"] = xr.Dataset({"y": ("obs_id", obs.value)}, coords=coords)
     groups["constant_data"] = xr.Dataset(

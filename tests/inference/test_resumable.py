@@ -48,6 +48,17 @@ def test_uninterrupted_run_is_a_complete_fit(whole):
     assert np.all(stats["n_steps"].values <= 2 ** stats["tree_depth"].values - 1)
     assert np.all(stats["n_steps"].values > 2 ** (stats["tree_depth"].values - 1) - 1)
     assert "log_likelihood" in whole.idata.groups()
+    # the warm-up's statistics too, every iteration of it
+    warm = whole.idata.warmup_sample_stats
+    assert warm["lp"].shape == (2, RUN["tune"]) and warm.attrs["pkpd_first_iteration"] == 1
+    assert warm["diverging"].dtype == bool
+    assert np.all(warm["n_steps"].values <= 2 ** warm["tree_depth"].values - 1)
+    assert np.unique(warm["step_size"].values[0]).size > 5  # adapted during warm-up
+    # the step size recorded is the one the iteration used: the last warm-up iteration's is
+    # not yet the final one, which every draw uses
+    final = stats["step_size"].values[:, 0]
+    np.testing.assert_array_equal(stats["step_size"].values, np.repeat(final[:, None], 20, 1))
+    assert np.all(warm["step_size"].values[:, -1] != final)
     # Draws inside the prior's support, chains not stuck at their start.
     assert np.all(post["CL"].values > 0)
     assert np.unique(post["CL"].values[0]).size > 5
@@ -74,6 +85,67 @@ def test_paused_in_warm_up_and_resumed_gives_the_same_draws(whole, tmp_path, mon
     xr.testing.assert_equal(
         resumed.idata.sample_stats[["lp", "n_steps"]], whole.idata.sample_stats[["lp", "n_steps"]]
     )
+    xr.testing.assert_equal(resumed.idata.warmup_sample_stats, whole.idata.warmup_sample_stats)
+
+
+def test_a_folder_without_warm_up_statistics_has_them_from_its_next_call(
+    whole, tmp_path, monkeypatch
+):
+    # Folders written before 2026-12-05 evening kept no warm-up statistics.
+    import pickle
+
+    folder = tmp_path / "run"
+    monkeypatch.setattr(resumable, "time", _Clock())
+    with pytest.raises(SamplingPaused) as err:
+        fit(
+            "pk_1cmt_oral",
+            "theophylline",
+            checkpoint=folder,
+            sampler_kwargs={"max_seconds": 60},
+            **RUN,
+        )
+    monkeypatch.undo()
+    for c in range(RUN["chains"]):
+        path = folder / f"chain{c}.pkl"
+        with open(path, "rb") as fh:
+            rec = pickle.load(fh)
+        del rec["warmup"]
+        with open(path, "wb") as fh:
+            pickle.dump(rec, fh)
+    resumed = fit("pk_1cmt_oral", "theophylline", checkpoint=folder, **RUN)
+    xr.testing.assert_equal(resumed.posterior, whole.posterior)
+    first = max(p["iteration"] for p in err.value.progress) + 1
+    warm = resumed.idata.warmup_sample_stats
+    assert warm.attrs["pkpd_first_iteration"] == first
+    assert warm.sizes["draw"] == RUN["tune"] - first + 1
+    np.testing.assert_array_equal(
+        warm["lp"].values, whole.idata.warmup_sample_stats["lp"].values[:, first - 1 :]
+    )
+
+
+def test_divergent_warm_up_trajectories_are_listed_with_their_start(tmp_path):
+    import pickle
+
+    (tmp_path / "run.json").write_text(
+        json.dumps({"chains": 2, "names": ["log_CL", "z"], "shapes": [[], [2, 2]]})
+    )
+    z = np.arange(5.0)
+    recs = [
+        {"warmup": {"divergent": [(3, z), (7, z + 1)]}},
+        {},  # a record of a version that kept none
+    ]
+    for c, rec in enumerate(recs):
+        with open(tmp_path / f"chain{c}.pkl", "wb") as fh:
+            pickle.dump(rec, fh)
+    table = resumable.warmup_divergences(tmp_path)
+    assert list(table.columns) == [
+        "chain",
+        "iteration",
+        "log_CL",
+        *[f"z[{i},{j}]" for i in range(2) for j in range(2)],
+    ]
+    assert table["iteration"].tolist() == [3, 7] and table["chain"].tolist() == [0, 0]
+    assert table["z[1,1]"].tolist() == [4.0, 5.0]
 
 
 def test_paused_twice_and_resumed_gives_the_same_draws(whole, tmp_path, monkeypatch):
@@ -122,6 +194,15 @@ def test_a_record_ahead_of_its_state_goes_on_from_the_state():
     with pytest.warns(UserWarning, match="keeping 60 of 120"):
         resumable._agree_with_state(r, 560, 500, 1, Path("chain1.pkl"))
     assert r["iteration"] == 560 and r["draws"] == list(range(60))
+    r = rec(508, 8)
+    r["warmup"] = {
+        "from": 100,
+        "divergent": [(120, 0), (151, 0), (300, 0)],
+        **{k: list(range(400)) for k in resumable.STATS},
+    }
+    with pytest.warns(UserWarning):
+        resumable._agree_with_state(r, 150, 500, 0, Path("chain0.pkl"))
+    assert len(r["warmup"]["lp"]) == 50 and r["warmup"]["divergent"] == [(120, 0)]
     r = rec(30, 0)
     resumable._agree_with_state(r, 30, 500, 0, Path("chain0.pkl"))  # agreeing: unchanged
     assert r == rec(30, 0)
