@@ -152,7 +152,9 @@ def test_fit_command_in_pieces(tmp_path):
     assert (folder / "chain0.pkl").is_file()
     done = invoke(*common)
     assert done.exit_code in (0, 1), done.output  # 20 draws: flagged or not, but finished
-    assert load_fit(out).posterior.sizes["draw"] == 20
+    back = load_fit(out)
+    assert back.posterior.sizes["draw"] == 20
+    assert back.idata.warmup_sample_stats["lp"].shape[0] == 2  # the warm-up's, saved too
     assert (
         invoke("fit", "pk_1cmt_oral", "theophylline", "--out", out, "--max-seconds", 5).exit_code
         == 2
