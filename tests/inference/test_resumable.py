@@ -29,6 +29,23 @@ class _Clock:
         return getattr(time, name)
 
 
+def _paused_call(folder, monkeypatch, max_seconds: float) -> SamplingPaused:
+    """Run `RUN` in ``folder`` until the `_Clock` passes ``max_seconds``; return the pause."""
+    monkeypatch.setattr(resumable, "time", _Clock())
+    try:
+        with pytest.raises(SamplingPaused) as err:
+            fit(
+                "pk_1cmt_oral",
+                "theophylline",
+                checkpoint=folder,
+                sampler_kwargs={"max_seconds": max_seconds},
+                **RUN,
+            )
+    finally:
+        monkeypatch.undo()
+    return err.value
+
+
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     return fit(
@@ -66,19 +83,10 @@ def test_uninterrupted_run_is_a_complete_fit(whole):
 
 def test_paused_in_warm_up_and_resumed_gives_the_same_draws(whole, tmp_path, monkeypatch):
     folder = tmp_path / "run"
-    monkeypatch.setattr(resumable, "time", _Clock())
-    with pytest.raises(SamplingPaused) as err:
-        fit(
-            "pk_1cmt_oral",
-            "theophylline",
-            checkpoint=folder,
-            sampler_kwargs={"max_seconds": 60},
-            **RUN,
-        )
-    monkeypatch.undo()
-    done = [p["iteration"] for p in err.value.progress]
+    err = _paused_call(folder, monkeypatch, 60)
+    done = [p["iteration"] for p in err.progress]
     assert all(i < RUN["tune"] for i in done) and sum(done) > 0, done
-    assert "call again" in str(err.value)
+    assert "call again" in str(err)
     resumed = fit("pk_1cmt_oral", "theophylline", checkpoint=folder, **RUN)
     assert resumed.extra["checkpoint"]["calls"] == 2
     xr.testing.assert_equal(resumed.posterior, whole.posterior)
@@ -95,16 +103,7 @@ def test_a_folder_without_warm_up_statistics_has_them_from_its_next_call(
     import pickle
 
     folder = tmp_path / "run"
-    monkeypatch.setattr(resumable, "time", _Clock())
-    with pytest.raises(SamplingPaused) as err:
-        fit(
-            "pk_1cmt_oral",
-            "theophylline",
-            checkpoint=folder,
-            sampler_kwargs={"max_seconds": 60},
-            **RUN,
-        )
-    monkeypatch.undo()
+    err = _paused_call(folder, monkeypatch, 60)
     for c in range(RUN["chains"]):
         path = folder / f"chain{c}.pkl"
         with open(path, "rb") as fh:
@@ -114,7 +113,7 @@ def test_a_folder_without_warm_up_statistics_has_them_from_its_next_call(
             pickle.dump(rec, fh)
     resumed = fit("pk_1cmt_oral", "theophylline", checkpoint=folder, **RUN)
     xr.testing.assert_equal(resumed.posterior, whole.posterior)
-    first = max(p["iteration"] for p in err.value.progress) + 1
+    first = max(p["iteration"] for p in err.progress) + 1
     warm = resumed.idata.warmup_sample_stats
     assert warm.attrs["pkpd_first_iteration"] == first
     assert warm.sizes["draw"] == RUN["tune"] - first + 1
@@ -156,16 +155,7 @@ def test_paused_twice_and_resumed_gives_the_same_draws(whole, tmp_path, monkeypa
 
     folder = tmp_path / "run"
     for _ in range(2):
-        monkeypatch.setattr(resumable, "time", _Clock())
-        with pytest.raises(SamplingPaused):
-            fit(
-                "pk_1cmt_oral",
-                "theophylline",
-                checkpoint=folder,
-                sampler_kwargs={"max_seconds": 25},
-                **RUN,
-            )
-        monkeypatch.undo()
+        _paused_call(folder, monkeypatch, 25)
         for c in range(RUN["chains"]):
             with open(folder / f"chain{c}.pkl", "rb") as fh:
                 rec = pickle.load(fh)
