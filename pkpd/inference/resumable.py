@@ -664,9 +664,7 @@ def _warmup_stats(records: list[dict]) -> tuple[dict[str, np.ndarray] | None, in
     A folder resumed by a version of pkpd that kept none has them from its next call on. The
     first iteration's number is 1-based; the statistics are ``None`` when there are none.
     """
-    warm = [rec.get("warmup") for rec in records]
-    if any(w is None for w in warm):
-        return None, 0
+    warm = [rec["warmup"] for rec in records]  # every loaded record has one (setdefault)
     start = max(w["from"] for w in warm)
     n = min(w["from"] + len(w["lp"]) for w in warm) - start
     if n <= 0:

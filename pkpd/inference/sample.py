@@ -734,16 +734,18 @@ def fit(
     seed = int(seed)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    pm_model, info = build_model(
-        spec,
-        cohort,
+    # The same model, whatever the random effects' form (a centred fit's MAP start builds the
+    # non-centred one too).
+    same_model = dict(
         solver=solver,
         correlated_iiv=correlated_iiv,
         censoring=censoring,
         gradient=gradient,
         integrator=integrator,
         aggregate=aggregate,
-        iiv_parameterization=iiv_parameterization,
+    )
+    pm_model, info = build_model(
+        spec, cohort, iiv_parameterization=iiv_parameterization, **same_model
     )
     parameterization = resolve_parameterization(iiv_parameterization, info.iiv)
     centred = "centered" in parameterization.values()
@@ -765,16 +767,7 @@ def fit(
     elif init == "map" or chosen == "map":
         if centred:
             # The mode of the same posterior written non-centred, moved to these coordinates.
-            nc_model, _ = build_model(
-                spec,
-                cohort,
-                solver=solver,
-                correlated_iiv=correlated_iiv,
-                censoring=censoring,
-                gradient=gradient,
-                integrator=integrator,
-                aggregate=aggregate,
-            )
+            nc_model, _ = build_model(spec, cohort, **same_model)
             nc_given = start_point(nc_model, init_values) if init_values else None
             nc_point, map_report = map_estimate(nc_model, start=nc_given, progress=progressbar)
             point = centred_point(pm_model, nc_point)
