@@ -1,10 +1,13 @@
-"""``pkpd fit``, ``pkpd summary``, ``pkpd vpc``: fit a model, read a saved fit, check it visually.
+"""``pkpd fit``, ``summary``, ``vpc``, ``fit-progress``: fit, read, check and follow fits.
+
+``pkpd fit`` fits a model, ``pkpd summary`` reads a saved fit, ``pkpd vpc`` checks it visually,
+``pkpd fit-progress`` says where a fit run in pieces stands.
 
 A fit that fails its convergence checks (R-hat <= 1.01, bulk and tail ESS >= 400, no
 divergences) is saved anyway (to be inspected), but every command that uses it says so on
 stderr and exits with status 1. Errors in the inputs exit with status 2. A fit run in pieces
 (``--checkpoint``) that reaches ``--max-seconds`` first exits with status 3: the same command
-goes on from where it stopped.
+goes on from where it stopped; ``pkpd fit-progress FOLDER`` reads its folder between calls.
 """
 
 from __future__ import annotations
@@ -265,8 +268,42 @@ def vpc_cmd(
     _flagged_exit(result)
 
 
+def progress_cmd(
+    folder: Annotated[Path, typer.Argument(help="Checkpoint folder of `pkpd fit --checkpoint`.")],
+    worst: Annotated[int, typer.Option(help="Coordinates listed, worst R-hat first.", min=0)] = 10,
+) -> None:
+    """Say where a fit run in pieces stands and how its draws so far mix (reads the folder only)."""
+    import pandas as pd
+
+    from pkpd.cli import _fail
+    from pkpd.inference.checkpoint_report import checkpoint_progress, interim_diagnostics
+
+    try:
+        table = checkpoint_progress(folder)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        typer.echo(table.to_string(float_format=lambda v: f"{v:.3g}"))
+        try:
+            diag = interim_diagnostics(folder)
+        except ValueError as exc:
+            typer.echo(f"no interim diagnostics yet: {exc}")
+            return
+        n, chains = diag.attrs["draws"], diag.attrs["chains"]
+        typer.echo(
+            f"draws so far: {n} per chain x {chains} chains ({diag.attrs['divergent']} "
+            f"divergent); max R-hat {diag['rhat'].max():.3f} ({diag['rhat'].idxmax()}), "
+            f"min bulk ESS {diag['ess_bulk'].min():.0f} ({diag['ess_bulk'].idxmin()}), "
+            f"min tail ESS {diag['ess_tail'].min():.0f} ({diag['ess_tail'].idxmin()}); "
+            "on the unconstrained coordinates"
+        )
+        if worst:
+            typer.echo(diag.head(worst).to_string(float_format=lambda v: f"{v:.3g}"))
+
+
 def register(app: Any) -> None:
-    """Add ``fit``, ``summary`` and ``vpc`` to the CLI."""
+    """Add ``fit``, ``summary``, ``vpc`` and ``fit-progress`` to the CLI."""
     app.command("fit")(fit_cmd)
     app.command("summary")(summary_cmd)
     app.command("vpc")(vpc_cmd)
+    app.command("fit-progress")(progress_cmd)

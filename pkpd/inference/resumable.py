@@ -677,6 +677,28 @@ def _warmup_stats(records: list[dict]) -> tuple[dict[str, np.ndarray] | None, in
     return stats, start + 1
 
 
+def coordinate_names(run: dict[str, Any]) -> list[str]:
+    """Names of the flat unconstrained coordinates of a run, as in its chains' positions.
+
+    Parameters
+    ----------
+    run : dict
+        The folder's ``run.json`` (``names`` and ``shapes`` of the sampler's value variables).
+
+    Returns
+    -------
+    list of str
+        ``name`` for a scalar, ``name[i,j]`` for each element of an array, in flat order.
+    """
+    columns: list[str] = []
+    for name, shape in zip(run["names"], run["shapes"], strict=True):
+        if shape:
+            columns += [f"{name}[{','.join(map(str, i))}]" for i in np.ndindex(*shape)]
+        else:
+            columns.append(name)
+    return columns
+
+
 def warmup_divergences(directory: str | Path) -> Any:
     """Where the warm-up's divergent trajectories of a checkpoint folder started.
 
@@ -697,12 +719,7 @@ def warmup_divergences(directory: str | Path) -> Any:
 
     directory = Path(directory)
     run = json.loads((directory / "run.json").read_text())
-    columns = []
-    for name, shape in zip(run["names"], run["shapes"], strict=True):
-        if shape:
-            columns += [f"{name}[{','.join(map(str, i))}]" for i in np.ndindex(*shape)]
-        else:
-            columns.append(name)
+    columns = coordinate_names(run)
     rows = []
     for c in range(int(run["chains"])):
         path = directory / f"chain{c}.pkl"

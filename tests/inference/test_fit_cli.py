@@ -1,4 +1,4 @@
-"""``pkpd fit``, ``pkpd summary``, ``pkpd vpc`` on theophylline (exit codes, outputs, flags)."""
+"""``pkpd fit``, ``summary``, ``vpc``, ``fit-progress`` on theophylline: exit codes, outputs."""
 
 import pytest
 from typer.testing import CliRunner
@@ -150,8 +150,12 @@ def test_fit_command_in_pieces(tmp_path):
     assert paused.exit_code == 3, paused.output
     assert "call again" in paused.stderr and not out.exists()
     assert (folder / "chain0.pkl").is_file()
+    between = invoke("fit-progress", folder)
+    assert between.exit_code == 0 and "no interim diagnostics yet" in between.output
     done = invoke(*common)
     assert done.exit_code in (0, 1), done.output  # 20 draws: flagged or not, but finished
+    after = invoke("fit-progress", folder)
+    assert after.exit_code == 0 and "draws so far: 20 per chain x 2 chains" in after.output
     back = load_fit(out)
     assert back.posterior.sizes["draw"] == 20
     assert back.idata.warmup_sample_stats["lp"].shape[0] == 2  # the warm-up's, saved too

@@ -333,3 +333,47 @@ def test_a_resumed_fit_does_not_recompute_its_start(whole, monkeypatch):
     )
     assert "resumed" in again.extra["map"]["skipped"]
     xr.testing.assert_equal(again.posterior, whole.posterior)
+
+
+def test_the_folder_reads_alone_progress_and_interim_diagnostics(whole):
+    import arviz as az
+
+    from pkpd.inference.checkpoint_report import checkpoint_progress, interim_diagnostics
+
+    folder = whole.extra["checkpoint"]["directory"]
+    table = checkpoint_progress(folder)
+    assert table["phase"].tolist() == ["done", "done"]
+    assert table["iteration"].tolist() == [RUN["tune"] + RUN["draws"]] * 2
+    assert table["draws"].tolist() == [RUN["draws"]] * 2
+    stats = whole.idata.sample_stats
+    # the step size the chains go on with is the one every draw used
+    np.testing.assert_allclose(table["step_size"].values, stats["step_size"].values[:, 0])
+    assert table["draws_divergent"].tolist() == stats["diverging"].values.sum(axis=1).tolist()
+    warm = whole.idata.warmup_sample_stats
+    assert table["warmup_recorded"].tolist() == [RUN["tune"]] * 2
+    assert table["warmup_divergent"].tolist() == warm["diverging"].values.sum(axis=1).tolist()
+    # the last 50 iterations: 30 of the warm-up, then the 20 draws
+    steps = np.concatenate([warm["n_steps"].values[:, -30:], stats["n_steps"].values], axis=1)
+    assert table["recent_steps"].tolist() == np.median(steps, axis=1).tolist()
+    draws_only = checkpoint_progress(folder, recent=RUN["draws"])["recent_steps"]
+    assert draws_only.tolist() == np.median(stats["n_steps"].values, axis=1).tolist()
+
+    diag = interim_diagnostics(folder)
+    assert diag.attrs == {
+        "chains": 2,
+        "draws": RUN["draws"],
+        "divergent": int(stats["diverging"].values.sum()),
+    }
+    assert list(diag["rhat"]) == sorted(diag["rhat"], reverse=True)
+    # Bulk and tail ESS are rank-based: a monotone transform does not change them, so on the
+    # unconstrained log they are the constrained parameter's. R-hat's folded part is not, so
+    # R-hat is compared where the sampler's coordinate is the parameter itself.
+    post = whole.posterior
+    for coordinate, name in [("omega_CL_log__", "omega_CL"), ("sigma_add_log__", "sigma_add")]:
+        for method in ("bulk", "tail"):
+            expected = float(az.ess(post[name], method=method)[name])
+            assert diag.loc[coordinate, f"ess_{method}"] == pytest.approx(expected, rel=1e-9)
+    for name in ("log_CL", "log_V", "log_ka"):
+        assert diag.loc[name, "rhat"] == pytest.approx(float(az.rhat(post[name])[name]), rel=1e-12)
+    expected = float(az.rhat(post["z"])["z"].isel(subject=11, iiv=0))
+    assert diag.loc["z[11,0]", "rhat"] == pytest.approx(expected, rel=1e-12)
