@@ -283,7 +283,8 @@ def progress_cmd(
     except FileNotFoundError as exc:
         _fail(str(exc))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        typer.echo(table.to_string(float_format=lambda v: f"{v:.3g}"))
+        shown = table.assign(seconds=table["seconds"].round().astype(int))
+        typer.echo(shown.to_string(float_format=lambda v: f"{v:.3g}"))
         try:
             diag = interim_diagnostics(folder)
         except ValueError as exc:

@@ -75,7 +75,9 @@ def checkpoint_progress(directory: str | Path, recent: int = 50) -> Any:
     for c in range(int(run["chains"])):
         path = directory / f"chain{c}.pkl"
         if not path.is_file():
-            rows.append({"chain": c, "iteration": 0, "total": total, "phase": "not started"})
+            rows.append(
+                {"chain": c, "iteration": 0, "total": total, "phase": "not started", "seconds": 0.0}
+            )
             continue
         rec = _load(path)
         it = int(rec["iteration"])

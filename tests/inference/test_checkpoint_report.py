@@ -75,6 +75,7 @@ def test_progress_says_where_each_chain_stands(tmp_path):
     assert table["warmup_divergent"].tolist() == [2, 0, 0, 0]
     assert table["warmup_recorded"].tolist() == [6, 10, 10, 0]
     assert table["draws_divergent"].tolist() == [0, 1, 0, 0]
+    assert table["seconds"].tolist() == [12.0, 30.0, 100.0, 0.0]
     assert table["s_per_iteration"].tolist()[:3] == [2.0, 2.0, 2.0]
     np.testing.assert_array_equal(table["step_size"].values, [0.25, 0.1, np.nan, np.nan])
     # the median over the last iterations, warm-up (7 steps) and draws (3) together
@@ -107,10 +108,11 @@ def test_interim_diagnostics_need_draws_in_every_chain(tmp_path):
 def test_fit_progress_command(tmp_path):
     runner = CliRunner()
     rng = np.random.default_rng(2)
-    early = _folder(tmp_path / "early", [_record(3, [], step_size=0.5)] * 2)
+    early = _folder(tmp_path / "early", [_record(3, [], step_size=0.5)], chains=2)
     out = runner.invoke(app, ["fit-progress", str(early)])
     assert out.exit_code == 0, out.output
-    assert "warm-up" in out.output and "no interim diagnostics yet" in out.output
+    assert "warm-up" in out.output and "not started" in out.output
+    assert "no interim diagnostics yet" in out.output
     later = _folder(
         tmp_path / "later", [_record(TUNE + 20, rng.normal(size=(20, 3))) for _ in range(2)]
     )
