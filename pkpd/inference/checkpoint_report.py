@@ -18,24 +18,16 @@ it is the same. For ordered cutpoints the coordinates are the unconstrained incr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pkpd.inference.resumable import _load, coordinate_names
+from pkpd.inference.resumable import _load, _read_run, coordinate_names
 
 #: Draws per chain below which the interim diagnostics are not computed (split R-hat halves
 #: each chain).
 MIN_INTERIM_DRAWS = 4
-
-
-def _run_settings(directory: Path) -> dict[str, Any]:
-    run_file = directory / "run.json"
-    if not run_file.is_file():
-        raise FileNotFoundError(f"{directory} is not a checkpoint folder (no run.json)")
-    return json.loads(run_file.read_text())
 
 
 def checkpoint_progress(directory: str | Path, recent: int = 50) -> Any:
@@ -69,7 +61,7 @@ def checkpoint_progress(directory: str | Path, recent: int = 50) -> Any:
     import pandas as pd
 
     directory = Path(directory)
-    run = _run_settings(directory)
+    run = _read_run(directory)
     tune, total = int(run["tune"]), int(run["tune"]) + int(run["draws"])
     rows = []
     for c in range(int(run["chains"])):
@@ -154,7 +146,7 @@ def interim_diagnostics(directory: str | Path) -> Any:
     import xarray as xr
 
     directory = Path(directory)
-    run = _run_settings(directory)
+    run = _read_run(directory)
     names = coordinate_names(run)
     records = []
     for c in range(int(run["chains"])):

@@ -677,6 +677,14 @@ def _warmup_stats(records: list[dict]) -> tuple[dict[str, np.ndarray] | None, in
     return stats, start + 1
 
 
+def _read_run(directory: Path) -> dict[str, Any]:
+    """Return a checkpoint folder's ``run.json``; a folder without one is refused."""
+    run_file = directory / "run.json"
+    if not run_file.is_file():
+        raise FileNotFoundError(f"{directory} is not a checkpoint folder (no run.json)")
+    return json.loads(run_file.read_text())
+
+
 def coordinate_names(run: dict[str, Any]) -> list[str]:
     """Names of the flat unconstrained coordinates of a run, as in its chains' positions.
 
@@ -718,7 +726,7 @@ def warmup_divergences(directory: str | Path) -> Any:
     import pandas as pd
 
     directory = Path(directory)
-    run = json.loads((directory / "run.json").read_text())
+    run = _read_run(directory)
     columns = coordinate_names(run)
     rows = []
     for c in range(int(run["chains"])):
