@@ -283,8 +283,17 @@ def progress_cmd(
     except FileNotFoundError as exc:
         _fail(str(exc))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        shown = table.assign(seconds=table["seconds"].round().astype(int))
+        shown = table.assign(
+            seconds=table["seconds"].round().astype(int),
+            remaining_s=table["remaining_s"].round().astype("Int64"),
+        )
         typer.echo(shown.to_string(float_format=lambda v: f"{v:.3g}"))
+        left = table["remaining_s"].max()
+        if left > 0:
+            typer.echo(
+                f"about {_duration(left)} of sampling left for the slowest chain at its rate so "
+                "far (less once other chains finish, when chains outnumber cores)"
+            )
         try:
             diag = interim_diagnostics(folder)
         except ValueError as exc:
@@ -300,6 +309,14 @@ def progress_cmd(
         )
         if worst:
             typer.echo(diag.head(worst).to_string(float_format=lambda v: f"{v:.3g}"))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def register(app: Any) -> None:

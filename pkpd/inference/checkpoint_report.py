@@ -50,8 +50,12 @@ def checkpoint_progress(directory: str | Path, recent: int = 50) -> Any:
         ``recent_steps`` (median leapfrog steps per iteration over the last ``recent``
         recorded iterations), ``warmup_divergent`` of ``warmup_recorded`` (iterations whose
         statistics were kept: folders written before 2026-12-05 evening lack the earlier
-        ones), ``draws_divergent`` and ``step_size`` (the adapted one the chain goes on with;
-        NaN before its first save).
+        ones), ``draws_divergent``, ``step_size`` (the adapted one the chain goes on with;
+        NaN before its first save) and ``remaining_s``: an estimate of the sampling seconds
+        the chain still needs, its remaining iterations times ``recent_steps`` times its
+        seconds per leapfrog step so far (wall time: with more chains than cores it shrinks
+        as other chains finish; the recent steps, not the average, because the adapted step
+        size, hence the cost of an iteration, settles late in warm-up).
 
     Raises
     ------
@@ -76,6 +80,10 @@ def checkpoint_progress(directory: str | Path, recent: int = 50) -> Any:
         warm = rec.get("warmup", {})
         steps = list(warm.get("n_steps", [])) + list(rec["stats"]["n_steps"])
         state = rec.get("state")
+        seconds = float(rec.get("seconds", 0.0))
+        recent_steps = float(np.median(steps[-recent:])) if steps else np.nan
+        # Total steps from the recorded mean: older folders lack the early warm-up's statistics.
+        s_per_step = seconds / (np.mean(steps) * it) if steps and it else np.nan
         rows.append(
             {
                 "chain": c,
@@ -83,14 +91,17 @@ def checkpoint_progress(directory: str | Path, recent: int = 50) -> Any:
                 "total": total,
                 "phase": "done" if it >= total else "sampling" if it > tune else "warm-up",
                 "draws": len(rec["draws"]),
-                "seconds": round(float(rec.get("seconds", 0.0)), 1),
-                "s_per_iteration": float(rec.get("seconds", 0.0)) / it if it else np.nan,
-                "recent_steps": float(np.median(steps[-recent:])) if steps else np.nan,
+                "seconds": round(seconds, 1),
+                "s_per_iteration": seconds / it if it else np.nan,
+                "recent_steps": recent_steps,
                 "warmup_divergent": int(np.sum(warm.get("diverging", []))),
                 "warmup_recorded": len(warm.get("lp", [])),
                 "draws_divergent": int(np.sum(rec["stats"]["diverging"])),
                 "step_size": (
                     np.nan if state is None else float(np.asarray(state.adapt_state.step_size))
+                ),
+                "remaining_s": (
+                    0.0 if it >= total else round(max(total - it, 0) * recent_steps * s_per_step, 1)
                 ),
             }
         )
@@ -107,6 +118,7 @@ def checkpoint_progress(directory: str | Path, recent: int = 50) -> Any:
         "warmup_recorded",
         "draws_divergent",
         "step_size",
+        "remaining_s",
     ]
     table = pd.DataFrame(rows, columns=columns).set_index("chain")
     ints = ["draws", "warmup_divergent", "warmup_recorded", "draws_divergent"]

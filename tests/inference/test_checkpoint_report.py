@@ -78,6 +78,11 @@ def test_progress_says_where_each_chain_stands(tmp_path):
     assert table["seconds"].tolist() == [12.0, 30.0, 100.0, 0.0]
     assert table["s_per_iteration"].tolist()[:3] == [2.0, 2.0, 2.0]
     np.testing.assert_array_equal(table["step_size"].values, [0.25, 0.1, np.nan, np.nan])
+    # 44 iterations at 7 steps, 2 s per 7 steps; 35 at the recent median of 7 steps, 30 s per
+    # the 10 * 7 + 5 * 3 steps so far.
+    np.testing.assert_allclose(
+        table["remaining_s"].values, [88.0, round(35 * 7 * 30 / 85, 1), 0.0, np.nan]
+    )
     # the median over the last iterations, warm-up (7 steps) and draws (3) together
     assert table["recent_steps"].tolist()[:3] == [7.0, 7.0, 3.0]
     assert checkpoint_progress(folder, recent=5)["recent_steps"].tolist()[:3] == [7.0, 3.0, 3.0]
@@ -113,6 +118,7 @@ def test_fit_progress_command(tmp_path):
     assert out.exit_code == 0, out.output
     assert "warm-up" in out.output and "not started" in out.output
     assert "no interim diagnostics yet" in out.output
+    assert "about 94 s of sampling left for the slowest chain" in out.output  # 47 x 2 s
     later = _folder(
         tmp_path / "later", [_record(TUNE + 20, rng.normal(size=(20, 3))) for _ in range(2)]
     )
@@ -120,6 +126,11 @@ def test_fit_progress_command(tmp_path):
     assert out.exit_code == 0, out.output
     assert "draws so far: 20 per chain x 2 chains (0 divergent); max R-hat" in out.output
     lines = out.output.strip().splitlines()
-    assert lines[-3].startswith("coordinate") and len(lines) == 9  # chains, line, the 2 worst
+    # 20 iterations left at the recent median of 3 steps, 60 s per 10 * 7 + 20 * 3 steps so far
+    assert lines[4] == (
+        "about 28 s of sampling left for the slowest chain at its rate so far (less once other "
+        "chains finish, when chains outnumber cores)"
+    )
+    assert lines[-3].startswith("coordinate") and len(lines) == 10  # chains, 2 lines, 2 worst
     missing = runner.invoke(app, ["fit-progress", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "not a checkpoint folder" in missing.output
