@@ -7,7 +7,7 @@ independent ordered-logistic draw. This script measures what that mismatch does 
 estimates when the latent course is known: a toy latent (a Gaussian bump per patient), cohorts
 of ``--patients`` patients, the maximum-likelihood c_2 under the independent-days likelihood,
 its spread over cohorts against the model-based SD (inverse of the numerical Hessian), with
-grades generated both ways. numpy and scipy only; seconds.
+grades generated both ways (`grades` itself). Seconds.
 
     python benchmarks/ordinal_offset.py --patients 60 --cohorts 200
 """
@@ -19,6 +19,8 @@ import argparse
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
+
+from pkpd.strategies.simulate import grades
 
 DAYS = np.arange(0, 28.0)
 CUTPOINTS = np.array([3.15, 5.0, 7.43, 8.08])  # cart_crs's CRS cutpoints
@@ -32,9 +34,14 @@ def simulate(rng: np.random.Generator, n: int, persistent: bool) -> tuple:
     peak = rng.normal(4.0, 1.5, n)
     t_peak = rng.uniform(2, 8, n)
     latent = peak[:, None] * np.exp(-0.5 * ((DAYS[None] - t_peak[:, None]) / 2.0) ** 2)
-    u = rng.uniform(size=(n, 1) if persistent else (n, DAYS.size))
-    e = np.log(u) - np.log1p(-u)
-    return latent, np.sum((latent[..., None] + e[..., None]) > CUTPOINTS, axis=-1)
+    levels = np.arange(CUTPOINTS.size + 1)
+    if persistent:  # the simulators' grades: one offset per patient
+        u = rng.uniform(size=(n, 1))[:, 0]
+        cut = np.broadcast_to(CUTPOINTS, (n, CUTPOINTS.size))
+        return latent, grades(latent, cut, levels, u)
+    u = rng.uniform(size=(n, DAYS.size)).ravel()  # one offset per patient-day
+    cut = np.broadcast_to(CUTPOINTS, (u.size, CUTPOINTS.size))
+    return latent, grades(latent.reshape(-1, 1), cut, levels, u).reshape(n, DAYS.size)
 
 
 def fit_c2(latent: np.ndarray, grade: np.ndarray) -> tuple[float, float]:
