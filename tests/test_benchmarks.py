@@ -375,10 +375,48 @@ def test_ordinal_offset_models_the_simulators_grades_and_shows_the_overconfidenc
     np.testing.assert_array_equal(grades(latent, cut, np.arange(5.0), offsets), grade)
     # Independent-days likelihood: right centre, model SD about a third of the spread over
     # cohorts under persistent offsets (0.14 against 0.40 at 200 cohorts), not under
-    # independent days (0.14 against 0.13).
-    for persistent, low, high in ((True, 2.0, 4.0), (False, 0.7, 1.3)):
+    # independent days (0.14 against 0.13); the subject-offset likelihood on persistent offsets
+    # is calibrated (0.24 against 0.23).
+    for persistent, offset, low, high in (
+        (True, "record", 2.0, 4.0),
+        (False, "record", 0.7, 1.3),
+        (True, "subject", 0.7, 1.3),
+    ):
         rng = np.random.default_rng(7)
-        fits = [script.fit_c2(*script.simulate(rng, 60, persistent)) for _ in range(40)]
+        fits = [script.fit_c2(*script.simulate(rng, 60, persistent), offset) for _ in range(40)]
         est, sd = zip(*fits, strict=True)
         assert abs(np.mean(est) - 5.0) < 0.2
         assert low < np.std(est) / np.median(sd) < high
+
+
+def test_ordinal_offset_likelihood_is_the_librarys():
+    """The script's numpy likelihood equals `observation_logp` for both offsets."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pytensor
+    import pytensor.tensor as pt
+
+    from pkpd.inference.likelihood import observation_logp
+
+    script = _load("ordinal_offset")
+    latent, grade = script.simulate(np.random.default_rng(5), 12, persistent=True)
+    x = np.array([3.1, 0.7, 0.85, -0.4])
+    cut = script.cutpoints(x)
+    names = ["c1", "c2", "c3", "c4"]
+    n, days = latent.shape
+    obs = SimpleNamespace(
+        subject=np.repeat(np.arange(n), days),
+        endpoint=np.zeros(n * days, int),
+        category=grade.ravel().astype(int),
+        cens=np.zeros(n * days, int),
+    )
+    f = pt.dvector("f")
+    for offset in ("record", "subject"):
+        ospec = SimpleNamespace(error="ordinal", cutpoints=names, offset=offset)
+        spec = SimpleNamespace(observations={"g": ospec})
+        params = {nm: pt.constant(v) for nm, v in zip(names, cut, strict=True)}
+        lp = observation_logp(f, f, params, obs, spec, SimpleNamespace(endpoints=["g"]))
+        got = pytensor.function([f], lp.sum())(latent.ravel())
+        assert np.isfinite(got)
+        assert -script.nll(x, latent, grade, offset) == pytest.approx(got, rel=1e-10)

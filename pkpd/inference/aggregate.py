@@ -368,6 +368,13 @@ class AggregateLikelihood:
         self.ordinal = [o for o in self.spec.observations.values() if o.error == "ordinal"]
         if not self.ordinal:
             raise ValueError(f"model {model.name!r} has no ordinal endpoint")
+        per_record = [o.name for o in self.ordinal if o.offset != "subject"]
+        if per_record:
+            # The estimate below (worst grade from the peak latent) needs one offset per patient.
+            raise ValueError(
+                f"aggregate likelihood needs one grade offset per patient: set offset = "
+                f'"subject" on ordinal endpoint(s) {per_record} of model {model.name!r}'
+            )
         self.ord_names = [o.name for o in self.ordinal]
         self.ord_endpoint = np.array([model.endpoints.index(o.name) for o in self.ordinal])
         k_max = max(len(o.cutpoints) for o in self.ordinal)

@@ -17,6 +17,12 @@ Residual error models (``ObservationSpec.error``), with ``f`` the prediction:
                    prediction, ``c`` the increasing cutpoint parameters
 =================  ==========================================================================
 
+An ordinal endpoint's noise is independent per record (``offset = "record"``, the default) or
+one logistic offset per subject for all its records (``offset = "subject"``): then the
+likelihood is that of the subject's whole course, ``F(hi) - F(lo)`` with ``(lo, hi)`` the
+offsets that give every one of its grades (`_subject_offset_logp`), zero where the latent
+cannot order them; it sits on the subject's first record of the endpoint.
+
 Censoring (Beal's M3): an observation below its limit ``L`` (``obs_cens == 1``) contributes
 ``log P(DV < L) = log Phi((L - f) / sd)``; above an upper limit (``obs_cens == -1``)
 ``log P(DV > L)``; for the log-normal model on the log scale. Each (endpoint, censoring) group is
@@ -319,6 +325,13 @@ def observation_logp(
         here = obs.endpoint == e
         if not here.any():
             continue
+        if ospec.error == "ordinal" and ospec.offset in ("subject", EXTENDED_SUBJECT):
+            cut = pt.stack([params[c] for c in ospec.cutpoints])
+            idx = np.flatnonzero(here)
+            extend = ospec.offset == EXTENDED_SUBJECT
+            pieces.append(_subject_offset_logp(pred, cut, len(ospec.cutpoints), obs, idx, extend))
+            order.append(idx)
+            continue
         if ospec.error == "ordinal":
             cut = pt.stack([params[c] for c in ospec.cutpoints])
             n_cut = len(ospec.cutpoints)
@@ -390,3 +403,98 @@ def observation_logp(
     inverse = np.empty_like(perm)
     inverse[perm] = np.arange(perm.size)
     return pt.concatenate(pieces)[inverse]
+
+
+#: Stands in for -inf in the padded per-subject maxima (never the maximum of a real bound).
+_NO_BOUND = 1e30
+
+#: Internal offset of an ordinal endpoint (not for model files): the per-subject likelihood,
+#: extended below a gap of `_EXTEND_GAP` between the offset's bounds by a straight line in the
+#: gap, so that it is finite where grades cannot be ordered and its gradient points to where
+#: they can. Only for finding a start (`pkpd.inference.sample.fit`), never sampled.
+EXTENDED_SUBJECT = "subject (extended, for a start)"
+_EXTEND_GAP = 0.05
+
+
+def _subject_offset_logp(
+    pred: Any, cut: Any, n_cut: int, obs: Observations, idx: np.ndarray, extend: bool = False
+) -> Any:
+    """Log-likelihood of an ordinal endpoint's records with one logistic offset per subject.
+
+    A subject's grades are ``g_t = #{k: f_t + e > c_k}`` with one ``e ~ Logistic(0, 1)`` for all
+    its records, so they are jointly possible exactly when ``e`` lies in
+    ``(lo, hi) = (max_t c_{g_t} - f_t, min_t c_{g_t + 1} - f_t)`` (``c_0 = -inf``,
+    ``c_K = inf``) and their probability is ``F(hi) - F(lo)``, ``F`` the logistic CDF. Zero
+    (``-inf``) when the interval is empty: grades that the latent cannot order.
+
+    Parameters
+    ----------
+    pred : TensorVariable
+        ``(n,)`` latent predictions of all observations.
+    cut : TensorVariable
+        ``(K - 1,)`` increasing cutpoints.
+    n_cut : int
+        ``K - 1``.
+    obs : Observations
+        All observations (subject, category).
+    idx : numpy.ndarray
+        The endpoint's observations.
+    extend : bool, optional
+        Below a gap ``hi - lo`` of `_EXTEND_GAP`, continue linearly in the gap (with the slope
+        ``1 / _EXTEND_GAP`` of the log-probability there) instead of falling to ``-inf``: a
+        surrogate for finding a start (`EXTENDED_SUBJECT`).
+
+    Returns
+    -------
+    TensorVariable
+        ``(idx.size,)``: each subject's log-probability on its first record of the endpoint, 0 on
+        the others (the sum is the likelihood; pointwise, the first record stands for all).
+    """
+    import pytensor.tensor as pt
+
+    subjects, first, counts = np.unique(obs.subject[idx], return_index=True, return_counts=True)
+    width = int(counts.max())
+    # (subjects, width) positions into idx, padded with the subject's first record.
+    rows = np.repeat(np.arange(subjects.size), counts)
+    order = np.argsort(obs.subject[idx], kind="stable")
+    cols = np.arange(idx.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    pos = np.repeat(first[:, None], width, axis=1)
+    pos[rows, cols] = order
+    filled = np.zeros((subjects.size, width), dtype=bool)
+    filled[rows, cols] = True
+    cat = obs.category[idx][pos]
+    has_lo = filled & (cat > 0)
+    has_hi = filled & (cat < n_cut)
+    f = pred[idx][pos]
+    lower = pt.switch(has_lo, cut[np.clip(cat - 1, 0, None)] - f, -_NO_BOUND)
+    upper = pt.switch(has_hi, cut[np.clip(cat, 0, n_cut - 1)] - f, _NO_BOUND)
+    # Pick one element (argmax): PyTensor's max passes the gradient to every tied element, so
+    # two records with the same latent (e.g. before any dose) would count twice.
+    here = np.arange(subjects.size)
+    lo_all = lower[here, pt.argmax(lower, axis=1)]
+    hi_all = upper[here, pt.argmin(upper, axis=1)]
+    lo_any, hi_any = has_lo.any(axis=1), has_hi.any(axis=1)
+    out = pt.zeros((subjects.size,))
+    both = np.flatnonzero(lo_any & hi_any)
+    if both.size:
+        lo, hi = lo_all[both], hi_all[both]
+        if extend:
+            width = hi - lo
+            narrow = width < _EXTEND_GAP
+            mid = 0.5 * (hi + lo)
+            lo = pt.switch(narrow, mid - 0.5 * _EXTEND_GAP, lo)
+            hi = pt.switch(narrow, mid + 0.5 * _EXTEND_GAP, hi)
+        ok = lo < hi
+        gap = pt.switch(ok, lo - hi, -1.0)
+        # log(F(hi) - F(lo)), stable for any lo < hi.
+        lp = hi + pt.log1mexp(gap) - pt.softplus(hi) - pt.softplus(lo)
+        if extend:
+            lp = lp + pt.switch(narrow, (width - _EXTEND_GAP) / _EXTEND_GAP, 0.0)
+        out = pt.set_subtensor(out[both], pt.switch(ok, lp, -np.inf))
+    only_hi = np.flatnonzero(~lo_any & hi_any)
+    if only_hi.size:
+        out = pt.set_subtensor(out[only_hi], -pt.softplus(-hi_all[only_hi]))
+    only_lo = np.flatnonzero(lo_any & ~hi_any)
+    if only_lo.size:
+        out = pt.set_subtensor(out[only_lo], -pt.softplus(lo_all[only_lo]))
+    return pt.set_subtensor(pt.zeros((idx.size,))[first], out)

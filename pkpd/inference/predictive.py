@@ -164,9 +164,14 @@ def simulate_dv(
             y[:, cols] = f * np.exp(par("sigma") * eps)
         elif ospec.error == "ordinal":
             cut = np.stack([np.asarray(resid[c]) for c in ospec.cutpoints], axis=-1)  # (D, C)
-            below = 1.0 / (1.0 + np.exp(-(cut[:, None, :] - f[:, :, None])))  # P(Y <= k)
-            u = rng.uniform(size=f.shape)
-            category = np.sum(u[:, :, None] > below, axis=-1)
+            # One logistic offset per (draw, record) or per (draw, subject), as the likelihood.
+            if ospec.offset == "subject":
+                u = rng.uniform(size=(f.shape[0], int(obs.subject.max()) + 1))
+                u = u[:, obs.subject[cols]]
+            else:
+                u = rng.uniform(size=f.shape)
+            e = np.log(u) - np.log1p(-u)
+            category = np.sum(f[:, :, None] + e[:, :, None] > cut[:, None, :], axis=-1)
             y[:, cols] = np.asarray(ospec.levels, dtype=float)[category]
     return y
 

@@ -181,7 +181,10 @@ def _scaled_jitter(
     PyMC's uniform(-1, 1) on the unconstrained scale puts a typical value that the data pin to
     0.5% (log rho of the CAR-T core profile at 60 patients) 100-200 SDs from the posterior, where
     the ODE is stiff and warm-up spends its first iterations at tiny step sizes. A start with a
-    non-finite log-density is drawn again (up to ``retries`` times, as PyMC does).
+    non-finite log-density is drawn again (up to ``retries`` times, as PyMC does), each time at
+    half the width: a likelihood that is zero outside a narrow region (ordinal grades with one
+    offset per subject) leaves no room for a full-width draw in hundreds of dimensions. After
+    the retries, the chain starts at ``centre``.
     """
     import jax.numpy as jnp
 
@@ -189,10 +192,13 @@ def _scaled_jitter(
     width = np.minimum(1.0, JITTER_SDS * np.sqrt(inverse_mass))
     starts = []
     for _ in range(chains):
+        x, scale = centre, 1.0
         for _ in range(retries + 1):
-            x = centre + rng.uniform(-1.0, 1.0, centre.shape) * width
-            if np.isfinite(float(potential(jnp.asarray(x)))):
+            draw = centre + rng.uniform(-1.0, 1.0, centre.shape) * width * scale
+            if np.isfinite(float(potential(jnp.asarray(draw)))):
+                x = draw
                 break
+            scale /= 2.0
         starts.append(x)
     return np.stack(starts)
 

@@ -245,6 +245,122 @@ def map_estimate(
     return out, report
 
 
+def _smooth_start(
+    spec: Any,
+    cohort: Any,
+    same_model: dict[str, Any],
+    pm_model: Any,
+    start: dict[str, np.ndarray] | None,
+    progress: bool,
+) -> dict[str, np.ndarray] | None:
+    """Where a MAP of a model with per-subject grade offsets should start.
+
+    The likelihood of an ordinal endpoint with ``offset = "subject"`` is zero wherever some
+    subject's grades cannot be ordered by its latent course (e.g. a latent that peaks after the
+    worst grade), so prior medians are usually outside its support. Two optimisations lead
+    there: the MAP of the same model with independent grades (``offset = "record"``, positive
+    everywhere), which puts each subject's latent course near its grades; from it, the MAP of
+    the per-subject likelihood extended past its support
+    (`pkpd.inference.likelihood.EXTENDED_SUBJECT`), whose gradient leads to where every course
+    can be ordered. Other models: `start` unchanged.
+    """
+    import dataclasses
+
+    subject = {n: spec.observations[n] for n in _subject_offsets(spec)}
+    if not subject:
+        return start
+    from pkpd.inference.likelihood import EXTENDED_SUBJECT
+
+    kw = {k: v for k, v in same_model.items() if k != "aggregate"}
+    for offset, what in (
+        ("record", "the grades as independent records"),
+        (EXTENDED_SUBJECT, "the per-subject grade likelihood extended past its support"),
+    ):
+        other = dataclasses.replace(
+            spec,
+            observations={
+                **spec.observations,
+                **{n: dataclasses.replace(o, offset=offset) for n, o in subject.items()},
+            },
+        )
+        other_model, _ = build_model(other, cohort, **kw)
+        if progress:
+            print(f"MAP start: with {what}", file=sys.stderr, flush=True)
+        point, _ = map_estimate(other_model, start=start, progress=progress)
+        start = {v.name: point[v.name] for v in other_model.value_vars}
+    return {v.name: start[v.name] for v in pm_model.value_vars}
+
+
+def _subject_offsets(spec: Any) -> list[str]:
+    """Ordinal endpoints whose grades share one offset per subject."""
+    return [
+        n for n, o in spec.observations.items() if o.error == "ordinal" and o.offset == "subject"
+    ]
+
+
+def _feasible_starts(
+    pm_model: Any, start: dict[str, np.ndarray], chains: int, seed: int, retries: int = 10
+) -> list[dict[str, np.ndarray]]:
+    """One start per chain: PyMC's uniform(-1, 1) jitter around ``start``, halved until finite.
+
+    For a likelihood that is zero outside a narrow region (grades with one offset per subject),
+    where a full jitter of hundreds of coordinates almost never lands; after ``retries``
+    halvings the chain starts at ``start`` itself. Returned on the constrained scale
+    (``initvals``), for samplers told not to jitter again.
+    """
+    from pymc.initial_point import make_initial_point_fn
+
+    centre = make_initial_point_fn(
+        model=pm_model, overrides=start, jitter_rvs=set(), return_transformed=True
+    )(seed)
+    logp = pm_model.compile_logp()
+    rng = np.random.default_rng([seed, 0xF1A7])
+    out = []
+    for _ in range(chains):
+        point, scale = centre, 1.0
+        for _ in range(retries + 1):
+            draw = {
+                k: np.asarray(v) + scale * rng.uniform(-1.0, 1.0, np.shape(v))
+                for k, v in centre.items()
+            }
+            if np.isfinite(logp(draw)):
+                point = draw
+                break
+            scale /= 2.0
+        out.append(_constrained(pm_model, point))
+    return out
+
+
+def _map_from(
+    pm_model: Any, start: dict[str, np.ndarray] | None, progress: bool, info: Any
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """`map_estimate`, naming the subjects whose data are impossible at the start."""
+    try:
+        return map_estimate(pm_model, start=start, progress=progress)
+    except ValueError as err:
+        bad = _impossible_subjects(pm_model, start, info)
+        if not bad:
+            raise
+        raise ValueError(
+            f"{err}; the data of subject(s) {bad} have probability 0 there (ordinal grades "
+            'with offset = "subject" that the latent course cannot order?)'
+        ) from err
+
+
+def _impossible_subjects(pm_model: Any, start: dict[str, np.ndarray] | None, info: Any) -> list:
+    """IDs of the subjects with an observation of log-likelihood -inf at ``start``."""
+    try:
+        point = pm_model.initial_point() if start is None else start
+        fn = pm_model.compile_logp(vars=pm_model.observed_RVs, sum=False)
+        lp = np.ravel(np.asarray(fn(point)[0]))
+        ids = np.asarray(info.coords["subject"])[info.observations.subject]
+    except Exception:  # noqa: BLE001 - a diagnosis only; the original error stands
+        return []
+    if ids.size != lp.size:
+        return []
+    return sorted({str(s) for s in ids[np.isneginf(lp)]})
+
+
 def start_point(pm_model: Any, values: Mapping[str, float]) -> dict[str, np.ndarray]:
     """Return the model's initial point with some parameters set to given values.
 
@@ -493,12 +609,14 @@ def _sample_nutpie(pm_model, start, chains, draws, tune, seed, progressbar, targ
     var_names = None
     if square & {d.name for d in pm_model.deterministics}:
         var_names = [v.name for v in pm_model.unobserved_value_vars if v.name not in square]
+    fixed = isinstance(start, list)  # starts drawn by `_feasible_starts`: no jitter of its own
     compiled = nutpie.compile_pymc_model(
         pm_model,
         backend="jax",
         gradient_backend="jax",
-        initial_points=start,
+        initial_points=start[0] if fixed else start,
         var_names=var_names,
+        **({"jitter_rvs": set()} if fixed else {}),
     )
     _compile_logp_now(compiled)
     compile_s = time.perf_counter() - t0
@@ -546,7 +664,7 @@ def _sample_numpyro(pm_model, start, chains, draws, tune, seed, progressbar, tar
         target_accept=target_accept,
         random_seed=seed,
         initvals=start,
-        jitter=True,
+        jitter=not isinstance(start, list),  # a list: `_feasible_starts`, one per chain
         model=pm_model,
         progressbar=progressbar,
         chain_method=chain_method,
@@ -570,7 +688,7 @@ def _sample_pymc(pm_model, start, chains, draws, tune, seed, progressbar, target
         cores=cores,
         random_seed=seed,
         initvals=start,
-        init="jitter+adapt_diag",
+        init="adapt_diag" if isinstance(start, list) else "jitter+adapt_diag",
         target_accept=target_accept,
         progressbar=progressbar,
         model=pm_model,
@@ -769,10 +887,12 @@ def fit(
             # The mode of the same posterior written non-centred, moved to these coordinates.
             nc_model, _ = build_model(spec, cohort, **same_model)
             nc_given = start_point(nc_model, init_values) if init_values else None
-            nc_point, map_report = map_estimate(nc_model, start=nc_given, progress=progressbar)
+            nc_given = _smooth_start(spec, cohort, same_model, nc_model, nc_given, progressbar)
+            nc_point, map_report = _map_from(nc_model, nc_given, progressbar, info)
             point = centred_point(pm_model, nc_point)
         else:
-            point, map_report = map_estimate(pm_model, start=given, progress=progressbar)
+            given = _smooth_start(spec, cohort, same_model, pm_model, given, progressbar)
+            point, map_report = _map_from(pm_model, given, progressbar, info)
         if not map_report["success"]:
             warnings.warn(
                 f"MAP optimisation did not converge: {map_report['message']}", stacklevel=2
@@ -829,6 +949,8 @@ def fit(
             "sampling_s": float(idata.sample_stats.attrs["pkpd_sampling_s"]),
         }
     else:
+        if start is not None and _subject_offsets(spec):
+            start = _feasible_starts(pm_model, start, chains, seed)
         idata = _SAMPLE[chosen](
             pm_model,
             start,

@@ -171,8 +171,12 @@ def simulate_study(
             y = f * np.exp(theta[ospec.sigma["sigma"]] * eps)
         elif ospec.error == "ordinal":
             cut = np.array([theta[c] for c in ospec.cutpoints])
-            below = 1.0 / (1.0 + np.exp(-(cut[None, :] - f[:, None])))
-            category = np.sum(rng.uniform(size=f.shape)[:, None] > below, axis=1)
+            if ospec.offset == "subject":  # one logistic offset per subject, all its records
+                u = rng.uniform(size=pred.shape[0])[np.nonzero(here)[0]]
+            else:
+                u = rng.uniform(size=f.shape)
+            e = np.log(u) - np.log1p(-u)
+            category = np.sum(f[:, None] + e[:, None] > cut[None, :], axis=1)
             y = np.asarray(ospec.levels, dtype=float)[category]
         else:
             y = f

@@ -26,6 +26,7 @@ from pkpd.model.priors import PriorError, parse_prior
 from pkpd.model.spec import (
     COVARIATE_FORMS,
     ERROR_MODELS,
+    ORDINAL_OFFSETS,
     AnalyticRoles,
     CovariateEffect,
     CovariateSpec,
@@ -71,6 +72,7 @@ _KEYS = {
         "sigma_prop",
         "cutpoints",
         "levels",
+        "offset",
         "lloq",
         "description",
     },
@@ -824,6 +826,17 @@ def _observation(
         sigma[role] = pname
     cutpoints: tuple[str, ...] = ()
     levels: tuple[int, ...] = ()
+    offset = entry.get("offset", "record")
+    if "offset" in entry and error != "ordinal":
+        raise ModelError(_problem(where, name, "offset applies to ordinal endpoints only"))
+    if offset not in ORDINAL_OFFSETS:
+        raise ModelError(
+            _problem(
+                where,
+                name,
+                f"unknown offset {offset!r} (known: {', '.join(map(repr, ORDINAL_OFFSETS))})",
+            )
+        )
     if error == "ordinal":
         cutpoints = tuple(entry.get("cutpoints", ()))
         levels = tuple(int(v) for v in entry.get("levels", range(len(cutpoints) + 1)))
@@ -856,6 +869,7 @@ def _observation(
         lloq=None if lloq is None else float(lloq),
         description=str(entry.get("description", "")),
         where=where,
+        offset=str(offset),
     )
 
 

@@ -99,7 +99,10 @@ def describe(spec: ModelSpec) -> str:
         for o in spec.observations.values():
             roles = ", ".join(f"{k}={v}" for k, v in o.sigma.items())
             if o.cutpoints:
-                roles = f"cutpoints {', '.join(o.cutpoints)}; levels {list(o.levels)}"
+                roles = (
+                    f"cutpoints {', '.join(o.cutpoints)}; levels {list(o.levels)}; "
+                    f"offset per {o.offset}"
+                )
             out.append(
                 f"| {o.name} | {o.dvid} | ${_latex(o.raw)}$ | {o.unit} | {o.error}"
                 f"{' (' + roles + ')' if roles else ''} |"

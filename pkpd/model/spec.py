@@ -33,6 +33,10 @@ ERROR_MODELS: dict[str, tuple[str, ...]] = {
     "none": (),
 }
 
+#: How the logistic noise of an ordinal endpoint's grades is shared across a subject's records:
+#: ``"record"``, independent per record; ``"subject"``, one offset per subject for all records.
+ORDINAL_OFFSETS = ("record", "subject")
+
 #: Covariate effect forms: p *= f(cov).
 COVARIATE_FORMS = ("power", "exp", "linear", "factor")
 
@@ -255,6 +259,9 @@ class ObservationSpec:
         For ordinal endpoints: parameters holding the increasing cutpoints (K-1 for K levels).
     levels : tuple of int
         For ordinal endpoints: the observed values (e.g. grades 0..4).
+    offset : str
+        For ordinal endpoints: one of `ORDINAL_OFFSETS`, how the logistic noise is shared across
+        a subject's records (``"record"`` for other endpoints, where it has no meaning).
     lloq : float or None
         Default lower limit of quantification (endpoint unit), used when a dataset gives none.
     description : str
@@ -273,6 +280,7 @@ class ObservationSpec:
     lloq: float | None
     description: str
     where: Where
+    offset: str = "record"
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,12 @@ decision time per simulation. Passes needed = the largest number of distinct rea
 of any simulation (bounded by the policies' ``max_doses``); every pass is a full batched solve.
 
 Ordinal endpoints (CRS and ICANS grades) are drawn as ``grade = #{k: latent + e > c_k}`` with a
-logistic ``e`` fixed per patient (from the population's ``u``): the grade follows the latent
-severity through time, and the same patient has the same ``e`` in every strategy (common random
-numbers), so a strategy compared with itself differs by exactly zero.
+logistic ``e`` fixed per patient (from the population's ``u``; ``offset = "subject"`` in the model
+file, as in the library's outcomes): the grade follows the latent severity through time, and the
+same patient has the same ``e`` in every strategy (common random numbers), so a strategy compared
+with itself differs by exactly zero. Endpoints with ``offset = "record"`` get an independent
+``e`` per time instead, derived from the patient's ``u`` (`record_uniforms`), so the numbers are
+still common to all strategies; their worst grade then depends on how often it is assessed.
 """
 
 from __future__ import annotations
@@ -79,8 +82,9 @@ def _run(model: Any, solver: Solver, lanes: bool, ev: dict, t: Any, seq: Any, p:
     solve_fn = solve_lanes if lanes else solve_batch
     res = solve_fn(model, solver, ev, t, seq, p)
     obs = jax.vmap(jax.vmap(model.observe, in_axes=(0, 0, None)), in_axes=(0, 0, 0))(t, res.y, p)
-    for q, (e, cut, levels) in enumerate(_ordinal_info(model)):
-        obs = obs.at[:, :, e].set(grades(obs[:, :, e], p[:, cut], levels, u[:, q], xp=jnp))
+    for q, (e, cut, levels, per_record) in enumerate(_ordinal_info(model, offsets=True)):
+        uq = record_uniforms(u[:, q], t.shape[1]) if per_record else u[:, q]
+        obs = obs.at[:, :, e].set(grades(obs[:, :, e], p[:, cut], levels, uq, xp=jnp))
     return obs, res.y, res.status
 
 
@@ -193,18 +197,51 @@ class _Resolver:
         )
 
 
-def _ordinal_info(model: Any) -> list[tuple[int, list[int], np.ndarray]]:
-    """(endpoint index, cutpoint parameter indices, levels) of each ordinal endpoint."""
-    out = []
+def _ordinal_info(model: Any, offsets: bool = False) -> list[tuple]:
+    """(endpoint index, cutpoint parameter indices, levels) of each ordinal endpoint.
+
+    With ``offsets``, a fourth item: whether the endpoint's noise is independent per record
+    (``offset = "record"`` in the model file) rather than one offset per patient.
+    """
+    out: list[tuple] = []
     for e, obs in enumerate(model.spec.observations.values()):
         if obs.error == "ordinal":
             cut = [model.parameter_index(c) for c in obs.cutpoints]
-            out.append((e, cut, np.asarray(obs.levels, float)))
+            item = (e, cut, np.asarray(obs.levels, float))
+            out.append((*item, obs.offset == "record") if offsets else item)
     return out
 
 
+def record_uniforms(u: Any, n_times: int) -> Any:
+    """Independent uniform numbers per time, derived from each simulation's own ``u``.
+
+    For ordinal endpoints with independent noise per record (``offset = "record"``): the
+    numbers are a function of ``u`` alone (a counter-based generator keyed by it), so the same
+    patient meets the same noise in every strategy (common random numbers).
+
+    Parameters
+    ----------
+    u : jax.Array
+        ``(M,)`` uniform numbers in (0, 1).
+    n_times : int
+        Times per simulation.
+
+    Returns
+    -------
+    jax.Array
+        ``(M, n_times)`` uniform numbers in (0, 1).
+    """
+    seed = jnp.floor(u * 4294967295.0).astype(jnp.uint32)
+
+    def one(s: Any) -> Any:
+        key = jax.random.PRNGKey(s)
+        return jax.random.uniform(key, (n_times,), minval=1e-12, maxval=1.0 - 1e-12)
+
+    return jax.vmap(one)(seed)
+
+
 def grades(latent: Any, cutpoints: Any, levels: Any, u: Any, xp: Any = np) -> Any:
-    """Ordered-logistic grades with a fixed logistic offset per simulation.
+    """Ordered-logistic grades with a logistic offset per simulation or per record.
 
     Parameters
     ----------
@@ -215,7 +252,8 @@ def grades(latent: Any, cutpoints: Any, levels: Any, u: Any, xp: Any = np) -> An
     levels : numpy.ndarray
         ``(K+1,)`` grade values.
     u : numpy.ndarray
-        ``(M,)`` uniform numbers in (0, 1).
+        ``(M,)`` uniform numbers in (0, 1): one offset per simulation, for all its times
+        (``offset = "subject"``); or ``(M, T)``: one per record (``offset = "record"``).
     xp : module, optional
         Array namespace: `numpy` (default) or `jax.numpy` (inside a compiled function).
 
@@ -225,7 +263,9 @@ def grades(latent: Any, cutpoints: Any, levels: Any, u: Any, xp: Any = np) -> An
         ``(M, T)`` grades: ``levels[#{k: latent + logit(u) > c_k}]``.
     """
     e = xp.log(u) - xp.log1p(-u)
-    count = xp.sum((latent[..., None] + e[:, None, None]) > cutpoints[:, None, :], axis=-1)
+    if e.ndim == 1:
+        e = e[:, None]
+    count = xp.sum((latent[..., None] + e[..., None]) > cutpoints[:, None, :], axis=-1)
     return xp.asarray(levels)[count]
 
 

@@ -78,6 +78,7 @@ dvid = 2
 error = "ordinal"
 cutpoints = ["c1", "c2", "c3", "c4"]
 levels = [0, 1, 2, 3, 4]
+offset = "subject"
 """
 
 SOC = {
@@ -441,3 +442,14 @@ def test_nuts_and_laplace_agree_on_cutpoints(toy, trials):
         assert abs(nuts.summary.loc[name, "median"] - laplace.summary.loc[name, "median"]) < (
             0.15 * width
         ), name
+
+
+def test_grades_with_one_offset_per_record_are_refused(toy, trials):
+    # The estimate (worst grade from the peak latent) holds for one offset per patient only.
+    import dataclasses
+
+    spec = toy.spec
+    grade = dataclasses.replace(spec.observations["crs_grade"], offset="record")
+    record = dataclasses.replace(spec, observations={**spec.observations, "crs_grade": grade})
+    with pytest.raises(ValueError, match='offset = "subject"'):
+        AggregateLikelihood(record.compile(), trials, ["kin"], design=design(64))

@@ -179,3 +179,50 @@ def test_unknown_or_impossible_integrator_is_refused(toy, population):
         simulate_strategies(toy, population, [NONE], integrator="fast")
     with pytest.raises(ValueError, match="explicit method"):
         simulate_strategies(toy, population, [NONE], integrator="lanes", solver=Solver("kvaerno5"))
+
+
+def test_grades_with_one_offset_per_record():
+    from pkpd.strategies.simulate import grades, record_uniforms
+
+    u = np.array([0.1, 0.5, 0.93])
+    per_time = np.asarray(record_uniforms(u, 40))
+    assert per_time.shape == (3, 40) and np.all((per_time > 0) & (per_time < 1))
+    # A function of u alone (common random numbers), different for different u and times.
+    np.testing.assert_array_equal(per_time, np.asarray(record_uniforms(u, 40)))
+    assert np.unique(per_time).size == per_time.size
+    latent = np.zeros((3, 40))
+    cut = np.broadcast_to(np.array([-1.0, 0.0, 1.0]), (3, 3))
+    levels = np.arange(4.0)
+    # One offset per patient: a constant latent gives a constant grade ...
+    assert all(np.unique(g).size == 1 for g in grades(latent, cut, levels, u))
+    # ... one per record: grades vary, distributed as the ordered logistic of each day.
+    g = grades(latent, cut, levels, per_time)
+    assert all(np.unique(row).size > 1 for row in g)
+    big = np.asarray(record_uniforms(np.linspace(0.01, 0.99, 200), 200)).ravel()
+    e = np.log(big) - np.log1p(-big)
+    for c in (-1.0, 0.0, 1.0):  # P(e > c) = 1 - logistic(c), 40,000 draws: SE 0.0025
+        assert np.mean(e > c) == pytest.approx(1 / (1 + np.exp(c)), abs=0.01)
+
+
+def test_strategies_honour_an_endpoint_with_one_offset_per_record(toy, population):
+    import dataclasses
+
+    spec = toy.spec
+    grade = dataclasses.replace(spec.observations["crs_grade"], offset="record")
+    record = dataclasses.replace(
+        spec, observations={**spec.observations, "crs_grade": grade}
+    ).compile()
+    a = simulate_strategies(record, population, [NONE, REACTIVE], keep_trajectories=20)
+    b = simulate_strategies(toy, population, [NONE, REACTIVE], keep_trajectories=20)
+    # Same latent courses, other grades: per-record noise flickers from one time to the next.
+    np.testing.assert_allclose(a["auc_il6"].sel(strategy="none"), b["auc_il6"].sel(strategy="none"))
+    flicker = [
+        np.count_nonzero(np.diff(ds["traj"].sel(strategy="none", endpoint="crs_grade").values))
+        for ds in (a, b)
+    ]
+    assert flicker[0] > 3 * flicker[1]
+    # Common random numbers still hold: a strategy against itself differs by exactly zero.
+    twin = simulate_strategies(record, population, [NONE, dataclasses.replace(NONE, name="n2")])
+    np.testing.assert_array_equal(
+        twin["max_crs_grade"].sel(strategy="none"), twin["max_crs_grade"].sel(strategy="n2")
+    )
