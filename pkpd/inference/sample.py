@@ -887,11 +887,11 @@ def fit(
             # The mode of the same posterior written non-centred, moved to these coordinates.
             nc_model, _ = build_model(spec, cohort, **same_model)
             nc_given = start_point(nc_model, init_values) if init_values else None
-            nc_given = _smooth_start(spec, cohort, same_model, nc_model, nc_given, progressbar)
+            nc_given = _smooth_start(info.spec, cohort, same_model, nc_model, nc_given, progressbar)
             nc_point, map_report = _map_from(nc_model, nc_given, progressbar, info)
             point = centred_point(pm_model, nc_point)
         else:
-            given = _smooth_start(spec, cohort, same_model, pm_model, given, progressbar)
+            given = _smooth_start(info.spec, cohort, same_model, pm_model, given, progressbar)
             point, map_report = _map_from(pm_model, given, progressbar, info)
         if not map_report["success"]:
             warnings.warn(
@@ -949,7 +949,7 @@ def fit(
             "sampling_s": float(idata.sample_stats.attrs["pkpd_sampling_s"]),
         }
     else:
-        if start is not None and _subject_offsets(spec):
+        if start is not None and _subject_offsets(info.spec):
             start = _feasible_starts(pm_model, start, chains, seed)
         idata = _SAMPLE[chosen](
             pm_model,

@@ -2,6 +2,7 @@
 likelihood against brute-force integration over the offset, its gradient, and the model file."""
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -336,14 +337,13 @@ def test_map_fit_finds_the_support_of_the_subject_likelihood(multi_spec):
 
 
 def test_grades_no_latent_course_can_order_are_named(multi_spec, tmp_path):
-    from conftest import DATA
-
     import pkpd
     from pkpd.inference import fit
 
     # Subject 1's grades 2, 1, 0 at 3, 8 and 24 h become 2, 1, 2: its latent (the
     # concentration after a bolus) only falls, so no offset gives that course.
-    lines = (DATA / "multi_endpoint.csv").read_text().splitlines()
+    data = Path(__file__).parent / "data" / "multi_endpoint.csv"
+    lines = data.read_text().splitlines()
     assert lines[9] == "1,24,.,0,0,0,1,3,0,."
     lines[9] = "1,24,.,2,0,0,1,3,0,."
     path = tmp_path / "impossible.csv"
@@ -364,7 +364,7 @@ def test_chains_start_inside_the_support(multi_spec):
     )
 
     spec = _subject_spec(multi_spec)
-    cohort, _ = _study(spec)
+    cohort, _ = _study(spec, n=12)
     pm_model, info = build_model(spec, cohort)
     start = _smooth_start(spec, cohort, {}, pm_model, None, False)
     point, _ = _map_from(pm_model, start, False, info)
