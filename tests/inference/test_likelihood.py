@@ -88,10 +88,9 @@ def test_observations_selected(multi_spec, multi_cohort):
     assert len(dropped) == 22 - 5 and dropped.n_dropped == 5 and not dropped.cens.any()
 
 
-def test_loglik_matches_scipy(multi_spec, multi_cohort):
-    pm_model, info = build_model(multi_spec, multi_cohort, solver=TIGHT)
-    z = np.random.default_rng(7).standard_normal((3, 2))
-    values = {
+def point_values(z):
+    """`POINT` as the free variables of the multi-endpoint model, with random effects ``z``."""
+    return {
         "log_CL": np.log(POINT["CL"]),
         "log_V": np.log(POINT["V"]),
         "sigma_add": POINT["sigma_add"],
@@ -102,6 +101,12 @@ def test_loglik_matches_scipy(multi_spec, multi_cohort):
         "omega_V": POINT["omega_V"],
         "z": z,
     }
+
+
+def test_loglik_matches_scipy(multi_spec, multi_cohort):
+    pm_model, info = build_model(multi_spec, multi_cohort, solver=TIGHT)
+    z = np.random.default_rng(7).standard_normal((3, 2))
+    values = point_values(z)
     got = log_likelihood(pm_model, _posterior(pm_model, values))["y"][0, 0]
     want = _expected(multi_spec, multi_cohort, info, z)
     assert got.shape == want.shape == (22,)

@@ -187,7 +187,7 @@ def test_library_grades_share_one_offset_per_patient():
 
 
 def test_fit_loglik_with_subject_offset(multi_spec, multi_cohort):
-    from test_likelihood import POINT, TIGHT, _expected, _posterior
+    from test_likelihood import POINT, TIGHT, _expected, _posterior, point_values
 
     from pkpd.inference import build_model
     from pkpd.inference.sample import log_likelihood
@@ -196,17 +196,7 @@ def test_fit_loglik_with_subject_offset(multi_spec, multi_cohort):
     spec = dataclasses.replace(multi_spec, observations={**multi_spec.observations, "grade": grade})
     pm_model, info = build_model(spec, multi_cohort, solver=TIGHT)
     z = np.random.default_rng(7).standard_normal((3, 2))
-    values = {
-        "log_CL": np.log(POINT["CL"]),
-        "log_V": np.log(POINT["V"]),
-        "sigma_add": POINT["sigma_add"],
-        "sigma_prop": POINT["sigma_prop"],
-        "sigma_log": POINT["sigma_log"],
-        "cutpoints_grade": [POINT["c1"], POINT["c2"]],
-        "omega_CL": POINT["omega_CL"],
-        "omega_V": POINT["omega_V"],
-        "z": z,
-    }
+    values = point_values(z)
     got = log_likelihood(pm_model, _posterior(pm_model, values))["y"][0, 0]
     independent = _expected(multi_spec, multi_cohort, info, z)
     obs = info.observations
@@ -331,9 +321,11 @@ def test_map_fit_finds_the_support_of_the_subject_likelihood(multi_spec):
     # goes through the independent-records MAP and the extended likelihood's MAP.
     pm_model, _ = build_model(spec, cohort)
     assert pm_model.compile_logp()(pm_model.initial_point()) == -np.inf
-    res = fit(spec, cohort, sampler="map", seed=1)
+    # NUTS by nutpie from there: its own jitter is off, the start drawn inside the support.
+    res = fit(spec, cohort, sampler="nutpie", init="map", chains=2, tune=30, draws=10, seed=1)
     assert np.isfinite(res.extra["map"]["logp"])
-    assert res.idata.posterior["c2"].values.ravel()[0] > res.idata.posterior["c1"].values.ravel()[0]
+    post = res.idata.posterior
+    assert np.all(np.isfinite(post["c1"].values)) and np.all(post["c2"].values > post["c1"].values)
 
 
 def test_grades_no_latent_course_can_order_are_named(multi_spec, tmp_path):
