@@ -190,17 +190,30 @@ def _scaled_jitter(
 
     rng = np.random.default_rng([seed, 0x5EED])
     width = np.minimum(1.0, JITTER_SDS * np.sqrt(inverse_mass))
-    starts = []
-    for _ in range(chains):
-        x, scale = centre, 1.0
-        for _ in range(retries + 1):
-            draw = centre + rng.uniform(-1.0, 1.0, centre.shape) * width * scale
-            if np.isfinite(float(potential(jnp.asarray(draw)))):
-                x = draw
-                break
-            scale /= 2.0
-        starts.append(x)
+    starts = [
+        jitter_until_finite(
+            centre, width, rng, lambda x: np.isfinite(float(potential(jnp.asarray(x)))), retries
+        )
+        for _ in range(chains)
+    ]
     return np.stack(starts)
+
+
+def jitter_until_finite(
+    centre: np.ndarray, width: Any, rng: np.random.Generator, finite: Any, retries: int = 10
+) -> np.ndarray:
+    """Draw ``centre + uniform(-1, 1) * width`` until ``finite`` holds, halving the width.
+
+    After ``retries`` halvings, ``centre`` itself. For chains' starts around a point when the
+    log-density may be zero outside a narrow region, e.g. grades with one offset per subject.
+    """
+    scale = 1.0
+    for _ in range(retries + 1):
+        draw = centre + rng.uniform(-1.0, 1.0, centre.shape) * width * scale
+        if finite(draw):
+            return draw
+        scale /= 2.0
+    return centre
 
 
 def _constrained_fn(pm_model: Any) -> tuple[Any, list[str]]:

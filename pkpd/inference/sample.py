@@ -310,25 +310,33 @@ def _feasible_starts(
     """
     from pymc.initial_point import make_initial_point_fn
 
+    from pkpd.inference.resumable import jitter_until_finite
+
     centre = make_initial_point_fn(
         model=pm_model, overrides=start, jitter_rvs=set(), return_transformed=True
     )(seed)
+    names = list(centre)
+    shapes = [np.shape(centre[k]) for k in names]
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    flat = np.concatenate([np.ravel(np.asarray(centre[k], dtype=float)) for k in names])
+
+    def unflatten(x: np.ndarray) -> dict[str, np.ndarray]:
+        parts = np.split(x, np.cumsum(sizes)[:-1])
+        return {k: p.reshape(sh) for k, p, sh in zip(names, parts, shapes, strict=True)}
+
     logp = pm_model.compile_logp()
     rng = np.random.default_rng([seed, 0xF1A7])
-    out = []
-    for _ in range(chains):
-        point, scale = centre, 1.0
-        for _ in range(retries + 1):
-            draw = {
-                k: np.asarray(v) + scale * rng.uniform(-1.0, 1.0, np.shape(v))
-                for k, v in centre.items()
-            }
-            if np.isfinite(logp(draw)):
-                point = draw
-                break
-            scale /= 2.0
-        out.append(_constrained(pm_model, point))
-    return out
+    return [
+        _constrained(
+            pm_model,
+            unflatten(
+                jitter_until_finite(
+                    flat, 1.0, rng, lambda x: np.isfinite(logp(unflatten(x))), retries
+                )
+            ),
+        )
+        for _ in range(chains)
+    ]
 
 
 def _map_from(
