@@ -102,11 +102,43 @@ def profile_with_iiv(profile, add_iiv=()):
     return replace(prof, name=name, stages=(*prof.stages[:-1], replace(final, iiv=iiv)))
 
 
+#: Per-record grade noise scale of ``--grade-noise`` (None: the library's grades as they are).
+GRADE_NOISE: float | None = None
+
+
+def with_grade_noise(spec, scale: float):
+    """``spec`` with a per-record logistic noise of ``scale`` on top of each ordinal endpoint's
+    per-patient offset (``record_scale`` on every endpoint with ``offset = "subject"``; one
+    fixed parameter ``s_record``)."""
+    import dataclasses
+
+    source = "assumption: benchmark --grade-noise (day-to-day grading noise)"
+    par = dataclasses.replace(
+        spec.parameters["s_crs"], name="s_record", value=float(scale), source=source
+    )
+    observations = {
+        n: dataclasses.replace(o, record_scale="s_record")
+        if o.error == "ordinal" and o.offset == "subject"
+        else o
+        for n, o in spec.observations.items()
+    }
+    return dataclasses.replace(
+        spec, parameters={**spec.parameters, "s_record": par}, observations=observations
+    )
+
+
+def base_model():
+    """cart_crs, with ``--grade-noise`` applied."""
+    import pkpd
+
+    spec = pkpd.load_model("cart_crs")
+    return spec if GRADE_NOISE is None else with_grade_noise(spec, GRADE_NOISE)
+
+
 def generator_model(stage, generator_iiv="all"):
     """The compiled model that generates the cohort: None for cart_crs itself (``"all"``), or
     cart_crs with IIV only on the stage's random effects (``"profile"``) or on the listed
     parameters (everyone else at the typical values)."""
-    import pkpd
 
     if isinstance(generator_iiv, str):
         if generator_iiv == "all":
@@ -119,7 +151,7 @@ def generator_model(stage, generator_iiv="all"):
         iiv = list(stage.iiv)
     else:
         iiv = list(generator_iiv)
-    full = pkpd.load_model("cart_crs")
+    full = base_model()
     no_iiv = [n for n in iiv if full.parameters[n].iiv is None]
     if no_iiv:
         raise ValueError(f"cart_crs has no IIV on {no_iiv}")
@@ -174,7 +206,6 @@ def run(
     (`pkpd.inference.resumable`), for at most ``max_seconds`` per call: the same command goes on
     from where the last call stopped (`SamplingPaused` until it is done).
     """
-    import pkpd
     from pkpd.inference.identifiability import contraction
     from pkpd.inference.profiles import fit_staged, get_profile
 
@@ -186,7 +217,7 @@ def run(
 
     t0 = time.perf_counter()
     result = fit_staged(
-        "cart_crs",
+        base_model(),
         cohort,
         profile=profile,
         seed=seed,
@@ -208,7 +239,7 @@ def run(
         t1 = time.perf_counter()
         crs3 = crs3_check(result, seed, generator=gen_model)  # truth: the cohort's generator
         crs3["wall_s"] = time.perf_counter() - t1
-    generator = pkpd.load_model("cart_crs")
+    generator = base_model()
     post = result.idata.posterior
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -257,6 +288,7 @@ def run(
         "sampler_kwargs": dict(result.settings.sampler_kwargs),
         "leapfrog": leapfrog_per_draw(result.idata),
         "checkpoint": result.extra.get("checkpoint"),
+        "grade_noise": GRADE_NOISE,
     }
 
 
@@ -307,7 +339,6 @@ def crs3_check(
     margin: covered when the truth lies within the interval widened by 1.645 x the combined
     binomial SE of the two rates.
     """
-    import pkpd
     from pkpd.data.virtual import SAMPLING, draw_patients, rescue_strategy, simulate_courses
     from pkpd.strategies import simulate_strategies, strategy_from_dict
     from pkpd.strategies.population import make_population
@@ -315,7 +346,7 @@ def crs3_check(
     grid = np.asarray(sorted({float(t) for sched, _ in SAMPLING.values() for t in sched}))
     truth_patients = draw_patients(n_truth, seed=seed + 1)
     if generator is None:
-        generator = pkpd.load_model("cart_crs").compile()
+        generator = base_model().compile()
     untreated = strategy_from_dict({"name": "none"})
     truths = {}
     for label, strategy in (("rescue", None), ("untreated", untreated)):
@@ -383,13 +414,12 @@ def generator_rates(n_patients: int, seed: int, model=None) -> dict:
     the fraction of patients with worst CRS and ICANS grade >= k and, under rescue, the fraction
     given tocilizumab and dexamethasone. What the recovery's P(CRS >= 3) check has to work with.
     """
-    import pkpd
     from pkpd.data.virtual import SAMPLING, draw_patients, simulate_courses
     from pkpd.strategies import strategy_from_dict
 
     grid = np.asarray(sorted({float(t) for sched, _ in SAMPLING.values() for t in sched}))
     patients = draw_patients(n_patients, seed=seed)
-    generator = pkpd.load_model("cart_crs").compile() if model is None else model
+    generator = base_model().compile() if model is None else model
     out: dict = {"patients": n_patients, "seed": seed}
     for label, strategy in (("rescue", None), ("untreated", strategy_from_dict({"name": "none"}))):
         t0 = time.perf_counter()
@@ -412,6 +442,8 @@ def generated_cohort(n_patients: int, seed: int, model=None):
     from pkpd.data import from_dataframe
     from pkpd.data.virtual import draw_patients, make_virtual_cohort
 
+    if model is None and GRADE_NOISE is not None:
+        model = base_model().compile()
     kwargs = {} if model is None else {"model": model}
     records = make_virtual_cohort(draw_patients(n_patients, seed=seed), seed=seed, **kwargs)
     return from_dataframe(records, source=f"virtual_{n_patients}_{seed}", time_unit="day")
@@ -424,7 +456,7 @@ def _last_stage(n_patients: int, profile: str, seed: int | None = None) -> tuple
     import pkpd
     from pkpd.inference.profiles import get_profile, select_endpoints
 
-    base = pkpd.load_model("cart_crs")
+    base = base_model()
     if seed is not None:
         cohort = generated_cohort(n_patients, seed)
     else:
@@ -683,7 +715,14 @@ def markdown(res: dict) -> str:
     )
     lines.append("")
     lines.append(
-        f"{res['n']} patients, {res['n_obs']} observations in the last stage; {mixing}, last stage "
+        f"{res['n']} patients, {res['n_obs']} observations in the last stage"
+        + (
+            f" (grades with per-record noise of scale {res['grade_noise']} on top of the "
+            "per-patient offset, generated and fitted)"
+            if res.get("grade_noise") is not None
+            else ""
+        )
+        + f"; {mixing}, last stage "
         f"sampler {res.get('sampler', 'nutpie')}, integrator {res['integrator']}, gradient "
         f"{res.get('gradient', 'forward')}, random effects "
         f"{_parameterization_text(res.get('parameterization'))}"
@@ -821,6 +860,13 @@ def main() -> None:
     )
     parser.add_argument("--target-accept", type=float, default=0.8)
     parser.add_argument(
+        "--grade-noise",
+        type=float,
+        default=None,
+        help="generate and fit grades with per-record logistic noise of this scale on top of "
+        "the per-patient offset (record_scale; default: none, as the library's outcomes)",
+    )
+    parser.add_argument(
         "--init",
         default=None,
         choices=["prior", "map", "pathfinder"],
@@ -891,6 +937,8 @@ def main() -> None:
         "(--seed) instead of the first patients of virtual_cart",
     )
     args = parser.parse_args()
+    global GRADE_NOISE
+    GRADE_NOISE = args.grade_noise
     generator_iiv = (
         args.generator_iiv
         if args.generator_iiv in ("all", "profile")

@@ -420,3 +420,37 @@ def test_ordinal_offset_likelihood_is_the_librarys():
         got = pytensor.function([f], lp.sum())(latent.ravel())
         assert np.isfinite(got)
         assert -script.nll(x, latent, grade, offset) == pytest.approx(got, rel=1e-10)
+
+
+def test_cart_recovery_grade_noise_option(monkeypatch):
+    import numpy as np
+
+    cart_recovery = _load("cart_recovery")
+    assert cart_recovery.base_model().observations["crs_grade"].record_scale is None
+    monkeypatch.setattr(cart_recovery, "GRADE_NOISE", 0.25)
+    spec = cart_recovery.base_model()
+    for name in ("crs_grade", "icans_grade"):  # both ordinal endpoints, one fixed scale
+        assert spec.observations[name].record_scale == "s_record"
+    assert spec.parameters["s_record"].value == 0.25 and not spec.parameters["s_record"].estimated
+    # The generator draws the noisy grades: same patients and seed, other grades (and, through
+    # the reactive rescue that grades trigger, other drug doses and IL-6 after them).
+    noisy = cart_recovery.generated_cohort(4, seed=3).ds
+    monkeypatch.setattr(cart_recovery, "GRADE_NOISE", None)
+    plain = cart_recovery.generated_cohort(4, seed=3).ds
+    grade = plain["obs_dvid"].values == spec.observations["crs_grade"].dvid
+    assert grade.sum() > 20
+    assert np.any(noisy["obs_dv"].values[grade] != plain["obs_dv"].values[grade])
+
+
+def test_grade_noise_benchmark_variants():
+    grade_noise = _load("grade_noise")
+    from pkpd.model import load_model
+
+    spec = load_model(BENCHMARKS / "models" / "grade_course.toml")
+    exact = grade_noise.variant(spec, None)
+    assert exact.observations["grade"].record_scale is None
+    noisy = grade_noise.variant(spec, 0.1)
+    assert noisy.observations["grade"].record_scale == "s_rec"
+    assert noisy.parameters["s_rec"].value == 0.1
+    design = grade_noise.design(3, 14)
+    assert (design["EVID"] == 0).sum() == 3 * 14 and (design["EVID"] == 1).sum() == 3

@@ -375,6 +375,14 @@ class AggregateLikelihood:
                 f"aggregate likelihood needs one grade offset per patient: set offset = "
                 f'"subject" on ordinal endpoint(s) {per_record} of model {model.name!r}'
             )
+        noisy = [o.name for o in self.ordinal if o.record_scale]
+        if noisy:
+            # With noise per record the worst grade depends on the assessment days, which a
+            # published summary does not give; not implemented.
+            raise ValueError(
+                f"aggregate likelihood needs grades that follow the latent course exactly: "
+                f"ordinal endpoint(s) {noisy} of model {model.name!r} have a record_scale"
+            )
         self.ord_names = [o.name for o in self.ordinal]
         self.ord_endpoint = np.array([model.endpoints.index(o.name) for o in self.ordinal])
         k_max = max(len(o.cutpoints) for o in self.ordinal)

@@ -210,6 +210,7 @@ def parameter_roles(spec: Any) -> dict[str, str]:
     residual, cutpoint, coefficient = set(), set(), set()
     for ospec in spec.observations.values():
         residual.update(ospec.sigma.values())
+        residual.update([ospec.record_scale] if ospec.record_scale else [])
         cutpoint.update(ospec.cutpoints)
     for par in spec.parameters.values():
         coefficient.update(e.coef for e in par.covariates if isinstance(e.coef, str))

@@ -21,7 +21,10 @@ An ordinal endpoint's noise is independent per record (``offset = "record"``, th
 one logistic offset per subject for all its records (``offset = "subject"``): then the
 likelihood is that of the subject's whole course, ``F(hi) - F(lo)`` with ``(lo, hi)`` the
 offsets that give every one of its grades (`_subject_offset_logp`), zero where the latent
-cannot order them; it sits on the subject's first record of the endpoint.
+cannot order them; it sits on the subject's first record of the endpoint. With a
+``record_scale`` ``s`` the subject's offset is joined by an independent logistic noise of scale
+``s`` per record, and the course's likelihood, integrated over the offset by quadrature
+(`_subject_noise_logp`), is smooth and positive everywhere.
 
 Censoring (Beal's M3): an observation below its limit ``L`` (``obs_cens == 1``) contributes
 ``log P(DV < L) = log Phi((L - f) / sd)``; above an upper limit (``obs_cens == -1``)
@@ -232,7 +235,9 @@ def collect_observations(
 
 
 def residual_parameters(spec: Any, model: Any) -> list[str]:
-    """Parameters the observation models use (residual SDs and cutpoints), in model order.
+    """Parameters the observation models use (residual SDs, cutpoints, grade noise scales).
+
+    In model order.
 
     Parameters
     ----------
@@ -249,6 +254,8 @@ def residual_parameters(spec: Any, model: Any) -> list[str]:
     for ospec in spec.observations.values():
         names.update(ospec.sigma.values())
         names.update(ospec.cutpoints)
+        if ospec.record_scale:
+            names.add(ospec.record_scale)
     return [n for n in model.parameters if n in names]
 
 
@@ -324,6 +331,14 @@ def observation_logp(
         ospec = spec.observations[name]
         here = obs.endpoint == e
         if not here.any():
+            continue
+        if ospec.error == "ordinal" and ospec.offset == "subject" and ospec.record_scale:
+            cut = pt.stack([params[c] for c in ospec.cutpoints])
+            idx = np.flatnonzero(here)
+            scale = params[ospec.record_scale]
+            n_cut = len(ospec.cutpoints)
+            pieces.append(_subject_noise_logp(pred, cut, scale, n_cut, obs, idx))
+            order.append(idx)
             continue
         if ospec.error == "ordinal" and ospec.offset in ("subject", EXTENDED_SUBJECT):
             cut = pt.stack([params[c] for c in ospec.cutpoints])
@@ -416,6 +431,35 @@ EXTENDED_SUBJECT = "subject (extended, for a start)"
 _EXTEND_GAP = 0.05
 
 
+def _course_bounds(pred: Any, cut: Any, n_cut: int, obs: Observations, idx: np.ndarray) -> tuple:
+    """Each subject's records of an ordinal endpoint as a padded (subjects, records) table.
+
+    Returns ``first`` (position in ``idx`` of each subject's first record), the masks
+    ``has_lo``, ``has_hi`` (the record's grade has a lower / upper cutpoint) and the tensors
+    ``lower = c_g - f``, ``upper = c_{g+1} - f``: the offsets ``e`` between them give the
+    record's grade (``-+_NO_BOUND`` where there is no cutpoint, and on padding).
+    """
+    import pytensor.tensor as pt
+
+    subjects, first, counts = np.unique(obs.subject[idx], return_index=True, return_counts=True)
+    width = int(counts.max())
+    # (subjects, width) positions into idx, padded with the subject's first record.
+    rows = np.repeat(np.arange(subjects.size), counts)
+    order = np.argsort(obs.subject[idx], kind="stable")
+    cols = np.arange(idx.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    pos = np.repeat(first[:, None], width, axis=1)
+    pos[rows, cols] = order
+    filled = np.zeros((subjects.size, width), dtype=bool)
+    filled[rows, cols] = True
+    cat = obs.category[idx][pos]
+    has_lo = filled & (cat > 0)
+    has_hi = filled & (cat < n_cut)
+    f = pred[idx][pos]
+    lower = pt.switch(has_lo, cut[np.clip(cat - 1, 0, None)] - f, -_NO_BOUND)
+    upper = pt.switch(has_hi, cut[np.clip(cat, 0, n_cut - 1)] - f, _NO_BOUND)
+    return first, has_lo, has_hi, lower, upper
+
+
 def _subject_offset_logp(
     pred: Any, cut: Any, n_cut: int, obs: Observations, idx: np.ndarray, extend: bool = False
 ) -> Any:
@@ -452,29 +496,14 @@ def _subject_offset_logp(
     """
     import pytensor.tensor as pt
 
-    subjects, first, counts = np.unique(obs.subject[idx], return_index=True, return_counts=True)
-    width = int(counts.max())
-    # (subjects, width) positions into idx, padded with the subject's first record.
-    rows = np.repeat(np.arange(subjects.size), counts)
-    order = np.argsort(obs.subject[idx], kind="stable")
-    cols = np.arange(idx.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    pos = np.repeat(first[:, None], width, axis=1)
-    pos[rows, cols] = order
-    filled = np.zeros((subjects.size, width), dtype=bool)
-    filled[rows, cols] = True
-    cat = obs.category[idx][pos]
-    has_lo = filled & (cat > 0)
-    has_hi = filled & (cat < n_cut)
-    f = pred[idx][pos]
-    lower = pt.switch(has_lo, cut[np.clip(cat - 1, 0, None)] - f, -_NO_BOUND)
-    upper = pt.switch(has_hi, cut[np.clip(cat, 0, n_cut - 1)] - f, _NO_BOUND)
+    first, has_lo, has_hi, lower, upper = _course_bounds(pred, cut, n_cut, obs, idx)
     # Pick one element (argmax): PyTensor's max passes the gradient to every tied element, so
     # two records with the same latent (e.g. before any dose) would count twice.
-    here = np.arange(subjects.size)
+    here = np.arange(first.size)
     lo_all = lower[here, pt.argmax(lower, axis=1)]
     hi_all = upper[here, pt.argmin(upper, axis=1)]
     lo_any, hi_any = has_lo.any(axis=1), has_hi.any(axis=1)
-    out = pt.zeros((subjects.size,))
+    out = pt.zeros((first.size,))
     both = np.flatnonzero(lo_any & hi_any)
     if both.size:
         lo, hi = lo_all[both], hi_all[both]
@@ -497,4 +526,119 @@ def _subject_offset_logp(
     only_lo = np.flatnonzero(lo_any & ~hi_any)
     if only_lo.size:
         out = pt.set_subtensor(out[only_lo], -pt.softplus(lo_all[only_lo]))
+    return pt.set_subtensor(pt.zeros((idx.size,))[first], out)
+
+
+#: Logistic arguments are clipped to +-_FAR where only ``F`` near 0 or 1 matters
+#: (F(-_FAR) = 9e-27), to +-_FAR_OUT where a log-probability below -_FAR_OUT does.
+_FAR = 60.0
+_FAR_OUT = 600.0
+#: Log of a weight that is not there (finite: JAX differentiates -inf terms into NaN).
+_NONE = -1e4
+
+#: Gauss-Legendre nodes per panel of `_subject_noise_logp`.
+_PANEL_NODES = 40
+#: Panels reach ``_TAIL_E * s / (1 - s)`` beyond the offset's bounds: the integrand left out
+#: beyond them is below ``exp(-_TAIL_E)`` of the mass at the bound.
+_TAIL_E = 14.0
+
+
+def _log_interval(lo: Any, hi: Any) -> Any:
+    """``log(F(hi) - F(lo))`` for the logistic CDF ``F``; ``-inf`` where ``hi <= lo``."""
+    import pytensor.tensor as pt
+
+    ok = lo < hi
+    gap = pt.switch(ok, lo - hi, -1.0)
+    return pt.switch(ok, pt.log1mexp(gap) - pt.softplus(-hi) - pt.softplus(lo), -np.inf)
+
+
+def _subject_noise_logp(
+    pred: Any, cut: Any, scale: Any, n_cut: int, obs: Observations, idx: np.ndarray
+) -> Any:
+    """Log-likelihood of an ordinal endpoint's records: a subject offset plus noise per record.
+
+    A subject's grades are ``g_t = #{k: f_t + e + s d_t > c_k}`` with one ``e ~ Logistic(0, 1)``
+    for all its records and an independent ``d_t ~ Logistic(0, 1)`` per record, so
+
+        P(grades) = integral of  l(e) prod_t [F((h_t - e) / s) - F((l_t - e) / s)]  de
+
+    with ``l_t = c_{g_t} - f_t``, ``h_t = c_{g_t+1} - f_t`` and ``l``, ``F`` the logistic density
+    and CDF. The integrand is log-concave, close to ``l(e)`` on ``(lo, hi) = (max_t l_t,
+    min_t h_t)`` and falls off outside at rate ``1 / s``. It is integrated by Gauss-Legendre
+    rules (`_PANEL_NODES` nodes) on four panels at the two bounds, ``[lo - L, lo]``,
+    ``[lo, lo + L']``, ``[hi - L'', hi]``, ``[hi, hi + L]`` (``L = _TAIL_E s / (1 - s)``; the inner
+    ones at most half the gap), plus the middle: ``F(hi - L) - F(lo + L)`` in closed form where
+    the integrand is ``l(e)`` to within ``exp(-L / s)``, and a fifth rule where the bounds cross
+    (``lo > hi``: grades that only the per-record noise can order). The panels are placed with
+    no gradient: the integral does not depend on where it is split, so the gradient is that of
+    the integrand on fixed panels (to the quadrature's accuracy, checked against adaptive
+    quadrature in the tests). Smooth in the parameters and finite everywhere, unlike the
+    limit ``s -> 0`` (`_subject_offset_logp`).
+
+    Parameters
+    ----------
+    pred : TensorVariable
+        ``(n,)`` latent predictions of all observations.
+    cut : TensorVariable
+        ``(K - 1,)`` increasing cutpoints.
+    scale : TensorVariable
+        Scalar ``s`` in ``(0, MAX_RECORD_SCALE]`` (the model file's ``record_scale``).
+    n_cut : int
+        ``K - 1``.
+    obs : Observations
+        All observations (subject, category).
+    idx : numpy.ndarray
+        The endpoint's observations.
+
+    Returns
+    -------
+    TensorVariable
+        ``(idx.size,)``: each subject's log-probability on its first record of the endpoint, 0 on
+        the others.
+    """
+    import pytensor.tensor as pt
+    from pytensor.gradient import zero_grad
+
+    first, has_lo, has_hi, lower, upper = _course_bounds(pred, cut, n_cut, obs, idx)
+    lo_any, hi_any = has_lo.any(axis=1), has_hi.any(axis=1)
+    s_fix = zero_grad(pt.clip(scale, 1e-3, 0.8))
+    tail = _TAIL_E * s_fix / (1.0 - s_fix)
+    lo = zero_grad(pt.max(lower, axis=1))
+    hi = zero_grad(pt.min(upper, axis=1))
+    feasible = pt.or_(lo < hi, np.array(~(lo_any & hi_any)))
+    a = pt.switch(lo_any & hi_any, pt.minimum(lo, hi), pt.switch(lo_any, lo, hi - 2 * tail - 1))
+    b = pt.switch(lo_any & hi_any, pt.maximum(lo, hi), pt.switch(hi_any, hi, lo + 2 * tail + 1))
+    inner = pt.minimum(tail, 0.5 * (b - a))
+    # (subjects, 5) panel ends and whether each panel is used.
+    start = pt.stack([a - tail, a, b - inner, b, a + inner], axis=1)
+    stop = pt.stack([a, a + inner, b, b + tail, b - inner], axis=1)
+    real = np.stack([lo_any, lo_any, hi_any, hi_any], axis=1)
+    used = pt.concatenate([pt.as_tensor(real), (~feasible)[:, None]], axis=1)
+    x, w = np.polynomial.legendre.leggauss(_PANEL_NODES)
+    half = 0.5 * (stop - start)
+    nodes = (0.5 * (stop + start))[:, :, None] + half[:, :, None] * x  # (S, 5, K)
+    log_w = pt.switch(
+        used[:, :, None] & (half[:, :, None] > 0),
+        pt.log(pt.maximum(half, 1e-300))[:, :, None] + np.log(w),
+        _NONE,
+    )
+    e = nodes.reshape((first.size, -1))  # (S, 5K)
+    # log(F(up) - F(down)) = log F(up) + log F(-down) + log(1 - exp(down - up)) per record, 0 on
+    # padding (bounds +-_NO_BOUND). down - up = (c_g - c_{g+1}) / s does not depend on e. The
+    # arguments are clipped where F is 0 or 1 to double precision on one side, and at
+    # -+_FAR_OUT on the other (a record below exp(-_FAR_OUT) there), so that softplus has
+    # finite derivatives in every branch (JAX differentiates the branches it does not take).
+    up = pt.clip((upper[:, None, :] - e[:, :, None]) / scale, -_FAR_OUT, _FAR)
+    down = pt.clip((lower[:, None, :] - e[:, :, None]) / scale, -_FAR, _FAR_OUT)
+    gap = pt.switch(has_lo & has_hi, (lower - upper) / scale, -2 * _FAR)[:, None, :]
+    log_g = pt.log1mexp(gap) - pt.softplus(-up) - pt.softplus(down)
+    log_f = -pt.softplus(e) - pt.softplus(-e) + log_g.sum(axis=2)
+    terms = log_f + log_w.reshape((first.size, -1))
+    # Where there is no middle (bounds crossed, or closer than 2 L) its ends meet to rounding:
+    # safe stand-ins there (JAX differentiates the branch a switch does not take).
+    there = feasible & (b - a > 2 * tail)
+    middle_lo = pt.switch(there, pt.maximum(pt.switch(lo_any, a + inner, -_FAR), -_FAR), 0.0)
+    middle_hi = pt.switch(there, pt.minimum(pt.switch(hi_any, b - inner, _FAR), _FAR), 1.0)
+    middle = pt.switch(there, _log_interval(middle_lo, middle_hi), _NONE)
+    out = pt.logsumexp(pt.concatenate([terms, middle[:, None]], axis=1), axis=1)
     return pt.set_subtensor(pt.zeros((idx.size,))[first], out)

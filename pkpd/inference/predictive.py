@@ -171,6 +171,9 @@ def simulate_dv(
             else:
                 u = rng.uniform(size=f.shape)
             e = np.log(u) - np.log1p(-u)
+            if ospec.offset == "subject" and ospec.record_scale:  # plus noise per record
+                scale = np.asarray(resid[ospec.record_scale])[:, None]
+                e = e + scale * rng.logistic(size=f.shape)
             category = np.sum(f[:, :, None] + e[:, :, None] > cut[:, None, :], axis=-1)
             y[:, cols] = np.asarray(ospec.levels, dtype=float)[category]
     return y

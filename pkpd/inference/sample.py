@@ -292,9 +292,15 @@ def _smooth_start(
 
 
 def _subject_offsets(spec: Any) -> list[str]:
-    """Ordinal endpoints whose grades share one offset per subject."""
+    """Ordinal endpoints whose likelihood is zero where the latent cannot order the grades.
+
+    Those with one offset per subject and no noise per record (a ``record_scale`` makes the
+    likelihood positive everywhere).
+    """
     return [
-        n for n, o in spec.observations.items() if o.error == "ordinal" and o.offset == "subject"
+        n
+        for n, o in spec.observations.items()
+        if o.error == "ordinal" and o.offset == "subject" and not o.record_scale
     ]
 
 

@@ -176,6 +176,8 @@ def simulate_study(
             else:
                 u = rng.uniform(size=f.shape)
             e = np.log(u) - np.log1p(-u)
+            if ospec.offset == "subject" and ospec.record_scale:  # plus noise per record
+                e = e + theta[ospec.record_scale] * rng.logistic(size=f.shape)
             category = np.sum(f[:, None] + e[:, None] > cut[None, :], axis=1)
             y = np.asarray(ospec.levels, dtype=float)[category]
         else:

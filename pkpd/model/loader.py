@@ -26,6 +26,7 @@ from pkpd.model.priors import PriorError, parse_prior
 from pkpd.model.spec import (
     COVARIATE_FORMS,
     ERROR_MODELS,
+    MAX_RECORD_SCALE,
     ORDINAL_OFFSETS,
     AnalyticRoles,
     CovariateEffect,
@@ -73,6 +74,7 @@ _KEYS = {
         "cutpoints",
         "levels",
         "offset",
+        "record_scale",
         "lloq",
         "description",
     },
@@ -837,6 +839,33 @@ def _observation(
                 f"unknown offset {offset!r} (known: {', '.join(map(repr, ORDINAL_OFFSETS))})",
             )
         )
+    record_scale = entry.get("record_scale")
+    if record_scale is not None:
+        if error != "ordinal" or offset != "subject":
+            raise ModelError(
+                _problem(
+                    where, name, 'record_scale applies to ordinal endpoints with offset = "subject"'
+                )
+            )
+        if record_scale not in parameters:
+            raise ModelError(
+                _problem(where, name, f"record_scale = {record_scale!r} is not a parameter")
+            )
+        if not U.same_dimension(U.parse_unit(parameters[record_scale].unit), U.DIMENSIONLESS):
+            raise ModelError(
+                _problem(
+                    where, name, f"record_scale parameter {record_scale!r} must be dimensionless"
+                )
+            )
+        fixed = parameters[record_scale].value
+        if fixed is not None and not 0.0 < float(fixed) <= MAX_RECORD_SCALE:
+            raise ModelError(
+                _problem(
+                    where,
+                    name,
+                    f"record_scale {record_scale!r} = {fixed} must lie in (0, {MAX_RECORD_SCALE}]",
+                )
+            )
     if error == "ordinal":
         cutpoints = tuple(entry.get("cutpoints", ()))
         levels = tuple(int(v) for v in entry.get("levels", range(len(cutpoints) + 1)))
@@ -870,6 +899,7 @@ def _observation(
         description=str(entry.get("description", "")),
         where=where,
         offset=str(offset),
+        record_scale=None if record_scale is None else str(record_scale),
     )
 
 

@@ -103,6 +103,8 @@ def describe(spec: ModelSpec) -> str:
                     f"cutpoints {', '.join(o.cutpoints)}; levels {list(o.levels)}; "
                     f"offset per {o.offset}"
                 )
+                if o.record_scale:
+                    roles += f", plus per-record noise of scale {o.record_scale}"
             out.append(
                 f"| {o.name} | {o.dvid} | ${_latex(o.raw)}$ | {o.unit} | {o.error}"
                 f"{' (' + roles + ')' if roles else ''} |"

@@ -37,6 +37,10 @@ ERROR_MODELS: dict[str, tuple[str, ...]] = {
 #: ``"record"``, independent per record; ``"subject"``, one offset per subject for all records.
 ORDINAL_OFFSETS = ("record", "subject")
 
+#: Largest per-record noise scale (relative to the subject's logistic offset) of an ordinal
+#: endpoint with ``offset = "subject"``: the likelihood's quadrature is checked up to it.
+MAX_RECORD_SCALE = 0.5
+
 #: Covariate effect forms: p *= f(cov).
 COVARIATE_FORMS = ("power", "exp", "linear", "factor")
 
@@ -262,6 +266,10 @@ class ObservationSpec:
     offset : str
         For ordinal endpoints: one of `ORDINAL_OFFSETS`, how the logistic noise is shared across
         a subject's records (``"record"`` for other endpoints, where it has no meaning).
+    record_scale : str or None
+        With ``offset = "subject"``: the parameter holding the scale ``s`` of an independent
+        logistic noise per record on top of the subject's offset (latent ``f_t + e + s d_t``);
+        None for none (the grades then follow the latent course exactly).
     lloq : float or None
         Default lower limit of quantification (endpoint unit), used when a dataset gives none.
     description : str
@@ -281,6 +289,7 @@ class ObservationSpec:
     description: str
     where: Where
     offset: str = "record"
+    record_scale: str | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ same patient has the same ``e`` in every strategy (common random numbers), so a 
 with itself differs by exactly zero. Endpoints with ``offset = "record"`` get an independent
 ``e`` per time instead, derived from the patient's ``u`` (`record_uniforms`), so the numbers are
 still common to all strategies; their worst grade then depends on how often it is assessed.
+Endpoints with ``offset = "subject"`` and a ``record_scale`` ``s`` get both: the patient's ``e``
+plus ``s`` times an independent logistic per time (the same derived numbers), so their worst grade
+depends on the assessment grid too, the less the smaller ``s``.
 """
 
 from __future__ import annotations
@@ -82,9 +85,13 @@ def _run(model: Any, solver: Solver, lanes: bool, ev: dict, t: Any, seq: Any, p:
     solve_fn = solve_lanes if lanes else solve_batch
     res = solve_fn(model, solver, ev, t, seq, p)
     obs = jax.vmap(jax.vmap(model.observe, in_axes=(0, 0, None)), in_axes=(0, 0, 0))(t, res.y, p)
-    for q, (e, cut, levels, per_record) in enumerate(_ordinal_info(model, offsets=True)):
+    for q, (e, cut, levels, per_record, scale) in enumerate(_ordinal_info(model, offsets=True)):
         uq = record_uniforms(u[:, q], t.shape[1]) if per_record else u[:, q]
-        obs = obs.at[:, :, e].set(grades(obs[:, :, e], p[:, cut], levels, uq, xp=jnp))
+        latent = obs[:, :, e]
+        if scale is not None:  # the subject's offset plus noise per time (keyed by its u)
+            r = record_uniforms(u[:, q], t.shape[1])
+            latent = latent + p[:, scale][:, None] * (jnp.log(r) - jnp.log1p(-r))
+        obs = obs.at[:, :, e].set(grades(latent, p[:, cut], levels, uq, xp=jnp))
     return obs, res.y, res.status
 
 
@@ -200,15 +207,18 @@ class _Resolver:
 def _ordinal_info(model: Any, offsets: bool = False) -> list[tuple]:
     """(endpoint index, cutpoint parameter indices, levels) of each ordinal endpoint.
 
-    With ``offsets``, a fourth item: whether the endpoint's noise is independent per record
-    (``offset = "record"`` in the model file) rather than one offset per patient.
+    With ``offsets``, a fourth and fifth item: whether the endpoint's noise is independent per
+    record (``offset = "record"`` in the model file) rather than one offset per patient, and the
+    parameter index of its per-record noise scale on top of that offset (``record_scale``), or
+    None.
     """
     out: list[tuple] = []
     for e, obs in enumerate(model.spec.observations.values()):
         if obs.error == "ordinal":
             cut = [model.parameter_index(c) for c in obs.cutpoints]
             item = (e, cut, np.asarray(obs.levels, float))
-            out.append((*item, obs.offset == "record") if offsets else item)
+            scale = model.parameter_index(obs.record_scale) if obs.record_scale else None
+            out.append((*item, obs.offset == "record", scale) if offsets else item)
     return out
 
 
