@@ -226,3 +226,40 @@ def test_strategies_honour_an_endpoint_with_one_offset_per_record(toy, populatio
     np.testing.assert_array_equal(
         twin["max_crs_grade"].sel(strategy="none"), twin["max_crs_grade"].sel(strategy="n2")
     )
+
+
+def test_strategies_honour_noise_per_record_on_top_of_the_patient_offset(toy, population):
+    import dataclasses
+
+    spec = toy.spec
+    grade = spec.observations["crs_grade"]
+    s_rec = dataclasses.replace(spec.parameters["c1"], name="s_rec", value=0.3, prior=None)
+    s_rec = dataclasses.replace(s_rec, fixed=True)
+
+    def variant(**changes):
+        g = dataclasses.replace(grade, **changes)
+        return dataclasses.replace(
+            spec,
+            parameters={**spec.parameters, "s_rec": s_rec},
+            observations={**spec.observations, "crs_grade": g},
+        ).compile()
+
+    noisy = variant(record_scale="s_rec")
+    record = variant(offset="record")
+    runs = [
+        simulate_strategies(m, population, [NONE, REACTIVE], keep_trajectories=20)
+        for m in (noisy, record, toy)
+    ]
+    flicker = [
+        np.count_nonzero(np.diff(ds["traj"].sel(strategy="none", endpoint="crs_grade").values))
+        for ds in runs
+    ]
+    # Between the two limits: the patient's offset keeps the course, the noise flickers it.
+    assert flicker[2] < flicker[0] < flicker[1]
+    np.testing.assert_allclose(
+        runs[0]["auc_il6"].sel(strategy="none"), runs[2]["auc_il6"].sel(strategy="none")
+    )
+    twin = simulate_strategies(noisy, population, [NONE, dataclasses.replace(NONE, name="n2")])
+    np.testing.assert_array_equal(
+        twin["max_crs_grade"].sel(strategy="none"), twin["max_crs_grade"].sel(strategy="n2")
+    )
