@@ -857,8 +857,15 @@ def _observation(
                     where, name, f"record_scale parameter {record_scale!r} must be dimensionless"
                 )
             )
+        if not parameters[record_scale].fixed:
+            # The likelihood's quadrature is checked for scales up to MAX_RECORD_SCALE only.
+            raise ModelError(
+                _problem(
+                    where, name, f"record_scale parameter {record_scale!r} must be fixed (a value)"
+                )
+            )
         fixed = parameters[record_scale].value
-        if fixed is not None and not 0.0 < float(fixed) <= MAX_RECORD_SCALE:
+        if not 0.0 < float(fixed) <= MAX_RECORD_SCALE:
             raise ModelError(
                 _problem(
                     where,

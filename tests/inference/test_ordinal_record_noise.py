@@ -151,6 +151,7 @@ def test_model_file_record_scale(tmp_path):
         ("offset = 'subject'\nrecord_scale = 'nope'\n", "'nope' is not a parameter"),
         ("offset = 'subject'\nrecord_scale = 'big'\n", r"must lie in \(0, 0.5\]"),
         ("offset = 'subject'\nrecord_scale = 'k_unit'\n", "must be dimensionless"),
+        ("offset = 'subject'\nrecord_scale = 'c1'\n", "must be fixed"),
     ]:
         with pytest.raises(ModelError, match=message):
             _library_like(tmp_path, extra)
