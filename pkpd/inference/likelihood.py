@@ -332,10 +332,11 @@ def observation_logp(
         here = obs.endpoint == e
         if not here.any():
             continue
-        if ospec.error == "ordinal" and ospec.offset == "subject" and ospec.record_scale:
+        noisy = getattr(ospec, "record_scale", None)  # specs written by hand may lack it
+        if ospec.error == "ordinal" and ospec.offset == "subject" and noisy:
             cut = pt.stack([params[c] for c in ospec.cutpoints])
             idx = np.flatnonzero(here)
-            scale = params[ospec.record_scale]
+            scale = params[noisy]
             n_cut = len(ospec.cutpoints)
             pieces.append(_subject_noise_logp(pred, cut, scale, n_cut, obs, idx))
             order.append(idx)
