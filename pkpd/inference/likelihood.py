@@ -572,8 +572,8 @@ def _subject_noise_logp(
     the integrand is ``l(e)`` to within ``exp(-L / s)``, and a fifth rule where the bounds cross
     (``lo > hi``: grades that only the per-record noise can order). The panels are placed with
     no gradient: the integral does not depend on where it is split, so the gradient is that of
-    the integrand on fixed panels (to the quadrature's accuracy, checked against adaptive
-    quadrature in the tests). Smooth in the parameters and finite everywhere, unlike the
+    the integrand on fixed panels (to the quadrature's accuracy, checked against dense
+    integration in the tests). Smooth in the parameters and finite everywhere, unlike the
     limit ``s -> 0`` (`_subject_offset_logp`).
 
     Parameters
