@@ -514,13 +514,10 @@ def _subject_offset_logp(
             mid = 0.5 * (hi + lo)
             lo = pt.switch(narrow, mid - 0.5 * _EXTEND_GAP, lo)
             hi = pt.switch(narrow, mid + 0.5 * _EXTEND_GAP, hi)
-        ok = lo < hi
-        gap = pt.switch(ok, lo - hi, -1.0)
-        # log(F(hi) - F(lo)), stable for any lo < hi.
-        lp = hi + pt.log1mexp(gap) - pt.softplus(hi) - pt.softplus(lo)
+        lp = _log_interval(lo, hi)  # -inf where lo >= hi
         if extend:
             lp = lp + pt.switch(narrow, (width - _EXTEND_GAP) / _EXTEND_GAP, 0.0)
-        out = pt.set_subtensor(out[both], pt.switch(ok, lp, -np.inf))
+        out = pt.set_subtensor(out[both], lp)
     only_hi = np.flatnonzero(~lo_any & hi_any)
     if only_hi.size:
         out = pt.set_subtensor(out[only_hi], -pt.softplus(-hi_all[only_hi]))
