@@ -15,6 +15,14 @@ indicator functions, so gradients exist. Virtual patients are a fixed set of bet
 random effects ``z`` and covariates drawn by scrambled Sobol quasi-Monte Carlo on the normal
 scale (`VirtualDesign`), the same for every parameter value (common random numbers).
 
+**Noise per grading day.** An endpoint with a ``record_scale`` ``s`` (the model's grades carry
+noise per record on top of the patient's offset) grades ``latent(t) + s d + e`` with ``d`` a
+standard logistic per grading day (`pkpd.strategies.simulate.day_noise`, the strategies layer's
+numbers). Each virtual patient gets its days' ``d`` fixed with its ``z`` and offset (common
+random numbers), ``s d`` joins the latent course, and everything above holds conditionally on
+``d``: the worst grade is ``sigmoid(max_t (latent(t) + s d_day(t)) - c_k)``, averaged over
+virtual patients (Monte Carlo over ``d`` as over ``z``).
+
 **Reactive treatment** (tocilizumab at grade >= 2, ...) depends on ``e`` (a patient with a high
 offset reaches the trigger earlier). With a strategy, each virtual patient also gets an offset
 ``e_i`` (from the same Sobol points); the strategies layer's reactive policy finds the dose
@@ -375,14 +383,10 @@ class AggregateLikelihood:
                 f"aggregate likelihood needs one grade offset per patient: set offset = "
                 f'"subject" on ordinal endpoint(s) {per_record} of model {model.name!r}'
             )
-        noisy = [o.name for o in self.ordinal if o.record_scale]
-        if noisy:
-            # With noise per record the worst grade depends on the assessment days, which a
-            # published summary does not give; not implemented.
-            raise ValueError(
-                f"aggregate likelihood needs grades that follow the latent course exactly: "
-                f"ordinal endpoint(s) {noisy} of model {model.name!r} have a record_scale"
-            )
+        # Noise per grading day on top of the offset (``record_scale``): its parameter index.
+        self.scale_index = np.array(
+            [model.parameter_index(o.record_scale) if o.record_scale else -1 for o in self.ordinal]
+        )
         self.ord_names = [o.name for o in self.ordinal]
         self.ord_endpoint = np.array([model.endpoints.index(o.name) for o in self.ordinal])
         k_max = max(len(o.cutpoints) for o in self.ordinal)
@@ -410,7 +414,9 @@ class AggregateLikelihood:
             for e in p.covariates
             if isinstance(e.coef, str)
         }
+        # Cutpoints and noise scales act on the grades directly (no solve).
         cut_names = {c for o in self.ordinal for c in o.cutpoints}
+        cut_names |= {o.record_scale for o in self.ordinal if o.record_scale}
         self._theta_pos, self._theta_idx = [], []
         self._omega_pos, self._omega_idx = [], []
         self._shift_pos, self._shift_idx = [], []
@@ -826,6 +832,18 @@ class AggregateLikelihood:
         cov = np.concatenate([arm["cov"] for arm in self.arms])
         gt, le = self._constraints(slots_per_arm, times)
         u = np.tile(self._u, (a, 1))
+        noise = {}
+        if (self.scale_index >= 0).any():
+            from pkpd.strategies.simulate import day_noise, grading_days
+
+            days = grading_days(times)
+            per_q = [
+                np.asarray(day_noise(jnp.asarray(u[:, q]), days))
+                if self.scale_index[q] >= 0
+                else np.zeros((u.shape[0], times.size))
+                for q in range(u.shape[1])
+            ]
+            noise = {"noise": jnp.asarray(np.stack(per_q, axis=-1))}  # (AN, T, Q)
         data = {
             "ev": event_arrays(ev),
             "t": jnp.asarray(t_arr),
@@ -835,6 +853,7 @@ class AggregateLikelihood:
             "gt": jnp.asarray(gt),
             "le": jnp.asarray(le),
             "e": jnp.asarray(np.log(u) - np.log1p(-u)),
+            **noise,
         }
         self._slots = slots_per_arm
         return data
@@ -1036,11 +1055,17 @@ class AggregateLikelihood:
         )
 
         reactive = any(a["strategy"] is not None and a["strategy"].reactive for a in self.arms)
+        noisy = bool((self.scale_index >= 0).any())
+        has_scale = jnp.asarray(self.scale_index >= 0)
+        scale_index = jnp.asarray(np.maximum(self.scale_index, 0), int)
 
         def per_patient(vec, data):
             """``(R, N)`` per-patient probabilities of every row, and onset denominators."""
             theta, _, shifts = assemble(vec)
             lat = latent_fn(vec, data)  # (AN, T, Q)
+            if noisy:  # the grading day's noise, fixed per virtual patient (as z and e)
+                scale = jnp.where(has_scale, theta[scale_index], 0.0)
+                lat = lat + scale[None, None, :] * data["noise"]
             grid_cols = jnp.asarray(self._grid_cols, int)
             lg = lat[:, grid_cols, :]  # (AN, G, Q)
             peak = jnp.max(lg, axis=1)  # (AN, Q)

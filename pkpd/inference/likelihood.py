@@ -35,6 +35,7 @@ computed on its own observations only, so a branch that is undefined for other o
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,11 +219,13 @@ def collect_observations(
                 category[k] = int(hit[0])
     if problems:
         raise DatasetError(problems)
+    time = np.asarray(bound.obs_time[rows, cols], dtype=float)
+    _warn_several_grades_a_day(model, obs_specs, endpoint, rows, time)
     return Observations(
         subject=rows.astype(np.int64),
         column=cols.astype(np.int64),
         endpoint=endpoint,
-        time=np.asarray(bound.obs_time[rows, cols], dtype=float),
+        time=time,
         dv=dv,
         value=value.astype(float),
         cens=cens.astype(np.int8),
@@ -548,6 +551,34 @@ def _log_interval(lo: Any, hi: Any) -> Any:
     ok = lo < hi
     gap = pt.switch(ok, lo - hi, -1.0)
     return pt.switch(ok, pt.log1mexp(gap) - pt.softplus(-hi) - pt.softplus(lo), -np.inf)
+
+
+def _warn_several_grades_a_day(
+    model: Any, obs_specs: list, endpoint: np.ndarray, subject: np.ndarray, time: np.ndarray
+) -> None:
+    """Warn when an endpoint with a ``record_scale`` has several grades of a subject on one day.
+
+    The likelihood takes the noise independent per record, while the simulators of new patients
+    (strategies, aggregate likelihood) draw one number per grading day: with several grades a
+    day, the fitted ``s`` and the simulated worst grades would not describe the same thing.
+    """
+    from pkpd import units as U
+
+    for e, ospec in enumerate(obs_specs):
+        if not getattr(ospec, "record_scale", None):
+            continue
+        here = endpoint == e
+        day = np.floor(time[here] * U.factor(model.time_unit, "day") + 1e-9)
+        _, counts = np.unique(np.stack([subject[here], day], axis=1), axis=0, return_counts=True)
+        if (counts > 1).any():
+            warnings.warn(
+                f"ordinal endpoint {ospec.name!r} has a record_scale (noise per record) and "
+                f"{int((counts > 1).sum())} subject-days with several grades: its noise is "
+                f"independent per record in the likelihood but one number per day in "
+                f"simulations of new patients; give one grade per day (the day's worst)",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _subject_noise_logp(

@@ -21,8 +21,12 @@ with itself differs by exactly zero. Endpoints with ``offset = "record"`` get an
 ``e`` per time instead, derived from the patient's ``u`` (`record_uniforms`), so the numbers are
 still common to all strategies; their worst grade then depends on how often it is assessed.
 Endpoints with ``offset = "subject"`` and a ``record_scale`` ``s`` get both: the patient's ``e``
-plus ``s`` times an independent logistic per time (the same derived numbers), so their worst grade
-depends on the assessment grid too, the less the smaller ``s``.
+plus ``s`` times an independent logistic per *grading day* (`day_uniforms`: keyed by the patient's
+``u`` and the day number, ``floor(t)`` in days since time 0), shared by every output time and
+assessment of that day. Grades are recorded once a day in the field (the likelihood takes one
+noise term per record, so data hold the day's grade), and a day's noise does not depend on the
+output grid, the assessments of a strategy or the horizon: a finer grid does not raise the worst
+grade by adding noise draws.
 """
 
 from __future__ import annotations
@@ -80,17 +84,21 @@ INTEGRATORS = ("auto", "lanes", "engine")
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
-def _run(model: Any, solver: Solver, lanes: bool, ev: dict, t: Any, seq: Any, p: Any, u: Any):
-    """Solve, evaluate the endpoints and draw ordinal grades, all on the device."""
+def _run(
+    model: Any, solver: Solver, lanes: bool, ev: dict, t: Any, seq: Any, p: Any, u: Any, days: Any
+):
+    """Solve, evaluate the endpoints and draw ordinal grades, all on the device.
+
+    ``days``: ``(T,)`` grading day of each time column (`grading_days`).
+    """
     solve_fn = solve_lanes if lanes else solve_batch
     res = solve_fn(model, solver, ev, t, seq, p)
     obs = jax.vmap(jax.vmap(model.observe, in_axes=(0, 0, None)), in_axes=(0, 0, 0))(t, res.y, p)
     for q, (e, cut, levels, per_record, scale) in enumerate(_ordinal_info(model, offsets=True)):
         uq = record_uniforms(u[:, q], t.shape[1]) if per_record else u[:, q]
         latent = obs[:, :, e]
-        if scale is not None:  # the subject's offset plus noise per time (keyed by its u)
-            r = record_uniforms(u[:, q], t.shape[1])
-            latent = latent + p[:, scale][:, None] * (jnp.log(r) - jnp.log1p(-r))
+        if scale is not None:  # the subject's offset plus noise per grading day
+            latent = latent + p[:, scale][:, None] * day_noise(u[:, q], days)
         obs = obs.at[:, :, e].set(grades(latent, p[:, cut], levels, uq, xp=jnp))
     return obs, res.y, res.status
 
@@ -250,6 +258,70 @@ def record_uniforms(u: Any, n_times: int) -> Any:
     return jax.vmap(one)(seed)
 
 
+#: Added to the day number before it keys the generator (`day_uniforms`), so that days before
+#: time 0 (pre-infusion doses) have keys too.
+_DAY_KEY_OFFSET = 1 << 16
+
+
+def grading_days(times_days: Any) -> np.ndarray:
+    """Grading day of each time: ``floor(t)`` for ``t`` in days since time 0.
+
+    Parameters
+    ----------
+    times_days : array_like
+        Times in days.
+
+    Returns
+    -------
+    numpy.ndarray
+        Integer day numbers (a time a hair below a whole day counts as that day).
+    """
+    return np.floor(np.asarray(times_days, float) + 1e-9).astype(np.int64)
+
+
+def day_uniforms(u: Any, days: Any) -> Any:
+    """One uniform number per simulation and grading day, derived from the simulation's ``u``.
+
+    For ordinal endpoints with a ``record_scale`` (noise per record on top of the patient's
+    offset): the number of day ``d`` is a function of ``u`` and ``d`` alone (a counter-based
+    generator keyed by ``u``, folded with ``d``), so times of the same day share it, the same
+    patient meets the same noise in every strategy (common random numbers), and the numbers do
+    not depend on the grid, the assessments or the horizon.
+
+    Parameters
+    ----------
+    u : jax.Array
+        ``(M,)`` uniform numbers in (0, 1).
+    days : array_like
+        ``(T,)`` integer day numbers (`grading_days`), >= ``-65536``.
+
+    Returns
+    -------
+    jax.Array
+        ``(M, T)`` uniform numbers in (0, 1).
+    """
+    seed = jnp.floor(u * 4294967295.0).astype(jnp.uint32)
+    keys = (jnp.asarray(days) + _DAY_KEY_OFFSET).astype(jnp.uint32)
+
+    def one(s: Any) -> Any:
+        key = jax.random.PRNGKey(s)
+
+        def day(d: Any) -> Any:
+            return jax.random.uniform(
+                jax.random.fold_in(key, d), (), minval=1e-12, maxval=1.0 - 1e-12
+            )
+
+        return jax.vmap(day)(keys)
+
+    return jax.vmap(one)(seed)
+
+
+def day_noise(u: Any, days: Any) -> Any:
+    """Standard logistic noise per simulation and grading day (`day_uniforms`), ``(M, T)``."""
+    r = day_uniforms(u, days)
+    return jnp.log(r) - jnp.log1p(-r)
+
+
 def grades(latent: Any, cutpoints: Any, levels: Any, u: Any, xp: Any = np) -> Any:
     """Ordered-logistic grades with a logistic offset per simulation or per record.
 
@@ -366,6 +438,7 @@ def simulate_strategies(
     t_start = min([grid_days[0], 0.0] + first_dose)
     times = np.union1d(np.union1d(grid_days, np.asarray(assess, float)), [t_start])
     grid_idx = np.searchsorted(times, grid_days)
+    days = jnp.asarray(grading_days(times))
     d, n = population.n_draws, population.n_patients
     total = d * n
     endpoints = list(model.endpoints)
@@ -475,6 +548,7 @@ def simulate_strategies(
                     jnp.asarray(seq[sel]),
                     jnp.asarray(p[sel]),
                     jnp.asarray(u[sel]),
+                    days,
                 )
                 if values is None:
                     values, states, status = o, y, np.array(st_)

@@ -3,6 +3,7 @@ the quadrature likelihood against dense-grid integration, its gradients, its lim
 file and the simulators."""
 
 import dataclasses
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -233,13 +234,13 @@ def test_fit_with_record_noise_needs_no_special_start(multi_spec):
     assert int(res.idata.sample_stats["diverging"].values.sum()) == 0
 
 
-def test_aggregate_refuses_noise_per_record():
-    from pkpd.data.trials import published_trials
-    from pkpd.inference.aggregate import AggregateLikelihood
-    from pkpd.model import library_path, load_model
+def test_several_grades_a_day_are_flagged(multi_spec, multi_cohort):
+    from pkpd.inference import build_model
 
-    spec = load_model(library_path() / "cart_crs.toml")
-    grade = dataclasses.replace(spec.observations["crs_grade"], record_scale="s_crs")
-    noisy = dataclasses.replace(spec, observations={**spec.observations, "crs_grade": grade})
-    with pytest.raises(ValueError, match="record_scale"):
-        AggregateLikelihood(noisy.compile(), published_trials("zuma1"), ["c_crs1"])
+    # The noise is one term per record in the likelihood, one per day in the simulators of new
+    # patients: several grades of a subject on one day (hourly records here) are named.
+    with pytest.warns(UserWarning, match="subject-days with several grades"):
+        build_model(_noisy(multi_spec), multi_cohort)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_model(multi_spec, multi_cohort)  # without a record_scale, nothing to say

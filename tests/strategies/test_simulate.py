@@ -246,6 +246,16 @@ def test_strategies_honour_noise_per_record_on_top_of_the_patient_offset(toy, po
 
     noisy = variant(record_scale="s_rec")
     record = variant(offset="record")
+    # Regression: the noise is one number per grading day, not per output time, so a finer grid
+    # sees the same days (it used to draw a new number per time column, and a day's grade
+    # depended on the grid).
+    daily, fine = (
+        simulate_strategies(noisy, population, [NONE], grid=grid, keep_trajectories=50)
+        for grid in (np.arange(0.0, 15.0), np.arange(0.0, 14.01, 0.25))
+    )
+    at_days = fine["traj"].sel(time=daily["time"].values, endpoint="crs_grade").values
+    same = at_days == daily["traj"].sel(endpoint="crs_grade").values
+    assert same.mean() > 0.99
     runs = [
         simulate_strategies(m, population, [NONE, REACTIVE], keep_trajectories=20)
         for m in (noisy, record, toy)
@@ -263,3 +273,22 @@ def test_strategies_honour_noise_per_record_on_top_of_the_patient_offset(toy, po
     np.testing.assert_array_equal(
         twin["max_crs_grade"].sel(strategy="none"), twin["max_crs_grade"].sel(strategy="n2")
     )
+
+
+def test_day_noise_is_one_number_per_patient_and_day():
+    from pkpd.strategies.simulate import day_noise, day_uniforms, grading_days
+
+    np.testing.assert_array_equal(
+        grading_days([-0.5, 0.0, 1.0 - 1e-12, 1.0, 2.75, 3.0]), [-1, 0, 1, 1, 2, 3]
+    )
+    u = np.array([0.1, 0.5, 0.93])
+    r = np.asarray(day_uniforms(u, [-1, 0, 0, 1, 5, 5]))
+    assert r.shape == (3, 6) and np.all((r > 0) & (r < 1))
+    np.testing.assert_array_equal(r[:, 1], r[:, 2])  # the times of one day share it
+    np.testing.assert_array_equal(r[:, 4], r[:, 5])
+    assert np.unique(r[:, [0, 1, 3, 4]]).size == 12  # other days and patients differ
+    # A day's number depends on the patient and the day alone: not on the other days asked for.
+    np.testing.assert_array_equal(np.asarray(day_uniforms(u, [5])), r[:, [4]])
+    e = np.asarray(day_noise(np.linspace(0.01, 0.99, 200), np.arange(200))).ravel()
+    for c in (-1.0, 0.0, 1.0):  # standard logistic, 40,000 draws: SE 0.0025
+        assert np.mean(e > c) == pytest.approx(1 / (1 + np.exp(c)), abs=0.01)
