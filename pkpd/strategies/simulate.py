@@ -317,7 +317,7 @@ def day_uniforms(u: Any, days: Any) -> Any:
 
 
 def day_noise(u: Any, days: Any) -> Any:
-    """Standard logistic noise per simulation and grading day (`day_uniforms`), ``(M, T)``."""
+    """Draw standard logistic noise per simulation and grading day (`day_uniforms`), ``(M, T)``."""
     r = day_uniforms(u, days)
     return jnp.log(r) - jnp.log1p(-r)
 
