@@ -18,15 +18,14 @@ logistic ``e`` fixed per patient (from the population's ``u``; ``offset = "subje
 file, as in the library's outcomes): the grade follows the latent severity through time, and the
 same patient has the same ``e`` in every strategy (common random numbers), so a strategy compared
 with itself differs by exactly zero. Endpoints with ``offset = "record"`` get an independent
-``e`` per time instead, derived from the patient's ``u`` (`record_uniforms`), so the numbers are
-still common to all strategies; their worst grade then depends on how often it is assessed.
-Endpoints with ``offset = "subject"`` and a ``record_scale`` ``s`` get both: the patient's ``e``
-plus ``s`` times an independent logistic per *grading day* (`day_uniforms`: keyed by the patient's
-``u`` and the day number, ``floor(t)`` in days since time 0), shared by every output time and
-assessment of that day. Grades are recorded once a day in the field (the likelihood takes one
-noise term per record, so data hold the day's grade), and a day's noise does not depend on the
-output grid, the assessments of a strategy or the horizon: a finer grid does not raise the worst
-grade by adding noise draws.
+``e`` per *grading day* instead, and endpoints with ``offset = "subject"`` and a ``record_scale``
+``s`` get both: the patient's ``e`` plus ``s`` times an independent logistic per grading day. The
+numbers of a day (`day_uniforms`) are keyed by the patient's ``u`` and the day number
+(``floor(t)`` in days since time 0), so they are common to all strategies and shared by every
+output time and assessment of that day. Grades are recorded once a day in the field (the
+likelihoods take one noise term per record, so data hold the day's grade), and a day's noise does
+not depend on the output grid, the assessments of a strategy or the horizon: a finer grid does
+not raise the worst grade by adding noise draws.
 """
 
 from __future__ import annotations
@@ -95,7 +94,7 @@ def _run(
     res = solve_fn(model, solver, ev, t, seq, p)
     obs = jax.vmap(jax.vmap(model.observe, in_axes=(0, 0, None)), in_axes=(0, 0, 0))(t, res.y, p)
     for q, (e, cut, levels, per_record, scale) in enumerate(_ordinal_info(model, offsets=True)):
-        uq = record_uniforms(u[:, q], t.shape[1]) if per_record else u[:, q]
+        uq = day_uniforms(u[:, q], days) if per_record else u[:, q]
         latent = obs[:, :, e]
         if scale is not None:  # the subject's offset plus noise per grading day
             latent = latent + p[:, scale][:, None] * day_noise(u[:, q], days)
@@ -230,34 +229,6 @@ def _ordinal_info(model: Any, offsets: bool = False) -> list[tuple]:
     return out
 
 
-def record_uniforms(u: Any, n_times: int) -> Any:
-    """Independent uniform numbers per time, derived from each simulation's own ``u``.
-
-    For ordinal endpoints with independent noise per record (``offset = "record"``): the
-    numbers are a function of ``u`` alone (a counter-based generator keyed by it), so the same
-    patient meets the same noise in every strategy (common random numbers).
-
-    Parameters
-    ----------
-    u : jax.Array
-        ``(M,)`` uniform numbers in (0, 1).
-    n_times : int
-        Times per simulation.
-
-    Returns
-    -------
-    jax.Array
-        ``(M, n_times)`` uniform numbers in (0, 1).
-    """
-    seed = jnp.floor(u * 4294967295.0).astype(jnp.uint32)
-
-    def one(s: Any) -> Any:
-        key = jax.random.PRNGKey(s)
-        return jax.random.uniform(key, (n_times,), minval=1e-12, maxval=1.0 - 1e-12)
-
-    return jax.vmap(one)(seed)
-
-
 #: Added to the day number before it keys the generator (`day_uniforms`), so that days before
 #: time 0 (pre-infusion doses) have keys too.
 _DAY_KEY_OFFSET = 1 << 16
@@ -282,11 +253,11 @@ def grading_days(times_days: Any) -> np.ndarray:
 def day_uniforms(u: Any, days: Any) -> Any:
     """One uniform number per simulation and grading day, derived from the simulation's ``u``.
 
-    For ordinal endpoints with a ``record_scale`` (noise per record on top of the patient's
-    offset): the number of day ``d`` is a function of ``u`` and ``d`` alone (a counter-based
-    generator keyed by ``u``, folded with ``d``), so times of the same day share it, the same
-    patient meets the same noise in every strategy (common random numbers), and the numbers do
-    not depend on the grid, the assessments or the horizon.
+    For ordinal endpoints with noise per record (``offset = "record"``, or a ``record_scale`` on
+    top of the patient's offset): the number of day ``d`` is a function of ``u`` and ``d`` alone
+    (a counter-based generator keyed by ``u``, folded with ``d``), so times of the same day share
+    it, the same patient meets the same noise in every strategy (common random numbers), and the
+    numbers do not depend on the grid, the assessments or the horizon.
 
     Parameters
     ----------
