@@ -9,9 +9,11 @@ ranges of science.md section E.
 
 ``--calibrate`` prints the cutpoints that place the typical-value virtual population (3000
 patients, seed 8, natural course) on the Hay 2017 CRS grade distribution and on ELIANA's ICANS
-rates; those are the values written in models/outcomes.toml.
+rates; those are the values written in models/outcomes.toml. ``--record-scale S`` calibrates
+for grades with noise per grading day of scale S on top of the patient's offset.
 
 Usage: python scripts/prior_predictive.py [--patients 100] [--draws 40] [--seed 7] [--calibrate]
+       [--record-scale S]
 """
 
 from __future__ import annotations
@@ -176,11 +178,17 @@ def _cut(latent: np.ndarray, p: float) -> float:
     return float(brentq(lambda c: expit(latent - c).mean() - p, -50.0, 50.0))
 
 
-def calibrate(model, n_patients: int, seed: int) -> dict[str, float]:
+def calibrate(
+    model, n_patients: int, seed: int, record_scale: float | None = None
+) -> dict[str, float]:
     """Cutpoints placing the typical-value virtual population (natural course) on the targets.
 
     The worst grade of a patient has P(grade >= k) = sigmoid(peak latent - c_k), so each
     cutpoint solves mean_i sigmoid(peak_i - c_k) = target_k exactly (no Monte Carlo offsets).
+    With ``record_scale`` ``s`` (grades with noise per grading day on top of the offset, as
+    `pkpd.strategies` simulates them) the peak is that of ``latent(t) + s d_day(t)``, each
+    patient's days drawn once (`pkpd.strategies.simulate.day_noise`, keyed by the patient's
+    numbers): Monte Carlo over the days, exact over the offset.
 
     Parameters
     ----------
@@ -198,9 +206,24 @@ def calibrate(model, n_patients: int, seed: int) -> dict[str, float]:
     """
     patients = V.draw_patients(n_patients, seed)
     pop = V.make_population(model, patients, seed, typical=True)
-    sim = simulate_strategies(model, pop, [natural_course()], grid=GRID, keep_trajectories=0)
+    keep = 0 if record_scale is None else n_patients
+    sim = simulate_strategies(model, pop, [natural_course()], grid=GRID, keep_trajectories=keep)
     crs = sim["cmax_crs_severity"].values[0, 0]
     icans = sim["cmax_icans_severity"].values[0, 0]
+    if record_scale is not None:
+        import jax.numpy as jnp
+
+        from pkpd.strategies.simulate import day_noise, grading_days
+
+        patient = sim["pair_patient"].values
+        ordinal = [n for n, o in model.spec.observations.items() if o.error == "ordinal"]
+        peaks = []
+        for endpoint, grade in (("crs_severity", "crs_grade"), ("icans_severity", "icans_grade")):
+            u = jnp.asarray(pop.u[patient, ordinal.index(grade)])
+            noise = np.asarray(day_noise(u, grading_days(GRID)))
+            latent = sim["traj"].sel(strategy=sim["strategy"].values[0], endpoint=endpoint)
+            peaks.append((latent.values + record_scale * noise).max(axis=1))
+        crs, icans = peaks
     out = {f"c_crs{k + 1}": _cut(crs, p) for k, p in enumerate(CRS_TARGETS)}
     c1, c3 = _cut(icans, ICANS_TARGETS["any"]), _cut(icans, ICANS_TARGETS["severe"])
     out.update(c_icans1=c1, c_icans2=(c1 + c3) / 2, c_icans3=c3, c_icans4=c3 + 2.0)
@@ -213,11 +236,17 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=40, help="prior draws")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--calibrate", action="store_true", help="print calibrated cutpoints")
+    parser.add_argument(
+        "--record-scale",
+        type=float,
+        default=None,
+        help="with --calibrate: grades with noise per grading day of this scale (record_scale)",
+    )
     args = parser.parse_args()
     model = pkpd.load_model("cart_crs").compile()
     t0 = time.time()
     if args.calibrate:
-        cuts = calibrate(model, CAL_PATIENTS, CAL_SEED)
+        cuts = calibrate(model, CAL_PATIENTS, CAL_SEED, args.record_scale)
         for name, value in cuts.items():
             print(f"{name} = {value:.2f}")
         print(f"({time.time() - t0:.0f} s)")

@@ -67,3 +67,34 @@ def test_prior_draws_disagree_but_not_absurdly(results):
     assert np.mean((per_draw > 0.0) & (per_draw < 1.0)) > 0.8
     onset = sc["crs_onset"][np.isfinite(sc["crs_onset"])]
     assert np.quantile(onset, 0.95) <= 14.0  # no new CRS after two weeks (Blood Adv 8:5346)
+
+
+@pytest.mark.slow
+def test_calibration_with_noise_per_grading_day_gives_the_targets_in_simulation():
+    import dataclasses
+
+    import pkpd
+
+    # Cutpoints calibrated for grades with day-to-day noise (record_scale 0.25) must give the
+    # targets when the strategies simulator draws such grades for the same virtual patients:
+    # the calibration and the simulator share the day noise; the simulator adds the offsets.
+    n, seed, scale = 1000, 8, 0.25
+    spec = pkpd.load_model("cart_crs")
+    plain = PP["calibrate"](spec.compile(), n, seed)
+    cuts = PP["calibrate"](spec.compile(), n, seed, scale)
+    assert all(cuts[k] > plain[k] + 0.2 for k in cuts)  # the noise raises the worst grade
+    s_rec = dataclasses.replace(spec.parameters["s_crs"], name="s_rec", value=scale)
+    parameters = {**spec.parameters, "s_rec": s_rec}
+    for name, value in cuts.items():
+        parameters[name] = dataclasses.replace(parameters[name], value=value, fixed=True)
+    observations = {
+        k: dataclasses.replace(o, record_scale="s_rec") if o.error == "ordinal" else o
+        for k, o in spec.observations.items()
+    }
+    noisy = dataclasses.replace(spec, parameters=parameters, observations=observations).compile()
+    pop = V.make_population(noisy, V.draw_patients(n, seed), seed, typical=True)
+    sim = PP["simulate_strategies"](noisy, pop, [PP["natural_course"]()], grid=PP["GRID"])
+    worst = sim["max_crs_grade"].values[0, 0]
+    for k, target in enumerate(PP["CRS_TARGETS"], start=1):
+        se = np.sqrt(target * (1 - target) / n)  # the offsets are the only randomness left
+        assert abs(np.mean(worst >= k) - target) < 4 * se, k
