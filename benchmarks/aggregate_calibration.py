@@ -12,6 +12,7 @@ machine, the date and the settings to benchmarks/RESULTS.md.
     python benchmarks/aggregate_calibration.py [--patients 256] [--write]
     python benchmarks/aggregate_calibration.py --treatment soc_reactive_toc   # treated course
     python benchmarks/aggregate_calibration.py --quick          # smoke run (~3 min)
+    python benchmarks/aggregate_calibration.py --record-scale 0.25  # grades with daily noise
 
 Assumptions made here (not in the trial file): the Fred Hutch product of Hay 2017 is given the
 4-1BB product level (PRODUCT = 0); every cohort's virtual patients have the covariate
@@ -103,6 +104,13 @@ def main(argv: list[str] | None = None) -> str:
         action="store_true",
         help="also calibrate ICANS cutpoints to the neurologic-event rates",
     )
+    ap.add_argument(
+        "--record-scale",
+        type=float,
+        default=None,
+        help="grades with noise per grading day of this scale on top of the patient's offset "
+        "(ModelSpec.with_record_scale; default: none)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 patients, 20 draws")
     ap.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
@@ -111,8 +119,10 @@ def main(argv: list[str] | None = None) -> str:
         args.patients, args.draws, args.replicates = 64, 20, 2
 
     t_start = time.perf_counter()
-    model = pkpd.load_model("cart_crs").compile()
-    spec = model.spec
+    spec = pkpd.load_model("cart_crs")
+    if args.record_scale is not None:
+        spec = spec.with_record_scale(args.record_scale)
+    model = spec.compile()
     treatment = None
     if args.treatment:
         treatment = next(s for s in load_strategies("cart_default") if s.name == args.treatment)
@@ -181,7 +191,13 @@ def main(argv: list[str] | None = None) -> str:
         f"{args.patients} virtual patients per arm (scrambled Sobol, seed {args.seed}); "
         f"management: "
         f"{'natural course (untreated)' if treatment is None else treatment.name}; "
-        f"Penn-scale shift on CRS cutpoints >= 2; cutpoint priors widened to SD {WIDE}."
+        f"Penn-scale shift on CRS cutpoints >= 2; cutpoint priors widened to SD {WIDE}"
+        + (
+            "."
+            if args.record_scale is None
+            else f"; grades with noise per grading day of scale {args.record_scale} "
+            f"(record_scale) on top of the patient's offset."
+        )
     )
     lines.append("")
     lines.append(

@@ -108,22 +108,10 @@ GRADE_NOISE: float | None = None
 
 def with_grade_noise(spec, scale: float):
     """``spec`` with a per-record logistic noise of ``scale`` on top of each ordinal endpoint's
-    per-patient offset (``record_scale`` on every endpoint with ``offset = "subject"``; one
-    fixed parameter ``s_record``)."""
-    import dataclasses
-
-    source = "assumption: benchmark --grade-noise (day-to-day grading noise)"
-    par = dataclasses.replace(
-        spec.parameters["s_crs"], name="s_record", value=float(scale), source=source
-    )
-    observations = {
-        n: dataclasses.replace(o, record_scale="s_record")
-        if o.error == "ordinal" and o.offset == "subject"
-        else o
-        for n, o in spec.observations.items()
-    }
-    return dataclasses.replace(
-        spec, parameters={**spec.parameters, "s_record": par}, observations=observations
+    per-patient offset (`pkpd.model.spec.ModelSpec.with_record_scale`: ``record_scale`` on every
+    endpoint with ``offset = "subject"``; one fixed parameter ``s_record``)."""
+    return spec.with_record_scale(
+        scale, source="assumption: benchmark --grade-noise (day-to-day grading noise)"
     )
 
 

@@ -406,6 +406,83 @@ class ModelSpec:
             params[name] = replace(old, prior=prior, value=None if not old.fixed else old.value)
         return replace(self, name=f"{self.name}[{suffix}]", parameters=params)
 
+    def with_record_scale(
+        self,
+        scale: float,
+        endpoints: Iterable[str] | None = None,
+        *,
+        parameter: str = "s_record",
+        source: str = "assumption: day-to-day grading noise on top of the patient's offset",
+    ) -> ModelSpec:
+        """Return a copy whose grades carry noise per record on top of the patient's offset.
+
+        The programmatic form of a model file's ``record_scale`` key: a fixed, dimensionless
+        parameter ``parameter`` of value ``scale`` becomes the ``record_scale`` of the ordinal
+        endpoints (``latent + e + scale * d`` with ``d`` standard logistic per record;
+        docs/model-files.md). Cutpoints calibrated on worst-grade rates without the noise sit too
+        low with it (``scripts/prior_predictive.py --calibrate --record-scale``).
+
+        Parameters
+        ----------
+        scale : float
+            In ``(0, MAX_RECORD_SCALE]``.
+        endpoints : iterable of str, optional
+            Ordinal endpoints with ``offset = "subject"`` (default: all of them).
+        parameter : str, optional
+            Name of the new parameter (one scale shared by the endpoints).
+        source : str, optional
+            Its source.
+
+        Returns
+        -------
+        ModelSpec
+            Same name (the noise is part of the model's likelihood, not a profile of it).
+
+        Raises
+        ------
+        ValueError
+            A scale out of range, an endpoint that is not ordinal with one offset per subject,
+            or no such endpoint, or a parameter name already taken.
+        """
+        from dataclasses import replace
+
+        if not 0.0 < float(scale) <= MAX_RECORD_SCALE:
+            raise ValueError(f"record scale {scale} must lie in (0, {MAX_RECORD_SCALE}]")
+        eligible = [
+            n
+            for n, o in self.observations.items()
+            if o.error == "ordinal" and o.offset == "subject"
+        ]
+        chosen = eligible if endpoints is None else list(endpoints)
+        bad = [n for n in chosen if n not in eligible]
+        if bad or not chosen:
+            raise ValueError(
+                f"record_scale applies to ordinal endpoints with offset = 'subject' "
+                f"({eligible} in model {self.name!r}); got {bad or chosen}"
+            )
+        if parameter in self.parameters:
+            raise ValueError(f"model {self.name!r} already has a parameter {parameter!r}")
+        par = ParameterSpec(
+            name=parameter,
+            unit="1",
+            value=float(scale),
+            prior=None,
+            fixed=True,
+            iiv=None,
+            iiv_scale="log",
+            covariates=(),
+            source=source,
+            description="scale of the per-record grading noise (record_scale)",
+            where=Where("with_record_scale"),
+        )
+        observations = {
+            n: replace(o, record_scale=parameter) if n in chosen else o
+            for n, o in self.observations.items()
+        }
+        return replace(
+            self, parameters={**self.parameters, parameter: par}, observations=observations
+        )
+
     def with_fixed(
         self, names: Iterable[str] | Mapping[str, float], *, suffix: str = "fixed"
     ) -> ModelSpec:

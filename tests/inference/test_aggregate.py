@@ -457,14 +457,7 @@ def test_grades_with_one_offset_per_record_are_refused(toy, trials):
 
 def noisy_toy(toy, scale=0.5):
     """The toy with noise per grading day of scale ``scale`` on top of the patient's offset."""
-    spec = toy.spec
-    s_rec = dataclasses.replace(spec.parameters["tpk"], name="s_rec", unit="1", value=scale)
-    grade = dataclasses.replace(spec.observations["crs_grade"], record_scale="s_rec")
-    return dataclasses.replace(
-        spec,
-        parameters={**spec.parameters, "s_rec": s_rec},
-        observations={**spec.observations, "crs_grade": grade},
-    ).compile()
+    return toy.spec.with_record_scale(scale, parameter="s_rec").compile()
 
 
 @pytest.mark.slow

@@ -71,8 +71,6 @@ def test_prior_draws_disagree_but_not_absurdly(results):
 
 @pytest.mark.slow
 def test_calibration_with_noise_per_grading_day_gives_the_targets_in_simulation():
-    import dataclasses
-
     import pkpd
 
     # Cutpoints calibrated for grades with day-to-day noise (record_scale 0.25) must give the
@@ -83,15 +81,7 @@ def test_calibration_with_noise_per_grading_day_gives_the_targets_in_simulation(
     plain = PP["calibrate"](spec.compile(), n, seed)
     cuts = PP["calibrate"](spec.compile(), n, seed, scale)
     assert all(cuts[k] > plain[k] + 0.2 for k in cuts)  # the noise raises the worst grade
-    s_rec = dataclasses.replace(spec.parameters["s_crs"], name="s_rec", value=scale)
-    parameters = {**spec.parameters, "s_rec": s_rec}
-    for name, value in cuts.items():
-        parameters[name] = dataclasses.replace(parameters[name], value=value, fixed=True)
-    observations = {
-        k: dataclasses.replace(o, record_scale="s_rec") if o.error == "ordinal" else o
-        for k, o in spec.observations.items()
-    }
-    noisy = dataclasses.replace(spec, parameters=parameters, observations=observations).compile()
+    noisy = spec.with_fixed(cuts).with_record_scale(scale).compile()
     pop = V.make_population(noisy, V.draw_patients(n, seed), seed, typical=True)
     sim = PP["simulate_strategies"](noisy, pop, [PP["natural_course"]()], grid=PP["GRID"])
     worst = sim["max_crs_grade"].values[0, 0]

@@ -1,0 +1,47 @@
+"""`ModelSpec.with_record_scale`: grades with noise per record, built in code."""
+
+import pytest
+
+import pkpd
+
+
+@pytest.fixture(scope="module")
+def cart():
+    return pkpd.load_model("cart_crs")
+
+
+def test_adds_one_fixed_scale_to_every_subject_offset_grade(cart):
+    noisy = cart.with_record_scale(0.25)
+    par = noisy.parameters["s_record"]
+    assert par.fixed and par.value == 0.25 and par.unit == "1" and par.is_assumption
+    grades = [n for n, o in cart.observations.items() if o.error == "ordinal"]
+    assert grades == ["crs_grade", "icans_grade"]
+    assert all(noisy.observations[n].record_scale == "s_record" for n in grades)
+    assert all(cart.observations[n].record_scale is None for n in grades)  # a copy
+    assert "s_record" not in noisy.estimated()
+    assert noisy.name == cart.name
+    # The compiled model carries the value (the simulators read it from theta).
+    model = noisy.compile()
+    assert model.typical_values[model.parameter_index("s_record")] == 0.25
+    one = cart.with_record_scale(0.1, ["icans_grade"], parameter="s_icans_day")
+    assert one.observations["crs_grade"].record_scale is None
+    assert one.observations["icans_grade"].record_scale == "s_icans_day"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((0.0,), r"must lie in \(0, 0.5\]"),
+        ((0.6,), r"must lie in \(0, 0.5\]"),
+        ((0.2, ["il6"]), "offset = 'subject'"),
+        ((0.2, []), "offset = 'subject'"),
+    ],
+)
+def test_refuses_what_the_model_file_refuses(cart, args, message):
+    with pytest.raises(ValueError, match=message):
+        cart.with_record_scale(*args)
+
+
+def test_refuses_a_taken_name(cart):
+    with pytest.raises(ValueError, match="already has a parameter 's_crs'"):
+        cart.with_record_scale(0.2, parameter="s_crs")
