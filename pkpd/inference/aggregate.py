@@ -837,13 +837,13 @@ class AggregateLikelihood:
             from pkpd.strategies.simulate import day_noise, grading_days
 
             days = grading_days(times)
-            per_q = [
-                np.asarray(day_noise(jnp.asarray(u[:, q]), days))
+            per_q = [  # the same patients' days in every arm: drawn once, tiled
+                np.asarray(day_noise(jnp.asarray(self._u[:, q]), days))
                 if self.scale_index[q] >= 0
-                else np.zeros((u.shape[0], times.size))
-                for q in range(u.shape[1])
+                else np.zeros((n, times.size))
+                for q in range(self._u.shape[1])
             ]
-            noise = {"noise": jnp.asarray(np.stack(per_q, axis=-1))}  # (AN, T, Q)
+            noise = {"noise": jnp.asarray(np.tile(np.stack(per_q, axis=-1), (a, 1, 1)))}
         data = {
             "ev": event_arrays(ev),
             "t": jnp.asarray(t_arr),
