@@ -200,7 +200,12 @@ def run(
     t0 = time.perf_counter()
     profile = profile_with_iiv(profile, add_iiv)
     gen_model = generator_model(get_profile(profile).final, generator_iiv)
-    cohort = generated_cohort(n_patients, seed, gen_model)  # default model cart_crs
+    if checkpoint is None:
+        cohort = generated_cohort(n_patients, seed, gen_model)  # default model cart_crs
+    else:  # a run over several calls fits the cohort of its first call, whatever the code now
+        cohort = checkpoint_cohort(
+            checkpoint, lambda: generated_cohort(n_patients, seed, gen_model)
+        )
     generate_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -435,6 +440,26 @@ def generated_cohort(n_patients: int, seed: int, model=None):
     kwargs = {} if model is None else {"model": model}
     records = make_virtual_cohort(draw_patients(n_patients, seed=seed), seed=seed, **kwargs)
     return from_dataframe(records, source=f"virtual_{n_patients}_{seed}", time_unit="day")
+
+
+def checkpoint_cohort(folder: str | Path, make):
+    """The cohort of the checkpointed run in ``folder``: read from its ``cohort.csv``, or made by
+    ``make()`` and saved there first.
+
+    A checkpoint's chains are tied to their data (`pkpd.inference.resumable` refuses a resume
+    whose log-density at the start differs), so a run over several sessions must not depend on
+    the generator's code staying the same: the generator runs once, on the first call. Both
+    calls fit the cohort as read back from the file (the CSV keeps every number exactly).
+    """
+    from pkpd.data import read_dataset
+
+    file = Path(folder) / "cohort.csv"
+    if not file.exists():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        make().to_csv(file)
+    else:
+        print(f"cohort: read from {file} (made by the run's first call)", flush=True)
+    return read_dataset(file, time_unit="day")
 
 
 def _last_stage(n_patients: int, profile: str, seed: int | None = None) -> tuple:

@@ -454,3 +454,29 @@ def test_grade_noise_benchmark_variants():
     assert noisy.parameters["s_rec"].value == 0.1
     design = grade_noise.design(3, 14)
     assert (design["EVID"] == 0).sum() == 3 * 14 and (design["EVID"] == 1).sum() == 3
+
+
+def test_cart_recovery_checkpoint_fits_the_cohort_of_its_first_call(tmp_path):
+    """A checkpointed run saves its generated cohort on the first call and reads it back on every
+    call (a later generator change must not change a resumed run's data), number for number."""
+    import numpy as np
+
+    cart_recovery = _load("cart_recovery")
+    made = cart_recovery.generated_cohort(4, seed=3)
+    first = cart_recovery.checkpoint_cohort(tmp_path / "n4", lambda: made)
+    assert (tmp_path / "n4" / "cohort.csv").exists()
+
+    def regenerate():
+        raise AssertionError("a later call regenerated the cohort")
+
+    again = cart_recovery.checkpoint_cohort(tmp_path / "n4", regenerate)
+    for cohort in (first, again):
+        assert set(cohort.ds.data_vars) == set(made.ds.data_vars)
+        for name, var in made.ds.data_vars.items():
+            np.testing.assert_array_equal(cohort.ds[name].values, var.values, err_msg=name)
+            assert cohort.ds[name].attrs == var.attrs, name  # units, covariate roles
+        assert {k: v for k, v in cohort.ds.attrs.items() if k != "source"} == {
+            k: v for k, v in made.ds.attrs.items() if k != "source"
+        }
+        for name, coord in made.ds.coords.items():
+            np.testing.assert_array_equal(cohort.ds[name].values, coord.values, err_msg=name)
