@@ -77,9 +77,14 @@ _KEYS = {
         "record_scale",
         "lloq",
         "description",
+        "override",
     },
     "analytic": {"kind", "central", "depot", "peripheral", "CL", "V", "Q", "V2", "ka"},
 }
+
+
+#: Kinds of entries that an including file may replace with ``override = true``.
+_OVERRIDABLE = ("parameter", "observation")
 
 
 def _split_header(header: str) -> tuple[str, ...]:
@@ -383,12 +388,12 @@ class _Merged:
             return
         if name in table:
             prev = table[name][1]
-            if kind == "parameter" and isinstance(entry, dict) and entry.get("override"):
+            if kind in _OVERRIDABLE and isinstance(entry, dict) and entry.get("override"):
                 table[name] = (entry, where)
                 return
             if kind == "covariate" and entry.get("unit") == table[name][0].get("unit"):
                 return  # the same covariate used by two components
-            hint = " (set override = true to replace an included parameter)" * (kind == "parameter")
+            hint = f" (set override = true to replace an included {kind})" * (kind in _OVERRIDABLE)
             self.problems.append(
                 _problem(where, name, f"duplicate {kind} {name!r} (first defined at {prev}){hint}")
             )

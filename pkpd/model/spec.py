@@ -404,7 +404,9 @@ class ModelSpec:
                 raise KeyError(f"model {self.name!r} has no parameter {name!r}")
             old = params[name]
             params[name] = replace(old, prior=prior, value=None if not old.fixed else old.value)
-        return replace(self, name=f"{self.name}[{suffix}]", parameters=params)
+        name = f"{self.name}[{suffix}]"
+        files = self._derived_files(suffix, name, params, list(priors), "with_priors")
+        return replace(self, name=name, parameters=params, files=files)
 
     def with_record_scale(
         self,
@@ -479,9 +481,48 @@ class ModelSpec:
             n: replace(o, record_scale=parameter) if n in chosen else o
             for n, o in self.observations.items()
         }
-        return replace(
-            self, parameters={**self.parameters, parameter: par}, observations=observations
+        params = {**self.parameters, parameter: par}
+        # The observations' entries as their files wrote them, plus the new key: the generated
+        # file replaces them (override = true), so a saved fit reloads this model, not the one
+        # without noise.
+        raw = {n: {**self._observation_entry(n), "record_scale": parameter} for n in chosen}
+        files = self._derived_files(
+            "record_scale", self.name, params, [parameter], "with_record_scale", raw
         )
+        return replace(self, parameters=params, observations=observations, files=files)
+
+    def _observation_entry(self, name: str) -> dict:
+        """Return the table of observation ``name`` as its model file wrote it."""
+        import tomllib
+
+        where = self.observations[name].where.file
+        if where not in self.files:
+            raise ValueError(f"model {self.name!r}: no file text for observation {name!r}")
+        entry = dict(tomllib.loads(self.files[where])["observations"][name])
+        entry.pop("override", None)
+        return entry
+
+    def _derived_files(
+        self,
+        label: str,
+        name: str,
+        params: Mapping[str, ParameterSpec],
+        changed: list[str],
+        written_by: str,
+        observations: Mapping[str, dict] | None = None,
+    ) -> dict[str, str]:
+        """Return the files of a copy of this model.
+
+        A generated main file (``<stem>.<label>.toml``, next to the main file) that includes the
+        current main file and overrides the ``changed`` parameters and the ``observations``
+        entries, then the current files. The copy's `hash` changes with it, and
+        `pkpd.inference.load_fit` rebuilds the copy from the texts.
+        """
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "profile"
+        main = Path(self.main_file) if self.main_file else Path(f"{self.name}.toml")
+        path = str(main.with_name(f"{main.stem}.{label}.toml"))
+        text = _profile_text(self, params, changed, main.name, name, written_by, observations or {})
+        return {path: text, **{k: v for k, v in self.files.items() if k != path}}
 
     def with_fixed(
         self, names: Iterable[str] | Mapping[str, float], *, suffix: str = "fixed"
@@ -616,12 +657,11 @@ class ModelSpec:
             if (new.fixed, new.value, new.iiv) != (old.fixed, old.value, old.iiv):
                 params[name] = new
                 changed.append(name)
-        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", suffix).strip("_") or "profile"
-        main = Path(self.main_file) if self.main_file else Path(f"{self.name}.toml")
-        path = str(main.with_name(f"{main.stem}.{label}.toml"))
-        text = _profile_text(self, params, changed, main.name, suffix)
-        files = {path: text, **{k: v for k, v in self.files.items() if k != path}}
-        return replace(self, name=f"{self.name}[{suffix}]", parameters=params, files=files)
+        name = f"{self.name}[{suffix}]"
+        files = self._derived_files(
+            suffix, name, params, changed, "ModelSpec.estimate_only / with_fixed"
+        )
+        return replace(self, name=name, parameters=params, files=files)
 
     def describe(self) -> str:
         """Markdown description: equations, states, parameters (units, priors, sources).
@@ -682,15 +722,36 @@ def _prior_text(prior: Prior) -> str:
     return f"{prior.family}({inner})"
 
 
+def _toml_value(value: Any) -> str:
+    """Write a TOML value for plain model-file data (text, numbers, lists, tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
 def _profile_text(
-    spec: ModelSpec, params: dict[str, ParameterSpec], changed: list[str], include: str, suffix: str
+    spec: ModelSpec,
+    params: Mapping[str, ParameterSpec],
+    changed: list[str],
+    include: str,
+    name: str,
+    written_by: str,
+    observations: Mapping[str, dict],
 ) -> str:
-    """Write the model file of a profile: include the model, override what changed."""
+    """Write the model file of a derived model: include the model, override what changed."""
     lines = [
-        f"# Fitting profile {suffix!r} of model {spec.name!r} (hash {spec.hash[:12]}), written by",
-        "# ModelSpec.estimate_only / with_fixed: the parameters below replace the model's.",
+        f"# Model {name!r}, derived from {spec.name!r} (hash {spec.hash[:12]}) by {written_by}:",
+        "# the parameters and observations below replace the model's.",
         "[model]",
-        f"name = {_toml_string(f'{spec.name}[{suffix}]')}",
+        f"name = {_toml_string(name)}",
         f"description = {_toml_string(spec.description)}",
         f"time_unit = {_toml_string(spec.time_unit)}",
         f"include = [{_toml_string(include)}]",
@@ -720,4 +781,7 @@ def _profile_text(
             lines.append(f"covariates = {{ {effects} }}")
         lines.append(f"source = {_toml_string(p.source)}")
         lines.append(f"description = {_toml_string(p.description)}")
+    for obs, entry in observations.items():
+        lines += ["", f"[observations.{obs}]", "override = true"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
     return "\n".join(lines) + "\n"

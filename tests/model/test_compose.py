@@ -153,6 +153,43 @@ def test_override_replaces_an_included_parameter(write):
     assert "CL" not in model.iiv
 
 
+def test_override_replaces_an_included_observation(write):
+    path = write(
+        "proportional.toml",
+        """
+        [model]
+        name = "proportional"
+        time_unit = "h"
+        include = ["pk_1cmt_oral"]
+
+        [parameters]
+        sigma_prop = { unit = "1", value = 0.2, source = "test" }
+
+        [observations.conc]
+        override = true
+        expression = "central / V"
+        unit = "mg/L"
+        error = "proportional"
+        sigma_prop = "sigma_prop"
+        """,
+    )
+    spec = load_model(path)
+    base = load_model("pk_1cmt_oral")
+    obs = spec.observations["conc"]
+    assert obs.error == "proportional" and obs.sigma == {"sigma_prop": "sigma_prop"}
+    assert obs.where.file == str(path.resolve())
+    assert base.observations["conc"].error != "proportional"
+    assert list(spec.observations) == list(base.observations)  # keeps its place (and DVID)
+    assert obs.dvid == base.observations["conc"].dvid
+    clash = write(
+        "clash_obs.toml",
+        '[model]\nname = "c"\ntime_unit = "h"\ninclude = ["pk_1cmt_oral"]\n\n'
+        '[observations.conc]\nexpression = "central / V"\nunit = "mg/L"\n',
+    )
+    with pytest.raises(ModelError, match=r"duplicate observation 'conc'.*override = true"):
+        load_model(clash)
+
+
 def test_without_override_a_redefinition_is_an_error(write):
     path = write(
         "clash.toml",

@@ -45,3 +45,34 @@ def test_refuses_what_the_model_file_refuses(cart, args, message):
 def test_refuses_a_taken_name(cart):
     with pytest.raises(ValueError, match="already has a parameter 's_crs'"):
         cart.with_record_scale(0.2, parameter="s_crs")
+
+
+def test_the_files_describe_the_noise(cart):
+    """Regression: the copy kept the model's files, so its hash was the model's and a saved fit
+    (which keeps the files) reloaded the model without the noise."""
+    from dataclasses import replace
+
+    from pkpd.inference.fitresult import _spec_from_texts
+
+    noisy = cart.with_record_scale(0.25).with_fixed(["rho"])
+    assert noisy.hash != cart.with_fixed(["rho"]).hash
+    again = _spec_from_texts(noisy.files)  # what load_fit does with a saved fit's files
+    assert again.hash == noisy.hash
+    for table in ("parameters", "observations"):
+        mine, theirs = getattr(noisy, table), getattr(again, table)
+        assert list(mine) == list(theirs)
+        for name in mine:
+            a, b = replace(mine[name], where=None), replace(theirs[name], where=None)
+            assert a == b, name
+    assert again.observations["icans_grade"].record_scale == "s_record"
+    assert again.parameters["s_record"].value == 0.25
+
+
+def test_with_priors_files_carry_the_priors(cart):
+    from pkpd.inference.fitresult import _spec_from_texts
+
+    prior = cart.parameters["c_crs1"].prior
+    changed = cart.with_priors({"rho": prior})
+    assert changed.hash != cart.hash
+    again = _spec_from_texts(changed.files)
+    assert again.parameters["rho"].prior == prior and again.name == changed.name
