@@ -123,14 +123,15 @@ def base_model():
     return spec if GRADE_NOISE is None else with_grade_noise(spec, GRADE_NOISE)
 
 
-def generator_model(stage, generator_iiv="all"):
+def generator_model(stage, generator_iiv="all", spec=None):
     """The compiled model that generates the cohort: None for cart_crs itself (``"all"``), or
     cart_crs with IIV only on the stage's random effects (``"profile"``) or on the listed
-    parameters (everyone else at the typical values)."""
+    parameters (everyone else at the typical values). ``spec``: the model instead of
+    `base_model` (``"all"`` then gives it compiled)."""
 
     if isinstance(generator_iiv, str):
         if generator_iiv == "all":
-            return None
+            return None if spec is None else spec.compile()
         if generator_iiv != "profile":
             raise ValueError(
                 f"generator_iiv must be 'all', 'profile' or a list of parameters, "
@@ -139,7 +140,7 @@ def generator_model(stage, generator_iiv="all"):
         iiv = list(stage.iiv)
     else:
         iiv = list(generator_iiv)
-    full = base_model()
+    full = base_model() if spec is None else spec
     no_iiv = [n for n in iiv if full.parameters[n].iiv is None]
     if no_iiv:
         raise ValueError(f"cart_crs has no IIV on {no_iiv}")
@@ -199,10 +200,13 @@ def run(
 
     t0 = time.perf_counter()
     profile = profile_with_iiv(profile, add_iiv)
-    gen_model = generator_model(get_profile(profile).final, generator_iiv)
     if checkpoint is None:
+        spec = base_model()
+        gen_model = generator_model(get_profile(profile).final, generator_iiv)
         cohort = generated_cohort(n_patients, seed, gen_model)  # default model cart_crs
-    else:  # a run over several calls fits the cohort of its first call, whatever the code now
+    else:  # a run over several calls fits the model and cohort of its first call
+        spec = checkpoint_model(checkpoint, base_model)
+        gen_model = generator_model(get_profile(profile).final, generator_iiv, spec=spec)
         cohort = checkpoint_cohort(
             checkpoint, lambda: generated_cohort(n_patients, seed, gen_model)
         )
@@ -210,7 +214,7 @@ def run(
 
     t0 = time.perf_counter()
     result = fit_staged(
-        base_model(),
+        spec,
         cohort,
         profile=profile,
         seed=seed,
@@ -230,9 +234,9 @@ def run(
     crs3 = None
     if ppc and "crs_grade" in get_profile(profile).final.endpoints:
         t1 = time.perf_counter()
-        crs3 = crs3_check(result, seed, generator=gen_model)  # truth: the cohort's generator
+        crs3 = crs3_check(result, seed, generator=gen_model or spec.compile())  # the truth
         crs3["wall_s"] = time.perf_counter() - t1
-    generator = base_model()
+    generator = spec
     post = result.idata.posterior
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -440,6 +444,26 @@ def generated_cohort(n_patients: int, seed: int, model=None):
     kwargs = {} if model is None else {"model": model}
     records = make_virtual_cohort(draw_patients(n_patients, seed=seed), seed=seed, **kwargs)
     return from_dataframe(records, source=f"virtual_{n_patients}_{seed}", time_unit="day")
+
+
+def checkpoint_model(folder: str | Path, make):
+    """The model of the checkpointed run in ``folder``: read from its ``model.json`` (the model
+    files' texts, `pkpd.model.ModelSpec.files`), or made by ``make()`` and saved there first.
+
+    As `checkpoint_cohort` for the data: a run over several sessions goes on with the model of
+    its first call when the library's files change meanwhile (its truth values too).
+    """
+    import json
+
+    from pkpd.model import load_model_texts
+
+    file = Path(folder) / "model.json"
+    if not file.exists():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps(make().files, indent=1) + "\n", encoding="utf-8")
+    else:
+        print(f"model: read from {file} (the model of the run's first call)", flush=True)
+    return load_model_texts(json.loads(file.read_text(encoding="utf-8")))
 
 
 def checkpoint_cohort(folder: str | Path, make):

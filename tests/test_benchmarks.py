@@ -480,3 +480,22 @@ def test_cart_recovery_checkpoint_fits_the_cohort_of_its_first_call(tmp_path):
         }
         for name, coord in made.ds.coords.items():
             np.testing.assert_array_equal(cohort.ds[name].values, coord.values, err_msg=name)
+
+
+def test_cart_recovery_checkpoint_fits_the_model_of_its_first_call(tmp_path, monkeypatch):
+    """The run's model is saved with its first call's checkpoint (model.json: the files' texts) and
+    read back by every call, so a library change between calls does not change a resumed run."""
+    cart_recovery = _load("cart_recovery")
+    monkeypatch.setattr(cart_recovery, "GRADE_NOISE", 0.25)
+    made = cart_recovery.base_model()
+    first = cart_recovery.checkpoint_model(tmp_path / "n4", lambda: made)
+
+    def remake():
+        raise AssertionError("a later call rebuilt the model")
+
+    again = cart_recovery.checkpoint_model(tmp_path / "n4", remake)
+    for spec in (first, again):
+        assert spec.hash == made.hash and spec.name == made.name
+        assert list(spec.parameters) == list(made.parameters)
+        assert spec.observations["crs_grade"].record_scale == "s_record"
+        assert spec.parameters["s_record"].value == 0.25

@@ -389,25 +389,6 @@ def solver_from_settings(settings: Any) -> Any:
     return Solver(**kwargs)
 
 
-def _spec_from_texts(files: dict[str, str]) -> Any:
-    """Load a model from saved file texts (in a temporary folder mirroring their layout)."""
-    from pkpd.model import load_model
-
-    paths = [Path(p) for p in files]
-    root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path(".")
-    with tempfile.TemporaryDirectory() as tmp:
-        for p, text in zip(paths, files.values(), strict=True):
-            target = Path(tmp) / p.relative_to(root) if p.is_absolute() else Path(tmp) / p
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-        main = Path(tmp) / (paths[0].relative_to(root) if paths[0].is_absolute() else paths[0])
-        spec = load_model(main)
-    from dataclasses import replace
-
-    # Keep the original paths, so the hash and provenance match the saved fit.
-    return replace(spec, files=dict(files))
-
-
 def load_fit(path: str | os.PathLike, model: Any = None) -> Fit:
     """Load a fit saved by `Fit.save`.
 
@@ -436,7 +417,7 @@ def load_fit(path: str | os.PathLike, model: Any = None) -> Fit:
 
     from pkpd.data.cohort import Cohort
     from pkpd.inference.sample import FitSettings
-    from pkpd.model import load_model
+    from pkpd.model import load_model, load_model_texts
 
     path = Path(path)
     with warnings.catch_warnings():
@@ -472,7 +453,7 @@ def load_fit(path: str | os.PathLike, model: Any = None) -> Fit:
                     "load_fit(path, model=...) to use a model explicitly."
                 )
         else:
-            spec = _spec_from_texts(files)
+            spec = load_model_texts(files)
 
     cohort = Cohort.from_netcdf(path, group=_COHORT_GROUP)
     if dataset_hash(cohort) != prov["dataset_hash"]:

@@ -10,7 +10,7 @@ See ``docs/model-files.md`` for the file format.
 
 from pkpd.model.compiled import AnalyticSpec, CompiledModel
 from pkpd.model.library import library_path, list_models
-from pkpd.model.loader import load_model
+from pkpd.model.loader import load_model, load_model_texts
 from pkpd.model.priors import Prior, parse_prior
 from pkpd.model.spec import (
     CovariateEffect,
@@ -38,5 +38,6 @@ __all__ = [
     "library_path",
     "list_models",
     "load_model",
+    "load_model_texts",
     "parse_prior",
 ]

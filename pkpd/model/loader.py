@@ -13,6 +13,7 @@ import ast
 import math
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -489,6 +490,46 @@ def _check_names(m: _Merged) -> None:
             owners[name] = kind
     if m.problems:
         raise ModelError(m.problems)
+
+
+def load_model_texts(files: Mapping[str, str]) -> ModelSpec:
+    """Load a model from the texts of its files, as `ModelSpec.files` holds them.
+
+    The texts are written to a temporary folder with their layout (main file first; includes
+    resolve among them) and loaded there; the spec keeps the original paths, so its `hash` is
+    that of ``files``. How saved fits and long runs' checkpoints get their model back when the
+    files on disk have changed or are elsewhere.
+
+    Parameters
+    ----------
+    files : mapping of str to str
+        File path to text, the main file first.
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    ModelError
+        As `load_model`.
+    """
+    import os
+    import tempfile
+    from dataclasses import replace
+
+    if not files:
+        raise ValueError("no model files given")
+    paths = [Path(p) for p in files]
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for p, text in zip(paths, files.values(), strict=True):
+            target = Path(tmp) / (p.relative_to(root) if p.is_absolute() else p)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        main = Path(tmp) / (paths[0].relative_to(root) if paths[0].is_absolute() else paths[0])
+        spec = load_model(main)
+    return replace(spec, files=dict(files))
 
 
 def load_model(source: str | Path) -> ModelSpec:

@@ -52,11 +52,11 @@ def test_the_files_describe_the_noise(cart):
     (which keeps the files) reloaded the model without the noise."""
     from dataclasses import replace
 
-    from pkpd.inference.fitresult import _spec_from_texts
+    from pkpd.model import load_model_texts
 
     noisy = cart.with_record_scale(0.25).with_fixed(["rho"])
     assert noisy.hash != cart.with_fixed(["rho"]).hash
-    again = _spec_from_texts(noisy.files)  # what load_fit does with a saved fit's files
+    again = load_model_texts(noisy.files)  # what load_fit does with a saved fit's files
     assert again.hash == noisy.hash
     for table in ("parameters", "observations"):
         mine, theirs = getattr(noisy, table), getattr(again, table)
@@ -69,10 +69,10 @@ def test_the_files_describe_the_noise(cart):
 
 
 def test_with_priors_files_carry_the_priors(cart):
-    from pkpd.inference.fitresult import _spec_from_texts
+    from pkpd.model import load_model_texts
 
     prior = cart.parameters["c_crs1"].prior
     changed = cart.with_priors({"rho": prior})
     assert changed.hash != cart.hash
-    again = _spec_from_texts(changed.files)
+    again = load_model_texts(changed.files)
     assert again.parameters["rho"].prior == prior and again.name == changed.name
