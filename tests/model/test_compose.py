@@ -291,3 +291,16 @@ def test_main_file_decides_name_and_time_unit(write):
     conv, raw = spec.equations["depot"]  # pd_emax's rates are in 1/h: x 24 per day
     assert conv == 24 * raw
     assert spec.analytic is None  # [model] analytic of an included file is not inherited
+
+
+def test_load_model_texts_rebuilds_a_composed_model_from_its_files():
+    from pkpd.model import load_model_texts
+
+    spec = load_model("cart_crs")  # includes a dozen library files
+    again = load_model_texts(spec.files)
+    assert again.hash == spec.hash and list(again.files) == list(spec.files)
+    assert list(again.parameters) == list(spec.parameters)
+    assert list(again.observations) == list(spec.observations)
+    np.testing.assert_array_equal(again.compile().typical_values, spec.compile().typical_values)
+    with pytest.raises(ValueError, match="no model files"):
+        load_model_texts({})
