@@ -511,6 +511,8 @@ def load_model_texts(files: Mapping[str, str]) -> ModelSpec:
 
     Raises
     ------
+    ValueError
+        No files.
     ModelError
         As `load_model`.
     """
