@@ -84,6 +84,22 @@ def _cumulative(trial) -> list[Outcome]:
     return out
 
 
+def _uninformed_cutpoints(parameters, table) -> set[str]:
+    """Calibrated cutpoints that no calibration-cohort row uses.
+
+    Only their prior and the ordering place them, so a validation row that depends on one is a
+    prior prediction (marked † in the table), not a test of the calibration.
+    """
+    used = {
+        c
+        for t, cs in zip(table["trial"], table["cutpoints"], strict=True)
+        if t in CALIBRATION
+        for c in cs.split(",")
+        if c
+    }
+    return {p for p in parameters if p.startswith("c_") and p not in used}
+
+
 def _fmt(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -216,15 +232,7 @@ def main(argv: list[str] | None = None) -> str:
             f"| {name} | {row['prior']} | {row['map']:.3g} | {row['median']:.3g} | "
             f"[{row['lower']:.3g}, {row['upper']:.3g}] | {row['sd_ratio']:.2f} |"
         )
-    # Cutpoints that no calibration outcome uses: only their prior and the ordering place them.
-    used = {
-        c
-        for t, cs in zip(table["trial"], table["cutpoints"], strict=True)
-        if t in CALIBRATION
-        for c in cs.split(",")
-        if c
-    }
-    uninformed = {p for p in fit.parameters if p.startswith("c_") and p not in used}
+    uninformed = _uninformed_cutpoints(fit.parameters, table)
     lines.append("")
     for note in fit.settings["notes"]:
         lines.append(f"Note: {note}")

@@ -499,3 +499,43 @@ def test_cart_recovery_checkpoint_fits_the_model_of_its_first_call(tmp_path, mon
         assert list(spec.parameters) == list(made.parameters)
         assert spec.observations["crs_grade"].record_scale == "s_record"
         assert spec.parameters["s_record"].value == 0.25
+
+
+def test_aggregate_calibration_cumulative_rows_sum_the_exact_grades():
+    # Hay 2017 reports exact CRS grades 1-5 (26%, 32%, 4.5%, 3.8%, 3.8% of 133); grade >= k
+    # is the sum over grades >= k, grade 5 (death) included in >= 4.
+    agg = _load("aggregate_calibration")
+    from pkpd.data.trials import published_trials
+
+    (hay,) = published_trials("hay2017")
+    rows = {o.grade: o for o in agg._cumulative(hay)}
+    assert sorted(rows) == [2, 3, 4]
+    assert all(
+        o.endpoint == "crs" and not o.exact and o.derived and o.n == 133 for o in rows.values()
+    )
+    assert rows[2].count == pytest.approx(133 * (0.32 + 0.045 + 0.038 + 0.038))
+    assert rows[3].count == pytest.approx(133 * (0.045 + 0.038 + 0.038))
+    assert rows[4].count == pytest.approx(133 * (0.038 + 0.038))
+    # The exact grades >= 2 agree with the abstract's "any CRS 70%, grade 1 26%" to rounding.
+    assert rows[2].count / 133 == pytest.approx(0.70 - 0.26, abs=0.01)
+    # A trial with cumulative rates only has nothing to derive.
+    (cibmtr,) = published_trials("cibmtr_tisacel")
+    assert agg._cumulative(cibmtr) == []
+
+
+def test_aggregate_calibration_marks_cutpoints_no_calibration_row_uses():
+    # A validation rate that depends on a cutpoint no calibration cohort informs is a prior
+    # prediction; the table must flag it rather than count it as validation.
+    import pandas as pd
+
+    agg = _load("aggregate_calibration")
+    table = pd.DataFrame(
+        {
+            "trial": ["zuma1", "juliet", "hay2017", "hay2017"],
+            "cutpoints": ["c_crs1", "c_crs3", "c_crs2", "c_crs4"],
+        }
+    )
+    parameters = ["rho", "c_crs1", "c_crs2", "c_crs3", "c_crs4", "shift_penn"]
+    assert agg._uninformed_cutpoints(parameters, table) == {"c_crs2", "c_crs4"}
+    table.loc[0, "cutpoints"] = "c_crs1,c_crs2,c_crs4"
+    assert agg._uninformed_cutpoints(parameters, table) == set()
