@@ -243,6 +243,7 @@ def run(
     final = result.extra["staged"]["stages"][-1]
     names = list(final["estimated"]) + [f"omega_{n}" for n in final["iiv"]]
     point = result.settings.sampler == "map"  # one draw: an estimate, no interval
+    rhat, ess = _mixing(post, names, point)
     rows = []
     for name in names:
         draws_ = np.asarray(post[name].values).ravel()
@@ -259,6 +260,8 @@ def run(
                 "contraction": float(contr.loc[name, "contraction"])
                 if name in contr.index and not point
                 else np.nan,
+                "rhat": rhat.get(name, np.nan),
+                "ess_bulk": ess.get(name, np.nan),
             }
         )
     plug_ins = {
@@ -285,6 +288,22 @@ def run(
         "checkpoint": result.extra.get("checkpoint"),
         "grade_noise": GRADE_NOISE,
     }
+
+
+def _mixing(post, names: list[str], point: bool) -> tuple[dict, dict]:
+    """R-hat and bulk ESS of each named scalar variable (empty for a point estimate)."""
+    if point:
+        return {}, {}
+    import arviz as az
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rhat = az.rhat(post, var_names=names)
+        ess = az.ess(post, var_names=names, method="bulk")
+    return (
+        {n: float(rhat[n].values) for n in names},
+        {n: float(ess[n].values) for n in names},
+    )
 
 
 def _sampler_kwargs(
@@ -722,11 +741,16 @@ def markdown(res: dict) -> str:
     """Return the recovery table of one run as markdown."""
     point = res.get("sampler") == "map"
     estimate = "MAP (joint mode)" if point else "posterior median"
+    table = res["table"]
+    # Results written before the per-row R-hat and ESS have no such columns.
+    mixing_cols = "rhat" in table.columns and not point
+    extra = " R-hat | bulk ESS |" if mixing_cols else ""
     lines = [
-        f"| parameter | truth | {estimate} | 90% CrI | covered | contraction |",
-        "|---|---|---|---|---|---|",
+        f"| parameter | truth | {estimate} | 90% CrI | covered | contraction |{extra}",
+        "|---|---|---|---|---|---|" + ("---|---|" if mixing_cols else ""),
     ]
-    for name, r in res["table"].iterrows():
+    dash = " - | - |" if mixing_cols else ""
+    for name, r in table.iterrows():
         if point:
             lines.append(f"| {name} | {r.truth:.4g} | {r['median']:.4g} | - | - | - |")
             continue
@@ -734,11 +758,16 @@ def markdown(res: dict) -> str:
             f"| {name} | {r.truth:.4g} | {r['median']:.4g} | "
             f"[{r.lower:.4g}, {r.upper:.4g}] | {'yes' if r.covered else 'NO'} | "
             f"{r.contraction:.2f} |"
+            + (f" {r.rhat:.3f} | {r.ess_bulk:.0f} |" if mixing_cols else "")
         )
     for name, (value, stage, truth) in res["plug_ins"].items():
         lines.append(
             f"| {name} (fixed at stage {stage!r} MAP) | {truth:.4g} | {value:.4g} | - | - | - |"
+            + dash
         )
+    if mixing_cols:
+        lines.append("")
+        lines.append(_coverage_text(table))
     d = res["diag"]
     mixing = (
         "a point estimate (no R-hat, ESS or interval)"
@@ -792,6 +821,35 @@ def markdown(res: dict) -> str:
                 f"{'covered' if u['covered'] else 'NOT covered'} (+/-{u['margin']:.3f})."
             )
     return "\n".join(lines)
+
+
+def _coverage_text(table: pd.DataFrame) -> str:
+    """Coverage count, over all rows and over the rows whose chains agree (R-hat <= 1.01).
+
+    A row whose chains disagree has an interval that depends on where the chains happened to
+    be: its "covered" is not evidence either way, so the rows are named.
+    """
+    from pkpd.inference.diagnostics import THRESHOLDS
+
+    limit = THRESHOLDS["rhat_max"]
+    mixed = table["rhat"] <= limit
+    covered = table["covered"].astype(bool)
+    text = (
+        f"Covered: {int(covered.sum())} of {len(table)} rows; among the rows with R-hat <= "
+        f"{limit} (chains agree): {int((covered & mixed).sum())} of {int(mixed.sum())}."
+    )
+    bad = table.loc[~mixed].sort_values("rhat", ascending=False)
+    if len(bad):
+        text += (
+            f" Rows with R-hat > {limit} (or not computable), whose interval and coverage are "
+            "not reliable: "
+            + ", ".join(
+                f"{name} ({r.rhat:.3f}, {'covered' if r.covered else 'not covered'})"
+                for name, r in bad.iterrows()
+            )
+            + "."
+        )
+    return text
 
 
 def _nuts_text(res: dict) -> str:

@@ -107,6 +107,54 @@ def test_cart_recovery_map_table_claims_no_interval_or_coverage():
     assert "worst-mixing variable eta[FB] (R-hat 1.017, bulk ESS 279, of 1 flagged)" in (
         cart_recovery.markdown(res)
     )
+    assert "R-hat | bulk ESS" not in cart_recovery.markdown(res)  # an older result: no columns
+
+
+def test_cart_recovery_table_names_the_rows_whose_chains_disagree():
+    # A parameter whose chains disagree (the weakly informed cutpoint gap of the 60-patient
+    # design) must not count as recovered or missed without saying so.
+    import numpy as np
+    import pandas as pd
+
+    cart_recovery = _load("cart_recovery")
+    table = pd.DataFrame(
+        {
+            "parameter": ["rho", "c_crs4", "omega_rho"],
+            "truth": [0.89, 8.5, 0.4],
+            "median": [0.87, 9.4, 0.5],
+            "lower": [0.8, 8.6, 0.3],
+            "upper": [0.95, 10.2, 0.6],
+            "covered": [True, False, True],
+            "contraction": [0.9, 0.3, 0.6],
+            "rhat": [1.004, 1.21, np.nan],
+            "ess_bulk": [350.0, 12.0, np.nan],
+        }
+    ).set_index("parameter")
+    res = {
+        "n": 60,
+        "n_obs": 7020,
+        "table": table,
+        "plug_ins": {"k6": (0.7, "core", 0.69)},
+        "sampler": "numpyro",
+        "diag": {"rhat_max": 1.21, "ess_bulk_min": 12.0, "divergences": 3},
+        "leapfrog": 40.0,
+        "integrator": "lanes",
+        "gradient": "forward",
+        "generate_s": 1.0,
+        "fit_s": 2.0,
+        "stage_s": {"core": 2.0},
+    }
+    text = cart_recovery.markdown(res)
+    assert "| rho | 0.89 | 0.87 | [0.8, 0.95] | yes | 0.90 | 1.004 | 350 |" in text
+    assert "| c_crs4 | 8.5 | 9.4 | [8.6, 10.2] | NO | 0.30 | 1.210 | 12 |" in text
+    assert "| k6 (fixed at stage 'core' MAP) | 0.69 | 0.7 | - | - | - | - | - |" in text
+    assert "Covered: 2 of 3 rows; among the rows with R-hat <= 1.01 (chains agree): 1 of 1." in (
+        text
+    )
+    assert "not reliable: c_crs4 (1.210, not covered), omega_rho (nan, covered)." in text
+    table["rhat"] = 1.0
+    text = cart_recovery.markdown(res)
+    assert "(chains agree): 2 of 3." in text and "not reliable" not in text
 
 
 @pytest.mark.slow
@@ -539,3 +587,21 @@ def test_aggregate_calibration_marks_cutpoints_no_calibration_row_uses():
     assert agg._uninformed_cutpoints(parameters, table) == {"c_crs2", "c_crs4"}
     table.loc[0, "cutpoints"] = "c_crs1,c_crs2,c_crs4"
     assert agg._uninformed_cutpoints(parameters, table) == set()
+
+
+def test_cart_recovery_mixing_is_per_parameter_and_none_for_a_point():
+    import numpy as np
+    import xarray as xr
+
+    cart_recovery = _load("cart_recovery")
+    rng = np.random.default_rng(0)
+    mixed = rng.normal(size=(4, 200))
+    stuck = mixed + np.array([0.0, 0.0, 0.0, 5.0])[:, None]  # one chain elsewhere
+    post = xr.Dataset(
+        {"rho": (("chain", "draw"), mixed), "c_crs4": (("chain", "draw"), stuck)},
+        coords={"chain": range(4), "draw": range(200)},
+    )
+    rhat, ess = cart_recovery._mixing(post, ["rho", "c_crs4"], point=False)
+    assert rhat["rho"] < 1.01 and rhat["c_crs4"] > 1.5
+    assert ess["rho"] > 400 and ess["c_crs4"] < 50
+    assert cart_recovery._mixing(post, ["rho"], point=True) == ({}, {})
