@@ -12,7 +12,7 @@ machine, the date and the settings to benchmarks/RESULTS.md.
     python benchmarks/aggregate_calibration.py [--patients 256] [--write]
     python benchmarks/aggregate_calibration.py --treatment soc_reactive_toc   # treated course
     python benchmarks/aggregate_calibration.py --quick          # smoke run (~3 min)
-    python benchmarks/aggregate_calibration.py --record-scale 0.25  # grades with daily noise
+    python benchmarks/aggregate_calibration.py --record-scale 0.1   # other daily grade noise
 
 Assumptions made here (not in the trial file): the Fred Hutch product of Hay 2017 is given the
 4-1BB product level (PRODUCT = 0); every cohort's virtual patients have the covariate
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> str:
         type=float,
         default=None,
         help="grades with noise per grading day of this scale on top of the patient's offset "
-        "(ModelSpec.with_record_scale; default: none)",
+        "(ModelSpec.with_record_scale; default: the library's s_grade_day, 0.25; before "
+        "2026-12-06 evening the library's grades had none)",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 patients, 20 draws")
@@ -209,10 +210,10 @@ def main(argv: list[str] | None = None) -> str:
         f"{'natural course (untreated)' if treatment is None else treatment.name}; "
         f"Penn-scale shift on CRS cutpoints >= 2; cutpoint priors widened to SD {WIDE}"
         + (
-            "."
-            if args.record_scale is None
-            else f"; grades with noise per grading day of scale {args.record_scale} "
-            f"(record_scale) on top of the patient's offset."
+            "; grades without noise per grading day."
+            if "crs_grade" not in spec.record_scales()
+            else f"; grades with noise per grading day of scale "
+            f"{spec.record_scales()['crs_grade']} (record_scale) on top of the patient's offset."
         )
     )
     lines.append("")

@@ -102,14 +102,16 @@ def profile_with_iiv(profile, add_iiv=()):
     return replace(prof, name=name, stages=(*prof.stages[:-1], replace(final, iiv=iiv)))
 
 
-#: Per-record grade noise scale of ``--grade-noise`` (None: the library's grades as they are).
+#: Per-record grade noise scale of ``--grade-noise`` (None: the library's grades as they are,
+#: with their ``s_grade_day`` since 2026-12-06 evening).
 GRADE_NOISE: float | None = None
 
 
 def with_grade_noise(spec, scale: float):
     """``spec`` with a per-record logistic noise of ``scale`` on top of each ordinal endpoint's
     per-patient offset (`pkpd.model.spec.ModelSpec.with_record_scale`: ``record_scale`` on every
-    endpoint with ``offset = "subject"``; one fixed parameter ``s_record``)."""
+    endpoint with ``offset = "subject"``, replacing the library's; one fixed parameter
+    ``s_record``)."""
     return spec.with_record_scale(
         scale, source="assumption: benchmark --grade-noise (day-to-day grading noise)"
     )
@@ -286,7 +288,8 @@ def run(
         "sampler_kwargs": dict(result.settings.sampler_kwargs),
         "leapfrog": leapfrog_per_draw(result.idata),
         "checkpoint": result.extra.get("checkpoint"),
-        "grade_noise": GRADE_NOISE,
+        # the fitted (and generating) model's noise per grading day, whatever set it
+        "grade_noise": spec.record_scales().get("crs_grade"),
     }
 
 
@@ -957,7 +960,8 @@ def main() -> None:
         type=float,
         default=None,
         help="generate and fit grades with per-record logistic noise of this scale on top of "
-        "the per-patient offset (record_scale; default: none, as the library's outcomes)",
+        "the per-patient offset (record_scale; default: the library's s_grade_day, 0.25; "
+        "before 2026-12-06 evening the library's grades had none)",
     )
     parser.add_argument(
         "--init",

@@ -8,8 +8,9 @@ Flora 2024 (science.md C1) found baseline NET-related proteins predictive of CRS
    (binormal, equal variances; Monte Carlo with a fixed seed);
 2. for a grid of ``wVN`` values, the expected ROC AUC of baseline NET propensity (NETP) for any
    CRS in the typical-value virtual population used to calibrate the cutpoints (3000 patients,
-   seed 8, natural course), with the CRS cutpoints recalibrated to Hay 2017 at each ``wVN``
-   (so the AUC is read at the published incidence, not at a drifting one);
+   seed 8, natural course, grades with the model's noise per grading day), with the CRS
+   cutpoints recalibrated to Hay 2017 at each ``wVN`` (so the AUC is read at the published
+   incidence, not at a drifting one);
 3. the ``wVN`` at which that AUC equals the target (0.70; log-linear interpolation on the grid).
 
 The result is the prior median written in models/vascular.toml; rerun this after changing the
@@ -39,7 +40,9 @@ from prior_predictive import (  # noqa: E402
     CRS_TARGETS,
     GRID,
     _cut,
+    model_record_scale,
     natural_course,
+    noisy_peaks,
 )
 
 import pkpd  # noqa: E402
@@ -87,11 +90,14 @@ def auc_at(model, weights: list[float]) -> list[tuple[float, float, float]]:
     theta = pop.theta.copy()
     theta[:, model.parameter_index("wVN")] = weights
     pop = pop.with_theta(theta, "wVN grid")
-    sim = simulate_strategies(model, pop, [natural_course()], grid=GRID, keep_trajectories=0)
+    scale = model_record_scale(model.spec)
+    keep = 0 if scale is None else len(weights) * CAL_PATIENTS
+    sim = simulate_strategies(model, pop, [natural_course()], grid=GRID, keep_trajectories=keep)
+    peaks = noisy_peaks(model, pop, sim, scale)["crs"]  # with the grades' day noise
     netp = patients["NETP"].to_numpy()
     out = []
     for d, w in enumerate(weights):
-        peak = sim["cmax_crs_severity"].values[0, d]
+        peak = peaks[0, d]
         c1 = _cut(peak, CRS_TARGETS[0])
         out.append((w, c1, expected_auc(expit(peak - c1), netp)))
     return out

@@ -9,8 +9,9 @@ ranges of science.md section E.
 
 ``--calibrate`` prints the cutpoints that place the typical-value virtual population (3000
 patients, seed 8, natural course) on the Hay 2017 CRS grade distribution and on ELIANA's ICANS
-rates; those are the values written in models/outcomes.toml. ``--record-scale S`` calibrates
-for grades with noise per grading day of scale S on top of the patient's offset.
+rates; those are the values written in models/outcomes.toml. The grades have the model's noise
+per grading day on top of the patient's offset (the library's ``s_grade_day``); ``--record-scale
+S`` calibrates for another scale, ``--record-scale 0`` for none.
 
 Usage: python scripts/prior_predictive.py [--patients 100] [--draws 40] [--seed 7] [--calibrate]
        [--record-scale S]
@@ -178,6 +179,50 @@ def _cut(latent: np.ndarray, p: float) -> float:
     return float(brentq(lambda c: expit(latent - c).mean() - p, -50.0, 50.0))
 
 
+def model_record_scale(spec) -> float | None:
+    """The record_scale of the model's CRS and ICANS grades (one value for both), or None."""
+    scales = spec.record_scales()
+    values = {scales.get(g) for g in ("crs_grade", "icans_grade")}
+    if len(values) > 1:
+        raise ValueError(f"the CRS and ICANS grades have different record scales: {scales}")
+    return values.pop()
+
+
+def noisy_peaks(model, pop, sim, record_scale: float | None) -> dict[str, np.ndarray]:
+    """Peak over the grid of each grade's latent plus its noise per grading day.
+
+    The day noise is each patient's (`pkpd.strategies.simulate.day_noise`, keyed by the
+    patient's numbers), what the strategies simulator draws its grades with, so that
+    ``mean(sigmoid(peak - c_k))`` is exact over the patients' offsets given their day noise.
+    ``sim`` must keep every (draw, patient) trajectory unless ``record_scale`` is None (then
+    the noiseless peaks, ``cmax_*_severity``).
+
+    Returns
+    -------
+    dict
+        ``"crs"``, ``"icans"`` -> ``(strategy, draw, patient)`` arrays.
+    """
+    if record_scale is None:
+        return {w: sim[f"cmax_{w}_severity"].values for w in ("crs", "icans")}
+    import jax.numpy as jnp
+
+    from pkpd.strategies.simulate import day_noise, grading_days
+
+    shape = sim["cmax_crs_severity"].shape
+    if sim.sizes["pair"] != shape[1] * shape[2]:
+        raise ValueError("noisy_peaks needs every trajectory (keep_trajectories = pairs)")
+    patient = sim["pair_patient"].values
+    ordinal = [n for n, o in model.spec.observations.items() if o.error == "ordinal"]
+    grid = sim["time"].values
+    out = {}
+    for what in ("crs", "icans"):
+        u = jnp.asarray(pop.u[patient, ordinal.index(f"{what}_grade")])
+        noise = np.asarray(day_noise(u, grading_days(grid)))  # (pair, time)
+        latent = sim["traj"].sel(endpoint=f"{what}_severity").values  # (strategy, pair, time)
+        out[what] = (latent + record_scale * noise[None]).max(axis=-1).reshape(shape)
+    return out
+
+
 def calibrate(
     model, n_patients: int, seed: int, record_scale: float | None = None
 ) -> dict[str, float]:
@@ -198,32 +243,24 @@ def calibrate(
         Virtual patients.
     seed : int
         Seed.
+    record_scale : float, optional
+        Scale of the noise per grading day; None: the model's (`model_record_scale`), 0: none.
 
     Returns
     -------
     dict
         Cutpoint parameter name -> value.
     """
+    if record_scale is None:
+        record_scale = model_record_scale(model.spec)
+    elif record_scale == 0.0:
+        record_scale = None
     patients = V.draw_patients(n_patients, seed)
     pop = V.make_population(model, patients, seed, typical=True)
     keep = 0 if record_scale is None else n_patients
     sim = simulate_strategies(model, pop, [natural_course()], grid=GRID, keep_trajectories=keep)
-    crs = sim["cmax_crs_severity"].values[0, 0]
-    icans = sim["cmax_icans_severity"].values[0, 0]
-    if record_scale is not None:
-        import jax.numpy as jnp
-
-        from pkpd.strategies.simulate import day_noise, grading_days
-
-        patient = sim["pair_patient"].values
-        ordinal = [n for n, o in model.spec.observations.items() if o.error == "ordinal"]
-        peaks = []
-        for endpoint, grade in (("crs_severity", "crs_grade"), ("icans_severity", "icans_grade")):
-            u = jnp.asarray(pop.u[patient, ordinal.index(grade)])
-            noise = np.asarray(day_noise(u, grading_days(GRID)))
-            latent = sim["traj"].sel(strategy=sim["strategy"].values[0], endpoint=endpoint)
-            peaks.append((latent.values + record_scale * noise).max(axis=1))
-        crs, icans = peaks
+    peaks = noisy_peaks(model, pop, sim, record_scale)
+    crs, icans = peaks["crs"][0, 0], peaks["icans"][0, 0]
     out = {f"c_crs{k + 1}": _cut(crs, p) for k, p in enumerate(CRS_TARGETS)}
     c1, c3 = _cut(icans, ICANS_TARGETS["any"]), _cut(icans, ICANS_TARGETS["severe"])
     out.update(c_icans1=c1, c_icans2=(c1 + c3) / 2, c_icans3=c3, c_icans4=c3 + 2.0)
@@ -240,7 +277,8 @@ def main() -> None:
         "--record-scale",
         type=float,
         default=None,
-        help="with --calibrate: grades with noise per grading day of this scale (record_scale)",
+        help="with --calibrate: grades with noise per grading day of this scale instead of the "
+        "model's record_scale (0: none)",
     )
     args = parser.parse_args()
     model = pkpd.load_model("cart_crs").compile()

@@ -474,14 +474,17 @@ def test_cart_recovery_grade_noise_option(monkeypatch):
     import numpy as np
 
     cart_recovery = _load("cart_recovery")
-    assert cart_recovery.base_model().observations["crs_grade"].record_scale is None
-    monkeypatch.setattr(cart_recovery, "GRADE_NOISE", 0.25)
+    library = cart_recovery.base_model()
+    assert library.record_scales() == {"crs_grade": 0.25, "icans_grade": 0.25}
+    monkeypatch.setattr(cart_recovery, "GRADE_NOISE", 0.1)
     spec = cart_recovery.base_model()
     for name in ("crs_grade", "icans_grade"):  # both ordinal endpoints, one fixed scale
         assert spec.observations[name].record_scale == "s_record"
-    assert spec.parameters["s_record"].value == 0.25 and not spec.parameters["s_record"].estimated
-    # The generator draws the noisy grades: same patients and seed, other grades (and, through
-    # the reactive rescue that grades trigger, other drug doses and IL-6 after them).
+    assert spec.parameters["s_record"].value == 0.1 and not spec.parameters["s_record"].estimated
+    assert spec.record_scales() == {"crs_grade": 0.1, "icans_grade": 0.1}
+    # The generator draws grades with the chosen noise: same patients and seed, other grades
+    # (and, through the reactive rescue that grades trigger, other drug doses and IL-6 after
+    # them).
     noisy = cart_recovery.generated_cohort(4, seed=3).ds
     monkeypatch.setattr(cart_recovery, "GRADE_NOISE", None)
     plain = cart_recovery.generated_cohort(4, seed=3).ds

@@ -408,6 +408,21 @@ class ModelSpec:
         files = self._derived_files(suffix, name, params, list(priors), "with_priors")
         return replace(self, name=name, parameters=params, files=files)
 
+    def record_scales(self) -> dict[str, float]:
+        """Return the fixed ``record_scale`` of each ordinal endpoint that has one.
+
+        Returns
+        -------
+        dict
+            Endpoint name -> scale of its noise per record (dimensionless; endpoints without
+            such noise are left out).
+        """
+        return {
+            n: float(self.parameters[o.record_scale].value)
+            for n, o in self.observations.items()
+            if o.record_scale
+        }
+
     def with_record_scale(
         self,
         scale: float,
@@ -421,8 +436,10 @@ class ModelSpec:
         The programmatic form of a model file's ``record_scale`` key: a fixed, dimensionless
         parameter ``parameter`` of value ``scale`` becomes the ``record_scale`` of the ordinal
         endpoints (``latent + e + scale * d`` with ``d`` standard logistic per record;
-        docs/model-files.md). Cutpoints calibrated on worst-grade rates without the noise sit too
-        low with it (``scripts/prior_predictive.py --calibrate --record-scale``).
+        docs/model-files.md), replacing the one they have (the library's grades have
+        ``s_grade_day``; that parameter stays, unused by them). Cutpoints calibrated on
+        worst-grade rates for one scale sit too low for a larger one
+        (``scripts/prior_predictive.py --calibrate --record-scale``).
 
         Parameters
         ----------

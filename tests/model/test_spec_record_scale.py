@@ -17,15 +17,28 @@ def test_adds_one_fixed_scale_to_every_subject_offset_grade(cart):
     grades = [n for n, o in cart.observations.items() if o.error == "ordinal"]
     assert grades == ["crs_grade", "icans_grade"]
     assert all(noisy.observations[n].record_scale == "s_record" for n in grades)
-    assert all(cart.observations[n].record_scale is None for n in grades)  # a copy
+    # The library's own noise per grading day is replaced, in a copy.
+    assert all(cart.observations[n].record_scale == "s_grade_day" for n in grades)
+    assert cart.record_scales() == {"crs_grade": 0.25, "icans_grade": 0.25}
+    assert noisy.record_scales() == {"crs_grade": 0.25, "icans_grade": 0.25}
     assert "s_record" not in noisy.estimated()
     assert noisy.name == cart.name
     # The compiled model carries the value (the simulators read it from theta).
     model = noisy.compile()
     assert model.typical_values[model.parameter_index("s_record")] == 0.25
     one = cart.with_record_scale(0.1, ["icans_grade"], parameter="s_icans_day")
-    assert one.observations["crs_grade"].record_scale is None
+    assert one.observations["crs_grade"].record_scale == "s_grade_day"
     assert one.observations["icans_grade"].record_scale == "s_icans_day"
+    assert one.record_scales() == {"crs_grade": 0.25, "icans_grade": 0.1}
+
+
+def test_the_library_grades_have_noise_per_grading_day(cart):
+    # Without it a course the latent cannot order has likelihood zero (real data would hit
+    # it) and NUTS diverges on the walls (docs/model-files.md): the library's default.
+    par = cart.parameters["s_grade_day"]
+    assert par.fixed and par.value == 0.25 and par.is_assumption
+    assert all(cart.observations[n].offset == "subject" for n in ("crs_grade", "icans_grade"))
+    assert "s_grade_day" not in cart.estimated()
 
 
 @pytest.mark.parametrize(

@@ -73,15 +73,19 @@ def test_prior_draws_disagree_but_not_absurdly(results):
 def test_calibration_with_noise_per_grading_day_gives_the_targets_in_simulation():
     import pkpd
 
-    # Cutpoints calibrated for grades with day-to-day noise (record_scale 0.25) must give the
-    # targets when the strategies simulator draws such grades for the same virtual patients:
-    # the calibration and the simulator share the day noise; the simulator adds the offsets.
-    n, seed, scale = 1000, 8, 0.25
+    # Cutpoints calibrated for grades with day-to-day noise (the library's record_scale, 0.25)
+    # must give the targets when the strategies simulator draws such grades for the same
+    # virtual patients: the calibration and the simulator share the day noise; the simulator
+    # adds the offsets.
+    n, seed = 1000, 8
     spec = pkpd.load_model("cart_crs")
-    plain = PP["calibrate"](spec.compile(), n, seed)
-    cuts = PP["calibrate"](spec.compile(), n, seed, scale)
+    assert PP["model_record_scale"](spec) == 0.25
+    model = spec.compile()
+    plain = PP["calibrate"](model, n, seed, 0.0)  # no day noise
+    cuts = PP["calibrate"](model, n, seed)  # the model's
     assert all(cuts[k] > plain[k] + 0.2 for k in cuts)  # the noise raises the worst grade
-    noisy = spec.with_fixed(cuts).with_record_scale(scale).compile()
+    assert PP["calibrate"](model, n, seed, 0.25) == cuts
+    noisy = spec.with_fixed(cuts).compile()
     pop = V.make_population(noisy, V.draw_patients(n, seed), seed, typical=True)
     sim = PP["simulate_strategies"](noisy, pop, [PP["natural_course"]()], grid=PP["GRID"])
     worst = sim["max_crs_grade"].values[0, 0]

@@ -10,10 +10,14 @@
 Norelli is also checked over prior draws (each draw a population).
 
 Two batched simulations (strategies x parameter sets x patients) serve all. Rates are exact
-expectations over the grading noise:
-P(worst grade >= k) = sigmoid(peak latent - c_k) per patient (the ordinal model of
-models/outcomes.toml), so the numbers do not move with the random grade offsets.
+expectations over each patient's grading offset given its noise per grading day:
+P(worst grade >= k) = sigmoid(max_t (latent(t) + s d_day(t)) - c_k) per patient (the ordinal
+model of models/outcomes.toml, ``s`` its ``s_grade_day``, ``d`` the simulators' day noise of
+the patient, the same in every strategy), so the numbers do not move with the random offsets.
 """
+
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +27,13 @@ from scipy.special import expit
 from pkpd.data import virtual as V
 from pkpd.solve import Solver
 from pkpd.strategies import simulate_strategies, strategy_from_dict
+
+# The calibration's peaks (latent plus each patient's noise per grading day), so the tests read
+# the rates the way the cutpoints were calibrated.
+PP = runpy.run_path(
+    str(Path(__file__).resolve().parents[2] / "scripts" / "prior_predictive.py"),
+    run_name="prior_predictive",
+)
 
 GRID = np.arange(-0.25, 28.0001, 0.25)
 
@@ -78,13 +89,14 @@ def run(model, n, seed, strategies, sets):
             theta[d, model.parameter_index(name)] = value
     pop = pop.with_theta(theta, ", ".join(sets))
     strategies = [strategy_from_dict(s) for s in strategies]
-    sim = simulate_strategies(model, pop, strategies, grid=GRID, keep_trajectories=0)
+    sim = simulate_strategies(model, pop, strategies, grid=GRID, keep_trajectories=len(sets) * n)
     assert bool(sim["ok"].all())
     cut = {
         k: theta[0, model.parameter_index(f"c_{k}")]
         for k in ("crs1", "crs2", "crs3", "icans1", "icans3")
     }
-    return patients, sim, cut, [s.name for s in strategies], list(sets)
+    peaks = PP["noisy_peaks"](model, pop, sim, PP["model_record_scale"](model.spec))
+    return patients, sim, cut, [s.name for s in strategies], list(sets), peaks
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +120,9 @@ def flora(cart_crs):
 
 def prob(result, strategy, draw, key):
     """Per-patient probability that the worst grade reaches the cutpoint `key`."""
-    _, sim, cut, strategies, sets = result
+    _, _, cut, strategies, sets, peaks = result
     what = "crs" if key.startswith("crs") else "icans"
-    peak = sim[f"cmax_{what}_severity"].values[strategies.index(strategy), sets.index(draw)]
+    peak = peaks[what][strategies.index(strategy), sets.index(draw)]
     return expit(peak - cut[key])
 
 
@@ -188,7 +200,8 @@ def test_flora_net_blockade_helps_high_net_patients_most(flora):
 
 
 def test_realised_grades_agree_with_expectations(cohort):
-    # The drawn grades (one logistic offset per patient) follow the same law.
+    # The drawn grades (one logistic offset per patient, noise per grading day) follow the same
+    # law: the expectation's day noise is the simulator's.
     sim = cohort[1]
     drawn = sim["max_crs_grade"].values[0, 0] >= 1
     expected = prob(cohort, "none", "typical", "crs1")
@@ -213,15 +226,16 @@ def prior_draws(cart_crs):
         pop,
         strategies,
         grid=GRID,
-        keep_trajectories=0,
+        keep_trajectories=30 * 30,
         solver=Solver("tsit5", rtol=1e-6, atol=1e-9, batch_size=64),
         chunk_size=300,
     )
+    peaks = PP["noisy_peaks"](model, pop, sim, PP["model_record_scale"](model.spec))
     rates = {}
     for what, key in (("crs", "c_crs3"), ("icans", "c_icans3")):
         cut = theta[:, model.parameter_index(key)][:, None]
         for k, s in enumerate(strategies):
-            rates[s.name, what] = expit(sim[f"cmax_{what}_severity"].values[k] - cut).mean(axis=1)
+            rates[s.name, what] = expit(peaks[what][k] - cut).mean(axis=1)
     return rates
 
 
