@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> str:
             treated = lik.treated_fraction()
     total = time.perf_counter() - t_start
 
+    day_scale = spec.record_scales().get("crs_grade")
     lines = []
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     cmd = "python benchmarks/aggregate_calibration.py " + " ".join(argv or sys.argv[1:])
@@ -211,9 +212,9 @@ def main(argv: list[str] | None = None) -> str:
         f"Penn-scale shift on CRS cutpoints >= 2; cutpoint priors widened to SD {WIDE}"
         + (
             "; grades without noise per grading day."
-            if "crs_grade" not in spec.record_scales()
-            else f"; grades with noise per grading day of scale "
-            f"{spec.record_scales()['crs_grade']} (record_scale) on top of the patient's offset."
+            if day_scale is None
+            else f"; grades with noise per grading day of scale {day_scale} (record_scale) on "
+            "top of the patient's offset."
         )
     )
     lines.append("")
