@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> str:
         type=float,
         default=None,
         help="grades with noise per grading day of this scale on top of the patient's offset "
-        "(ModelSpec.with_record_scale; default: the library's s_grade_day, 0.25; before "
-        "2026-12-06 evening the library's grades had none)",
+        "(ModelSpec.with_record_scale; default: the library's s_grade_day, 0.25; 0: none, as "
+        "before 2026-12-06 evening)",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 patients, 20 draws")
@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> str:
 
     t_start = time.perf_counter()
     spec = pkpd.load_model("cart_crs")
-    if args.record_scale is not None:
+    if args.record_scale == 0.0:
+        spec = spec.without_record_scale()
+    elif args.record_scale is not None:
         spec = spec.with_record_scale(args.record_scale)
     model = spec.compile()
     treatment = None

@@ -112,6 +112,8 @@ def with_grade_noise(spec, scale: float):
     per-patient offset (`pkpd.model.spec.ModelSpec.with_record_scale`: ``record_scale`` on every
     endpoint with ``offset = "subject"``, replacing the library's; one fixed parameter
     ``s_record``)."""
+    if scale == 0.0:  # grades with only the patient's offset
+        return spec.without_record_scale()
     return spec.with_record_scale(
         scale, source="assumption: benchmark --grade-noise (day-to-day grading noise)"
     )
@@ -787,7 +789,7 @@ def markdown(res: dict) -> str:
             f" (grades with per-record noise of scale {res['grade_noise']} on top of the "
             "per-patient offset, generated and fitted)"
             if res.get("grade_noise") is not None
-            else ""
+            else " (grades without per-record noise: only the per-patient offset)"
         )
         + f"; {mixing}, last stage "
         f"sampler {res.get('sampler', 'nutpie')}, integrator {res['integrator']}, gradient "
@@ -961,7 +963,7 @@ def main() -> None:
         default=None,
         help="generate and fit grades with per-record logistic noise of this scale on top of "
         "the per-patient offset (record_scale; default: the library's s_grade_day, 0.25; "
-        "before 2026-12-06 evening the library's grades had none)",
+        "0: none, as before 2026-12-06 evening)",
     )
     parser.add_argument(
         "--init",

@@ -47,13 +47,10 @@ def design(n: int, days: int) -> pd.DataFrame:
 
 def variant(spec, scale: float | None):
     """The model with per-record noise of ``scale`` (None: grades follow the latent exactly)."""
-    grade = spec.observations["grade"]
     if scale is None:
-        grade = dataclasses.replace(grade, record_scale=None)
-    else:
-        par = dataclasses.replace(spec.parameters["s_rec"], value=scale)
-        spec = dataclasses.replace(spec, parameters={**spec.parameters, "s_rec": par})
-    return dataclasses.replace(spec, observations={**spec.observations, "grade": grade})
+        return spec.without_record_scale()
+    par = dataclasses.replace(spec.parameters["s_rec"], value=scale)
+    return dataclasses.replace(spec, parameters={**spec.parameters, "s_rec": par})
 
 
 def run(args, label: str, scale: float | None) -> dict:

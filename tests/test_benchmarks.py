@@ -482,6 +482,9 @@ def test_cart_recovery_grade_noise_option(monkeypatch):
         assert spec.observations[name].record_scale == "s_record"
     assert spec.parameters["s_record"].value == 0.1 and not spec.parameters["s_record"].estimated
     assert spec.record_scales() == {"crs_grade": 0.1, "icans_grade": 0.1}
+    monkeypatch.setattr(cart_recovery, "GRADE_NOISE", 0.0)  # none: only the patient's offset
+    assert cart_recovery.base_model().record_scales() == {}
+    monkeypatch.setattr(cart_recovery, "GRADE_NOISE", 0.1)
     # The generator draws grades with the chosen noise: same patients and seed, other grades
     # (and, through the reactive rescue that grades trigger, other drug doses and IL-6 after
     # them).

@@ -508,6 +508,53 @@ class ModelSpec:
         )
         return replace(self, parameters=params, observations=observations, files=files)
 
+    def without_record_scale(self, endpoints: Iterable[str] | None = None) -> ModelSpec:
+        """Return a copy whose grades have no noise per record (only the patient's offset).
+
+        The inverse of `with_record_scale`: the endpoints' ``record_scale`` is dropped, so each
+        grade is ``latent + e`` cut at the cutpoints (docs/model-files.md). The scale's
+        parameter stays, unused. Cutpoints calibrated with the noise sit too high without it
+        (``scripts/prior_predictive.py --calibrate --record-scale 0``), and a course the latent
+        cannot order has likelihood zero (NUTS diverges on the walls).
+
+        Parameters
+        ----------
+        endpoints : iterable of str, optional
+            Ordinal endpoints that have a ``record_scale`` (default: all of them).
+
+        Returns
+        -------
+        ModelSpec
+            Same name; its files say what changed, so a saved fit reloads this model.
+
+        Raises
+        ------
+        ValueError
+            An endpoint without noise per record, or no such endpoint.
+        """
+        from dataclasses import replace
+
+        noisy = [n for n, o in self.observations.items() if o.record_scale]
+        chosen = noisy if endpoints is None else list(endpoints)
+        bad = [n for n in chosen if n not in noisy]
+        if bad or not chosen:
+            raise ValueError(
+                f"only endpoints with a record_scale ({noisy} in model {self.name!r}) can drop "
+                f"it; got {bad or chosen}"
+            )
+        observations = {
+            n: replace(o, record_scale=None) if n in chosen else o
+            for n, o in self.observations.items()
+        }
+        raw = {
+            n: {k: v for k, v in self._observation_entry(n).items() if k != "record_scale"}
+            for n in chosen
+        }
+        files = self._derived_files(
+            "no_record_scale", self.name, self.parameters, [], "without_record_scale", raw
+        )
+        return replace(self, observations=observations, files=files)
+
     def _observation_entry(self, name: str) -> dict:
         """Return the table of observation ``name`` as its model file wrote it."""
         import tomllib

@@ -89,3 +89,28 @@ def test_with_priors_files_carry_the_priors(cart):
     assert changed.hash != cart.hash
     again = load_model_texts(changed.files)
     assert again.parameters["rho"].prior == prior and again.name == changed.name
+
+
+def test_without_record_scale_drops_the_noise_and_reloads(cart):
+    from pkpd.model import load_model_texts
+
+    plain = cart.without_record_scale()
+    assert plain.record_scales() == {}
+    assert plain.name == cart.name and plain.hash != cart.hash
+    assert "s_grade_day" in plain.parameters  # stays, unused
+    again = load_model_texts(plain.files)  # what load_fit does with a saved fit's files
+    assert again.hash == plain.hash and again.record_scales() == {}
+    # The rest of the entry is the file's, not rewritten.
+    for n in ("crs_grade", "icans_grade"):
+        assert again.observations[n].cutpoints == cart.observations[n].cutpoints
+        assert again.observations[n].offset == "subject"
+    one = cart.without_record_scale(["icans_grade"])
+    assert one.record_scales() == {"crs_grade": 0.25}
+    # And back: a scale can be put on again.
+    assert plain.with_record_scale(0.1).record_scales() == {"crs_grade": 0.1, "icans_grade": 0.1}
+
+
+@pytest.mark.parametrize("endpoints", [["il6"], []])
+def test_without_record_scale_refuses_endpoints_without_one(cart, endpoints):
+    with pytest.raises(ValueError, match="only endpoints with a record_scale"):
+        cart.without_record_scale(endpoints)
