@@ -40,7 +40,6 @@ from prior_predictive import (  # noqa: E402
     CRS_TARGETS,
     GRID,
     _cut,
-    model_record_scale,
     natural_course,
     noisy_peaks,
 )
@@ -90,10 +89,9 @@ def auc_at(model, weights: list[float]) -> list[tuple[float, float, float]]:
     theta = pop.theta.copy()
     theta[:, model.parameter_index("wVN")] = weights
     pop = pop.with_theta(theta, "wVN grid")
-    scale = model_record_scale(model.spec)
-    keep = 0 if scale is None else len(weights) * CAL_PATIENTS
+    keep = len(weights) * CAL_PATIENTS
     sim = simulate_strategies(model, pop, [natural_course()], grid=GRID, keep_trajectories=keep)
-    peaks = noisy_peaks(model, pop, sim, scale)["crs"]  # with the grades' day noise
+    peaks = noisy_peaks(model, pop, sim)["crs"]  # with the grades' day noise
     netp = patients["NETP"].to_numpy()
     out = []
     for d, w in enumerate(weights):

@@ -188,39 +188,37 @@ def model_record_scale(spec) -> float | None:
     return values.pop()
 
 
-def noisy_peaks(model, pop, sim, record_scale: float | None) -> dict[str, np.ndarray]:
+def noisy_peaks(model, pop, sim) -> dict[str, np.ndarray]:
     """Peak over the grid of each grade's latent plus its noise per grading day.
 
-    The day noise is each patient's (`pkpd.strategies.simulate.day_noise`, keyed by the
-    patient's numbers), what the strategies simulator draws its grades with, so that
-    ``mean(sigmoid(peak - c_k))`` is exact over the patients' offsets given their day noise.
-    ``sim`` must keep every (draw, patient) trajectory unless ``record_scale`` is None (then
-    the noiseless peaks, ``cmax_*_severity``).
+    `pkpd.strategies.worst.worst_latent` (the day noise is each patient's, what the strategies
+    simulator draws its grades with), so that ``mean(sigmoid(peak - c_k))`` is exact over the
+    patients' offsets given their day noise. ``sim`` must keep every (draw, patient) trajectory
+    and its strategies must not react to the grades.
 
     Returns
     -------
     dict
         ``"crs"``, ``"icans"`` -> ``(strategy, draw, patient)`` arrays.
     """
-    if record_scale is None:
-        return {w: sim[f"cmax_{w}_severity"].values for w in ("crs", "icans")}
-    import jax.numpy as jnp
-
-    from pkpd.strategies.simulate import day_noise, grading_days
+    from pkpd.strategies.worst import worst_latent
 
     shape = sim["cmax_crs_severity"].shape
     if sim.sizes["pair"] != shape[1] * shape[2]:
         raise ValueError("noisy_peaks needs every trajectory (keep_trajectories = pairs)")
-    patient = sim["pair_patient"].values
-    ordinal = [n for n, o in model.spec.observations.items() if o.error == "ordinal"]
-    grid = sim["time"].values
-    out = {}
-    for what in ("crs", "icans"):
-        u = jnp.asarray(pop.u[patient, ordinal.index(f"{what}_grade")])
-        noise = np.asarray(day_noise(u, grading_days(grid)))  # (pair, time)
-        latent = sim["traj"].sel(endpoint=f"{what}_severity").values  # (strategy, pair, time)
-        out[what] = (latent + record_scale * noise[None]).max(axis=-1).reshape(shape)
-    return out
+    return {
+        w: worst_latent(model, pop, sim, f"{w}_grade").values.reshape(shape)
+        for w in ("crs", "icans")
+    }
+
+
+def with_record_scale(model, record_scale: float | None):
+    """``model`` with grades of day noise ``record_scale`` (None: the model's; 0: none)."""
+    if record_scale is None or record_scale == model_record_scale(model.spec):
+        return model
+    if record_scale == 0.0:
+        return model.spec.without_record_scale().compile()
+    return model.spec.with_record_scale(record_scale).compile()
 
 
 def calibrate(
@@ -251,15 +249,13 @@ def calibrate(
     dict
         Cutpoint parameter name -> value.
     """
-    if record_scale is None:
-        record_scale = model_record_scale(model.spec)
-    elif record_scale == 0.0:
-        record_scale = None
+    model = with_record_scale(model, record_scale)
     patients = V.draw_patients(n_patients, seed)
     pop = V.make_population(model, patients, seed, typical=True)
-    keep = 0 if record_scale is None else n_patients
-    sim = simulate_strategies(model, pop, [natural_course()], grid=GRID, keep_trajectories=keep)
-    peaks = noisy_peaks(model, pop, sim, record_scale)
+    sim = simulate_strategies(
+        model, pop, [natural_course()], grid=GRID, keep_trajectories=n_patients
+    )
+    peaks = noisy_peaks(model, pop, sim)
     crs, icans = peaks["crs"][0, 0], peaks["icans"][0, 0]
     out = {f"c_crs{k + 1}": _cut(crs, p) for k, p in enumerate(CRS_TARGETS)}
     c1, c3 = _cut(icans, ICANS_TARGETS["any"]), _cut(icans, ICANS_TARGETS["severe"])

@@ -31,6 +31,7 @@ from pkpd.strategies.regimen import (
     validate,
 )
 from pkpd.strategies.simulate import grades, simulate_strategies
+from pkpd.strategies.worst import worst_grade_probability, worst_latent
 
 __all__ = [
     "BaseDose",
@@ -55,4 +56,6 @@ __all__ = [
     "strategy_from_dict",
     "subgroup_masks",
     "validate",
+    "worst_grade_probability",
+    "worst_latent",
 ]

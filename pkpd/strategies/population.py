@@ -106,6 +106,38 @@ class Population:
         """Number of virtual patients N."""
         return int(self.covariates.shape[0])
 
+    def check(self, model: Any) -> None:
+        """Raise if the population was not made for ``model``'s parameters and endpoints.
+
+        Parameters
+        ----------
+        model : CompiledModel
+
+        Raises
+        ------
+        ValueError
+            A width that is not the model's: typical values (one per model parameter), IIV SDs
+            and patient effects (one per random effect), uniform numbers (one per ordinal
+            endpoint) or covariates. (A compiled function would index past the end of a
+            narrower array without an error, reading another parameter's value.)
+        """
+        n_ord = sum(1 for o in model.spec.observations.values() if o.error == "ordinal")
+        widths = {
+            "typical values (model parameters)": (self.theta.shape[1], len(model.parameters)),
+            "IIV SDs (random effects)": (self.omega.shape[1], len(model.iiv)),
+            "patient effects (random effects)": (self.z.shape[1], len(model.iiv)),
+            "uniform numbers (ordinal endpoints)": (self.u.shape[1], max(n_ord, 1)),
+            "covariates": (self.covariates.shape[1], len(model.covariates)),
+        }
+        bad = [
+            f"{what}: {have}, model {want}" for what, (have, want) in widths.items() if have != want
+        ]
+        if bad:
+            raise ValueError(
+                f"the population was not made for model {model.name!r} ({'; '.join(bad)}): "
+                "make it with make_population(model, ...)"
+            )
+
     def with_theta(self, theta: np.ndarray, source: str) -> Population:
         """Return the same patients under other parameter draws."""
         return replace(self, theta=np.asarray(theta, float), source=source)

@@ -375,8 +375,10 @@ def simulate_strategies(
         Outcomes over ``(strategy, draw, patient)``: ``max_<endpoint>`` and ``onset_<endpoint>``
         (first day with grade >= 1) per ordinal endpoint; ``auc_<endpoint>``, ``cmax_<endpoint>``
         and ``last_<endpoint>`` per continuous endpoint (on the grid); ``doses_<drug>`` reactive
-        doses given per drug; ``ok``. Trajectories ``traj (strategy, pair, time, endpoint)`` and
-        reactive dose times ``reactive_time (strategy, pair, slot)`` for the kept pairs.
+        doses given per drug; ``ok``; ``reactive_on (strategy)``, the quantities its reactive
+        triggers look at (comma-separated, empty for none). Trajectories
+        ``traj (strategy, pair, time, endpoint)`` and reactive dose times
+        ``reactive_time (strategy, pair, slot)`` for the kept pairs.
 
     Raises
     ------
@@ -388,6 +390,7 @@ def simulate_strategies(
     names = [s.name for s in strategies]
     if len(set(names)) != len(names):
         raise ValueError(f"strategy names must be unique, got {names}")
+    population.check(model)
     has_wt = "WT" in population.provided
     for s in strategies:
         validate(s, model, has_weight=has_wt)
@@ -576,6 +579,12 @@ def simulate_strategies(
     data["pair_draw"] = ("pair", keep // n)
     data["pair_patient"] = ("pair", keep % n)
     data["passes"] = ("strategy", passes_used)
+    # What each strategy's reactive doses look at: a course that reacts to a grade depends on
+    # that grade's offset (`pkpd.strategies.worst`).
+    data["reactive_on"] = (
+        "strategy",
+        [",".join(sorted({p.trigger.quantity for p in s.reactive})) for s in strategies],
+    )
     covs = {
         f"cov_{c}": ("patient", population.covariates[:, k]) for k, c in enumerate(model.covariates)
     }

@@ -95,7 +95,7 @@ def run(model, n, seed, strategies, sets):
         k: theta[0, model.parameter_index(f"c_{k}")]
         for k in ("crs1", "crs2", "crs3", "icans1", "icans3")
     }
-    peaks = PP["noisy_peaks"](model, pop, sim, PP["model_record_scale"](model.spec))
+    peaks = PP["noisy_peaks"](model, pop, sim)
     return patients, sim, cut, [s.name for s in strategies], list(sets), peaks
 
 
@@ -230,7 +230,7 @@ def prior_draws(cart_crs):
         solver=Solver("tsit5", rtol=1e-6, atol=1e-9, batch_size=64),
         chunk_size=300,
     )
-    peaks = PP["noisy_peaks"](model, pop, sim, PP["model_record_scale"](model.spec))
+    peaks = PP["noisy_peaks"](model, pop, sim)
     rates = {}
     for what, key in (("crs", "c_crs3"), ("icans", "c_icans3")):
         cut = theta[:, model.parameter_index(key)][:, None]

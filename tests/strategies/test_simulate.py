@@ -238,6 +238,37 @@ def test_strategies_honour_an_endpoint_with_one_offset_per_record(toy, populatio
     )
 
 
+def for_model(population, model, base):
+    """The same patients and draws for ``model``, a variant of ``base`` with more parameters
+    (each new one at its value in the model file)."""
+    theta = np.stack(
+        [
+            population.theta[:, base.parameter_index(n)]
+            if n in base.parameters
+            else np.full(population.n_draws, model.typical_values[model.parameter_index(n)])
+            for n in model.parameters
+        ],
+        axis=1,
+    )
+    return population.with_theta(theta, population.source)
+
+
+def test_a_population_of_another_model_is_refused(toy, population):
+    """Regression: a population made for a model with fewer parameters was simulated with a
+    variant that had more; the compiled function read past the end of theta without an error
+    (JAX clamps the index) and took another parameter's value for the new one."""
+    import dataclasses
+
+    spec = toy.spec
+    s_rec = dataclasses.replace(spec.parameters["c1"], name="s_rec", value=0.3, fixed=True)
+    wider = dataclasses.replace(spec, parameters={**spec.parameters, "s_rec": s_rec}).compile()
+    with pytest.raises(ValueError, match=r"typical values \(model parameters\): 14, model 15"):
+        simulate_strategies(wider, population, [NONE])
+    same = for_model(population, wider, toy)
+    same.check(wider)
+    assert same.theta[0, wider.parameter_index("s_rec")] == 0.3
+
+
 def test_strategies_honour_noise_per_record_on_top_of_the_patient_offset(toy, population):
     import dataclasses
 
@@ -256,9 +287,11 @@ def test_strategies_honour_noise_per_record_on_top_of_the_patient_offset(toy, po
 
     noisy = variant(record_scale="s_rec")
     record = variant(offset="record")
-    assert_grades_do_not_depend_on_the_grid(noisy, population)
+    assert_grades_do_not_depend_on_the_grid(noisy, for_model(population, noisy, toy))
     runs = [
-        simulate_strategies(m, population, [NONE, REACTIVE], keep_trajectories=20)
+        simulate_strategies(
+            m, for_model(population, m, toy), [NONE, REACTIVE], keep_trajectories=20
+        )
         for m in (noisy, record, toy)
     ]
     flicker = [
@@ -270,7 +303,9 @@ def test_strategies_honour_noise_per_record_on_top_of_the_patient_offset(toy, po
     np.testing.assert_allclose(
         runs[0]["auc_il6"].sel(strategy="none"), runs[2]["auc_il6"].sel(strategy="none")
     )
-    twin = simulate_strategies(noisy, population, [NONE, dataclasses.replace(NONE, name="n2")])
+    twin = simulate_strategies(
+        noisy, for_model(population, noisy, toy), [NONE, dataclasses.replace(NONE, name="n2")]
+    )
     np.testing.assert_array_equal(
         twin["max_crs_grade"].sel(strategy="none"), twin["max_crs_grade"].sel(strategy="n2")
     )
@@ -293,3 +328,61 @@ def test_day_noise_is_one_number_per_patient_and_day():
     e = np.asarray(day_noise(np.linspace(0.01, 0.99, 200), np.arange(200))).ravel()
     for c in (-1.0, 0.0, 1.0):  # standard logistic, 40,000 draws: SE 0.0025
         assert np.mean(e > c) == pytest.approx(1 / (1 + np.exp(c)), abs=0.01)
+
+
+def test_worst_grade_probability_is_exact_over_the_patient_offset(toy, population):
+    """The simulator's worst grade reaches level k exactly when the worst latent (plus the day
+    noise) plus the patient's offset passes c_k: the indicator matches the drawn grades pair by
+    pair, and the probability over the offset is its expectation."""
+    import dataclasses
+
+    from scipy.special import logit
+
+    from pkpd.strategies.worst import worst_grade_probability, worst_latent
+
+    spec = toy.spec
+    grade = spec.observations["crs_grade"]
+    s_rec = dataclasses.replace(spec.parameters["c1"], name="s_rec", value=0.3, prior=None)
+    latent = dataclasses.replace(
+        grade, name="crs_latent", error="none", cutpoints=(), levels=(), dvid=99
+    )
+    noisy = dataclasses.replace(
+        spec,
+        parameters={**spec.parameters, "s_rec": dataclasses.replace(s_rec, fixed=True)},
+        observations={
+            **spec.observations,
+            "crs_grade": dataclasses.replace(grade, record_scale="s_rec"),
+            "crs_latent": latent,
+        },
+    ).compile()
+    population = for_model(population, noisy, toy)
+    pairs = population.n_draws * population.n_patients
+    sim = simulate_strategies(noisy, population, [NONE, REACTIVE], keep_trajectories=pairs)
+    peak = worst_latent(noisy, population, sim, "crs_grade")
+    assert peak.dims == ("strategy", "pair") and peak.sizes["pair"] == pairs
+    e = logit(population.u[peak["pair_patient"].values, 0])
+    worst = sim["max_crs_grade"].values.reshape(2, pairs)  # all pairs kept: draw-major order
+    draws = peak["pair_draw"].values
+    hits = 0
+    for k, level in enumerate((1, 2, 3, 4)):
+        cut = population.theta[draws, noisy.parameter_index(f"c{k + 1}")]
+        np.testing.assert_array_equal(peak.values + e > cut, worst >= level)
+        hits += int((worst >= level).sum())
+        # The natural course does not depend on the offset: the drawn rate is a sum of
+        # independent Bernoulli(p) and lies within sampling error of its expectation.
+        p = worst_grade_probability(
+            noisy, population, sim.sel(strategy=["none"]), "crs_grade", level
+        )
+        rate, mean = (worst[0] >= level).mean(), float(p.mean())
+        sd = float(np.sqrt((p * (1 - p)).sum())) / pairs
+        assert abs(rate - mean) < 4 * sd + 1e-9
+    assert hits > 0.1 * pairs  # grades do happen: the equality tests something
+    with pytest.raises(ValueError, match="no endpoint .* has the expression"):
+        worst_latent(toy, for_model(population, toy, toy), sim, "crs_grade")
+    with pytest.raises(ValueError, match="levels"):
+        worst_grade_probability(noisy, population, sim.sel(strategy=["none"]), "crs_grade", 0)
+    # A strategy that treats by the grade treats by the offset: refused, named.
+    with pytest.raises(ValueError, match=r"strategies \['reactive'\] react to 'crs_grade'"):
+        worst_grade_probability(noisy, population, sim, "crs_grade", 2)
+    with pytest.raises(ValueError, match="offset = 'subject'"):
+        worst_latent(noisy, population, sim, "il6")
