@@ -181,6 +181,78 @@ class Cohort:
             trim[dim] = slice(0, int(mask.sum(axis=1).max(initial=0)))
         return Cohort(sub.isel(trim))
 
+    def worst_per_day(self, endpoints: Iterable, *, time_unit: str | None = None) -> Cohort:
+        """Return a Cohort with one grade per subject, endpoint and day: the day's worst.
+
+        Grades are recorded once a day in the field; a model whose grades carry noise per
+        grading day (``record_scale``) takes one noise term per record when fitted and one per
+        day when it simulates new patients, so data with several grades a day (e.g. every
+        assessment) should keep the day's worst (building a fit warns otherwise).
+
+        Parameters
+        ----------
+        endpoints : iterable
+            DVID codes of the ordinal endpoints, as in the file (`endpoints`).
+        time_unit : str, optional
+            Unit of TIME, needed when the cohort has none (`time_unit`); a day is
+            ``floor(TIME in days)``.
+
+        Returns
+        -------
+        Cohort
+            The other records unchanged, in file order; of a subject's observations of one of
+            ``endpoints`` on one day (EVID 0, MDV 0, not censored) the first with the highest DV
+            stays. Line numbers are those of the CSV file `to_csv` would write.
+
+        Raises
+        ------
+        DatasetError
+            An endpoint the cohort does not have, or no time unit.
+        """
+        from pkpd import units as U
+        from pkpd.data.reader import from_dataframe
+
+        codes = list(endpoints)
+        unknown = [c for c in codes if c not in self.endpoints]
+        if unknown or not codes:
+            raise DatasetError(
+                Problem(
+                    f"no observations with DVID {unknown or codes} (endpoints: {self.endpoints})",
+                    file=self.source,
+                    column="DVID",
+                )
+            )
+        unit = self.time_unit or time_unit
+        if unit is None:
+            raise DatasetError(
+                Problem("the cohort has no time unit: give time_unit=", file=self.source)
+            )
+        ds = self._ds
+        mask = ds["obs_mask"].values & ~ds["obs_mdv"].values.astype(bool)
+        mask &= ds["obs_cens"].values == 0
+        mask &= np.isin(ds["obs_dvid"].values, codes)
+        subject, slot = np.nonzero(mask)
+        day = np.floor(ds["obs_time"].values[mask] * U.factor(unit, "day") + 1e-9)
+        dvid = ds["obs_dvid"].values[mask]
+        dv = ds["obs_dv"].values[mask]
+        line = ds["obs_line"].values[mask]
+        # Within each (subject, endpoint, day), the highest DV first, then file order.
+        _, dvid_code = np.unique(dvid, return_inverse=True)
+        order = np.lexsort((line, -dv, day, dvid_code, subject))
+        key = np.stack([subject, dvid_code, day], axis=1)[order]
+        first = np.ones(order.size, bool)
+        first[1:] = np.any(key[1:] != key[:-1], axis=1)
+        drop = set(line[order[~first]].tolist())
+        df = self.to_dataframe()
+        lines = ds["rec_line"].values[ds["rec_mask"].values]
+        kept = df[~np.isin(lines, list(drop))].reset_index(drop=True)
+        return from_dataframe(
+            kept,
+            source=f"{self.source} (worst grade per day of DVID {codes})",
+            time_unit=self.time_unit,
+            covariates=self.covariate_names,
+        )
+
     # -- output --------------------------------------------------------------------------------
 
     def to_dataframe(self) -> pd.DataFrame:

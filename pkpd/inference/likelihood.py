@@ -575,7 +575,8 @@ def _warn_several_grades_a_day(
                 f"ordinal endpoint {ospec.name!r} has a record_scale (noise per record) and "
                 f"{int((counts > 1).sum())} subject-days with several grades: its noise is "
                 f"independent per record in the likelihood but one number per day in "
-                f"simulations of new patients; give one grade per day (the day's worst)",
+                f"simulations of new patients; give one grade per day (the day's worst: "
+                f"Cohort.worst_per_day)",
                 UserWarning,
                 stacklevel=3,
             )

@@ -117,3 +117,42 @@ def test_netcdf_round_trip_string_ids(tmp_path):
     back = Cohort.from_netcdf(tmp_path / "s.nc")
     xr.testing.assert_identical(back.ds, cohort.ds)
     assert back.subjects.tolist() == ["A", "B"] and back.ds.dose_cmt.dtype.kind == "U"
+
+
+def test_worst_per_day_keeps_the_days_worst_grade():
+    import pandas as pd
+
+    # Grades (DVID 10) every 8 h with one IL-6 (DVID 1) in between; time in hours.
+    rows = [(1, 0.0, 5.0, 1, 1, 0)]  # ID, TIME, AMT/DV, EVID, DVID, MDV (a dose)
+    rows += [(1, 8.0, 1, 0, 10, 0), (1, 16.0, 2, 0, 10, 0), (1, 20.0, 30.0, 0, 1, 0)]
+    rows += [(1, 23.9, 2, 0, 10, 0), (1, 24.0, 0, 0, 10, 0), (1, 30.0, 3, 0, 10, 1)]
+    rows += [(2, 1.0, 1, 0, 10, 0), (2, 2.0, 1, 0, 10, 0), (2, 50.0, 4, 0, 10, 0)]
+    df = pd.DataFrame(
+        [
+            {
+                "ID": i,
+                "TIME": t,
+                "AMT": v if evid == 1 else None,
+                "DV": None if evid == 1 else v,
+                "EVID": evid,
+                "DVID": dvid,
+                "MDV": 1 if evid == 1 else mdv,
+                "CMT": 1,
+            }
+            for i, t, v, evid, dvid, mdv in rows
+        ]
+    )
+    cohort = from_dataframe(df, time_unit="h")
+    daily = cohort.worst_per_day([10])
+    out = daily.to_dataframe()
+    # Subject 1, day 0: grades 1, 2, 2 -> the first 2 (16 h); day 1: 0 and an MDV record
+    # (not an observation: kept as it is). Subject 2: day 0 ties -> the first; day 2 alone.
+    assert out["TIME"].tolist() == [0.0, 16.0, 20.0, 24.0, 30.0, 1.0, 50.0]
+    assert out["DV"].tolist()[1:] == [2, 30.0, 0, 3, 1, 4]
+    assert daily.n_doses == cohort.n_doses and daily.time_unit == "h"
+    # A cohort without a time unit needs one; unknown endpoints are named.
+    with pytest.raises(DatasetError, match="give time_unit="):
+        from_dataframe(df).worst_per_day([10])
+    assert from_dataframe(df).worst_per_day([10], time_unit="h").n_observations == 6
+    with pytest.raises(DatasetError, match=r"no observations with DVID \[7\]"):
+        cohort.worst_per_day([7])

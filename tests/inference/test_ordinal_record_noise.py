@@ -244,3 +244,7 @@ def test_several_grades_a_day_are_flagged(multi_spec, multi_cohort):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_model(multi_spec, multi_cohort)  # without a record_scale, nothing to say
+        # The day's worst grade (how grades are recorded in the field): nothing to say either.
+        daily = multi_cohort.worst_per_day([3], time_unit="h")
+        assert daily.n_observations < multi_cohort.n_observations
+        build_model(_noisy(multi_spec), daily)
