@@ -311,6 +311,30 @@ def _mixing(post, names: list[str], point: bool) -> tuple[dict, dict]:
     )
 
 
+def command_line(args) -> str:
+    """The command that reruns ``args`` (every option that changes the numbers; not --write)."""
+
+    def opt(flag: str, value) -> str:  # an option given, else the profile's
+        if value is None:
+            return ""
+        return f" {flag} {value:g}" if isinstance(value, float) else f" {flag} {value}"
+
+    return (
+        f"python benchmarks/cart_recovery.py --patients {' '.join(map(str, args.patients))}"
+        f" --profile {args.profile} --seed {args.seed} --chains {args.chains} --draws "
+        f"{args.draws} --tune {args.tune} --integrator {args.integrator} --sampler "
+        f"{args.sampler}{opt('--iiv-parameterization', args.iiv_parameterization)}"
+        f" --generator-iiv {args.generator_iiv}{' --no-ppc' if args.no_ppc else ''}"
+        f"{' --add-iiv ' + args.add_iiv if args.add_iiv else ''}"
+        f"{' --low-rank' if args.low_rank else ''}"
+        f"{f' --target-accept {args.target_accept}' if args.target_accept != 0.8 else ''}"
+        f"{opt('--init', args.init)}"
+        f"{opt('--grade-noise', args.grade_noise)}"
+        f"{f' --checkpoint {args.checkpoint}' if args.checkpoint else ''}"
+        f"{f' --max-seconds {args.max_seconds:g}' if args.max_seconds else ''}"
+    )
+
+
 def _sampler_kwargs(
     low_rank: bool, checkpoint: str | Path | None, max_seconds: float | None
 ) -> dict | None:
@@ -923,7 +947,8 @@ def parse_parameterization(text: str) -> str | dict[str, str]:
     return {name.strip(): "centered" for name in text.split(",") if name.strip()}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the script."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, nargs="+", default=[60])
     parser.add_argument(
@@ -1035,7 +1060,11 @@ def main() -> None:
         help="with --timing/--steps: a cohort of each size from the generator "
         "(--seed) instead of the first patients of virtual_cart",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     global GRADE_NOISE
     GRADE_NOISE = args.grade_noise
     generator_iiv = (
@@ -1110,22 +1139,9 @@ def main() -> None:
 
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
 
-        def opt(flag: str, value: str | None) -> str:  # an option given, else the profile's
-            return "" if value is None else f" {flag} {value}"
-
         header = (
             f"\n\n### CAR-T recovery (profile {args.profile}), {stamp}\n\n"
-            f"`python benchmarks/cart_recovery.py --patients {' '.join(map(str, args.patients))}"
-            f" --profile {args.profile} --seed {args.seed} --chains {args.chains} --draws "
-            f"{args.draws} --tune {args.tune} --integrator {args.integrator} --sampler "
-            f"{args.sampler}{opt('--iiv-parameterization', args.iiv_parameterization)}"
-            f" --generator-iiv {args.generator_iiv}{' --no-ppc' if args.no_ppc else ''}"
-            f"{' --add-iiv ' + args.add_iiv if args.add_iiv else ''}"
-            f"{' --low-rank' if args.low_rank else ''}"
-            f"{f' --target-accept {args.target_accept}' if args.target_accept != 0.8 else ''}"
-            f"{opt('--init', args.init)}"
-            f"{f' --checkpoint {args.checkpoint}' if args.checkpoint else ''}"
-            f"{f' --max-seconds {args.max_seconds:g}' if args.max_seconds else ''}"
+            f"`{command_line(args)}"
             "`. Virtual cohorts "
             "from `pkpd.data.virtual` "
             "(cart_crs at its typical values, IIV, rescue drugs); fitted with "

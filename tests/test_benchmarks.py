@@ -496,6 +496,30 @@ def test_cart_recovery_grade_noise_option(monkeypatch):
     assert np.any(noisy["obs_dv"].values[grade] != plain["obs_dv"].values[grade])
 
 
+def test_cart_recovery_writes_the_command_that_reruns_it():
+    """Regression: the command written to RESULTS.md dropped --grade-noise, so the 2026-12-06
+    core_noise entry did not say it was run with it."""
+    import shlex
+
+    cart_recovery = _load("cart_recovery")
+    parser = cart_recovery.build_parser()
+    argv = (
+        "--patients 60 --profile cart_crs_core --generator-iiv profile --seed 20261123 "
+        "--chains 4 --tune 500 --draws 100 --iiv-parameterization centered --init map "
+        "--checkpoint benchmarks/runs/core_noise --max-seconds 7200 --progress --grade-noise 0.25 "
+        "--write --target-accept 0.9 --low-rank --add-iiv k6 --no-ppc"
+    )
+    args = parser.parse_args(shlex.split(argv))
+    line = cart_recovery.command_line(args)
+    assert line.startswith("python benchmarks/cart_recovery.py ")
+    again = parser.parse_args(shlex.split(line)[2:])
+    # Everything but the switches that change no number (--write, --progress) comes back.
+    assert {**vars(again), "write": True, "progress": True} == vars(args)
+    assert cart_recovery.command_line(parser.parse_args(["--grade-noise", "0"])).count(
+        "--grade-noise 0"
+    )
+
+
 def test_grade_noise_benchmark_variants():
     grade_noise = _load("grade_noise")
     from pkpd.model import load_model
