@@ -8,7 +8,8 @@ day noise, the probability over ``e`` is ``sigmoid(peak - c_k)``: averaging that
 gives a rate with no Monte Carlo error from the offsets (the day noise stays drawn: one course
 of days per patient, the simulator's own). Calibrations (``scripts/prior_predictive.py``), ROC
 analyses of markers (`pkpd.strategies.metrics.expected_auc`) and notebooks use it instead of the
-drawn 0/1 grades.
+drawn 0/1 grades. It holds where the course does not depend on ``e``: a strategy whose reactive
+doses are triggered by the grade treats patients by their offset, and is refused.
 """
 
 from __future__ import annotations
