@@ -472,13 +472,12 @@ class ModelSpec:
             for n, o in self.observations.items()
             if o.error == "ordinal" and o.offset == "subject"
         ]
-        chosen = eligible if endpoints is None else list(endpoints)
-        bad = [n for n in chosen if n not in eligible]
-        if bad or not chosen:
-            raise ValueError(
-                f"record_scale applies to ordinal endpoints with offset = 'subject' "
-                f"({eligible} in model {self.name!r}); got {bad or chosen}"
-            )
+        chosen = _chosen(
+            eligible,
+            endpoints,
+            f"record_scale applies to ordinal endpoints with offset = 'subject' "
+            f"({eligible} in model {self.name!r});",
+        )
         if parameter in self.parameters:
             raise ValueError(f"model {self.name!r} already has a parameter {parameter!r}")
         par = ParameterSpec(
@@ -535,13 +534,11 @@ class ModelSpec:
         from dataclasses import replace
 
         noisy = [n for n, o in self.observations.items() if o.record_scale]
-        chosen = noisy if endpoints is None else list(endpoints)
-        bad = [n for n in chosen if n not in noisy]
-        if bad or not chosen:
-            raise ValueError(
-                f"only endpoints with a record_scale ({noisy} in model {self.name!r}) can drop "
-                f"it; got {bad or chosen}"
-            )
+        chosen = _chosen(
+            noisy,
+            endpoints,
+            f"only endpoints with a record_scale ({noisy} in model {self.name!r}) can drop it;",
+        )
         observations = {
             n: replace(o, record_scale=None) if n in chosen else o
             for n, o in self.observations.items()
@@ -799,6 +796,15 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, Mapping):
         return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"no TOML form for {value!r}")
+
+
+def _chosen(eligible: list[str], endpoints: Iterable[str] | None, message: str) -> list[str]:
+    """Return ``endpoints`` (default: all ``eligible``), or raise ``message`` for others or none."""
+    chosen = eligible if endpoints is None else list(endpoints)
+    bad = [n for n in chosen if n not in eligible]
+    if bad or not chosen:
+        raise ValueError(f"{message} got {bad or chosen}")
+    return chosen
 
 
 def _profile_text(
