@@ -231,7 +231,7 @@ class Cohort:
         mask = ds["obs_mask"].values & ~ds["obs_mdv"].values.astype(bool)
         mask &= ds["obs_cens"].values == 0
         mask &= np.isin(ds["obs_dvid"].values, codes)
-        subject, slot = np.nonzero(mask)
+        subject = np.nonzero(mask)[0]
         day = np.floor(ds["obs_time"].values[mask] * U.factor(unit, "day") + 1e-9)
         dvid = ds["obs_dvid"].values[mask]
         dv = ds["obs_dv"].values[mask]
