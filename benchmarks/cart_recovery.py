@@ -178,6 +178,7 @@ def run(
     checkpoint: str | Path | None = None,
     max_seconds: float | None = None,
     init: str | None = None,
+    ratios: dict[str, tuple[str, ...]] | None = None,
 ) -> dict:
     """Generate one virtual cohort, fit it, and return the recovery table and diagnostics.
 
@@ -198,6 +199,9 @@ def run(
     ``checkpoint`` runs the last stage's NUTS in pieces saved to that folder
     (`pkpd.inference.resumable`), for at most ``max_seconds`` per call: the same command goes on
     from where the last call stopped (`SamplingPaused` until it is done).
+    ``ratios`` are the last stage's parameters sampled through their ratio to others
+    (`pkpd.inference.ratios`; None: the profile's, ``cart_crs_core``: ``p6`` over ``K_kill *
+    k6`` since 2026-12-07; earlier runs in RESULTS.md sampled ``log p6``, ``--ratio none``).
     """
     from pkpd.inference.identifiability import contraction
     from pkpd.inference.profiles import fit_staged, get_profile
@@ -231,6 +235,7 @@ def run(
         checkpoint=checkpoint,
         init=init,
         sampler_kwargs=_sampler_kwargs(low_rank, checkpoint, max_seconds),
+        ratio_parameterization=ratios,
     )
     fit_s = time.perf_counter() - t0
     crs3 = None
@@ -285,6 +290,7 @@ def run(
         "sampler": result.settings.sampler,
         "gradient": result.settings.gradient,
         "parameterization": result.settings.iiv_parameterization,
+        "ratios": result.settings.ratio_parameterization,
         "init": result.settings.init,
         "target_accept": result.settings.target_accept,
         "sampler_kwargs": dict(result.settings.sampler_kwargs),
@@ -329,6 +335,7 @@ def command_line(args) -> str:
         f"{' --low-rank' if args.low_rank else ''}"
         f"{f' --target-accept {args.target_accept}' if args.target_accept != 0.8 else ''}"
         f"{opt('--init', args.init)}"
+        f"{opt('--ratio', args.ratio)}"
         f"{opt('--grade-noise', args.grade_noise)}"
         f"{f' --checkpoint {args.checkpoint}' if args.checkpoint else ''}"
         f"{f' --max-seconds {args.max_seconds:g}' if args.max_seconds else ''}"
@@ -819,6 +826,7 @@ def markdown(res: dict) -> str:
         f"sampler {res.get('sampler', 'nutpie')}, integrator {res['integrator']}, gradient "
         f"{res.get('gradient', 'forward')}, random effects "
         f"{_parameterization_text(res.get('parameterization'))}"
+        + _ratio_text(res.get("ratios"))
         + ("" if point else _nuts_text(res))
         + "; generation "
         f"{res['generate_s']:.0f} s, fit {res['fit_s']:.0f} s "
@@ -932,6 +940,12 @@ def _worst_text(diag: dict) -> str:
     )
 
 
+def _ratio_text(ratios: dict[str, list[str]] | None) -> str:
+    if not ratios:
+        return ""
+    return ", sampled as ratios " + ", ".join(f"{n} / ({' * '.join(d)})" for n, d in ratios.items())
+
+
 def _parameterization_text(chosen: dict[str, str] | None) -> str:
     if not chosen or set(chosen.values()) == {"noncentered"}:
         return "non-centred"
@@ -995,6 +1009,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=["prior", "map", "pathfinder"],
         help="start of the last stage (fit_staged's init; default: the profile's)",
+    )
+    parser.add_argument(
+        "--ratio",
+        default=None,
+        help="parameters of the last stage sampled through their ratio to others, e.g. "
+        "p6=K_kill*k6 (pkpd.inference.ratios; 'none': none; default: the profile's)",
     )
     parser.add_argument(
         "--checkpoint",
@@ -1100,6 +1120,7 @@ def main() -> None:
         return
     load_before = os.getloadavg()
     parts = []
+    from pkpd.inference.ratios import parse_ratios
     from pkpd.inference.resumable import SamplingPaused
 
     for n in args.patients:
@@ -1126,6 +1147,7 @@ def main() -> None:
                 checkpoint,
                 args.max_seconds,
                 args.init,
+                None if args.ratio is None else parse_ratios(args.ratio),
             )
         except SamplingPaused as paused:
             print(f"{n} patients: {paused}", file=sys.stderr, flush=True)

@@ -507,7 +507,7 @@ def test_cart_recovery_writes_the_command_that_reruns_it():
         "--patients 60 --profile cart_crs_core --generator-iiv profile --seed 20261123 "
         "--chains 4 --tune 500 --draws 100 --iiv-parameterization centered --init map "
         "--checkpoint benchmarks/runs/core_noise --max-seconds 7200 --progress --grade-noise 0.25 "
-        "--write --target-accept 0.9 --low-rank --add-iiv k6 --no-ppc"
+        "--write --target-accept 0.9 --low-rank --add-iiv k6 --no-ppc --ratio p6=K_kill*k6"
     )
     args = parser.parse_args(shlex.split(argv))
     line = cart_recovery.command_line(args)

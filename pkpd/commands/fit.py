@@ -85,6 +85,14 @@ def fit_cmd(
             "down. Default: none, or the profile's."
         ),
     ] = None,
+    ratio: Annotated[
+        str | None,
+        typer.Option(
+            help="Sample parameters through their ratio to others, e.g. 'p6=K_kill*k6' "
+            "(comma-separated; 'none' for none): for a combination the data pin down "
+            "better than its parts; the same posterior. Default: none, or the profile's."
+        ),
+    ] = None,
     profile: Annotated[
         str | None,
         typer.Option(
@@ -156,7 +164,12 @@ def fit_cmd(
         else {n: "centered" for n in names}
     )
     from pkpd.inference.profiles import PROFILES
+    from pkpd.inference.ratios import parse_ratios
 
+    try:
+        ratios = None if ratio is None else parse_ratios(ratio)
+    except ValueError as exc:
+        _fail(str(exc))
     if profile is not None and profile not in PROFILES:
         _fail(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
     if profile is not None and (correlated_iiv or censoring != "m3"):
@@ -191,6 +204,7 @@ def fit_cmd(
                 iiv_parameterization=parameterization,
                 checkpoint=checkpoint,
                 sampler_kwargs=sampler_kwargs,
+                ratio_parameterization=ratios,
             )
         else:
             from pkpd.inference.profiles import fit_staged
@@ -212,6 +226,7 @@ def fit_cmd(
                 iiv_parameterization=parameterization if names else None,
                 checkpoint=checkpoint,
                 sampler_kwargs=sampler_kwargs,
+                ratio_parameterization=ratios,
             )
     except SamplingPaused as paused:
         typer.secho(str(paused), err=True)

@@ -45,6 +45,7 @@ from pkpd.inference.likelihood import (
     residual_parameters,
 )
 from pkpd.inference.predict import make_predictor, resolve_gradient, resolve_integrator
+from pkpd.inference.ratios import ratio_variable, resolve_ratios
 from pkpd.solve import BoundCohort, Solver, bind
 
 #: Solver used for fitting when none is given: the closed form when the model declares one,
@@ -494,6 +495,7 @@ def build_model(
     lkj_eta: float = 2.0,
     aggregate: Any = None,
     iiv_parameterization: str | Mapping[str, str] = "noncentered",
+    ratio_parameterization: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[Any, ModelInfo]:
     """Build the hierarchical Bayesian model of a model file fitted to a cohort.
 
@@ -541,6 +543,12 @@ def build_model(
         ``iiv_noncentered``) and ``phi`` (``iiv_centered``); ``eta`` is always the
         ``(subject, iiv)`` random effects. The choice changes how NUTS sees the posterior,
         not the posterior.
+    ratio_parameterization : mapping of str to sequence of str, optional
+        ``{parameter: divisors}``: sample ``log_<parameter>_ratio``, the log of the parameter
+        over the product of the divisors, in place of ``log_<parameter>`` (all log-normal,
+        estimated), with the parameter's centred random effect centred on it
+        (`pkpd.inference.ratios`). For a combination the data pin down better than its parts;
+        like ``iiv_parameterization`` it changes the coordinates, not the posterior.
 
     Returns
     -------
@@ -558,7 +566,7 @@ def build_model(
     ValueError
         For a parameter named like one of the builder's variables (`RESERVED`), an unknown
         option, ``correlated_iiv`` with fewer than two random effects, or with a mixed
-        parameterization.
+        parameterization, or a ratio that `pkpd.inference.ratios.resolve_ratios` refuses.
     """
     import pymc as pm
     import pytensor.tensor as pt
@@ -577,6 +585,7 @@ def build_model(
     iiv, fixed, coords = info.iiv, info.fixed, info.coords
     n_sub, k_iiv = info.n_subjects, len(iiv)
     chosen = resolve_parameterization(iiv_parameterization, iiv)
+    ratios = resolve_ratios(ratio_parameterization, spec, info.estimated)
     centered = [k for k, n in enumerate(iiv) if chosen[n] == "centered"]
     if correlated_iiv and 0 < len(centered) < k_iiv:
         raise ValueError(
@@ -587,8 +596,13 @@ def build_model(
         values: dict[str, Any] = {n: pt.constant(v, dtype="float64") for n, v in fixed.items()}
         _cutpoint_variables(spec, values)
         for name in compiled.parameters:
-            if name not in values:
+            if name not in values and name not in ratios:
                 values[name] = prior_variable(name, spec.parameters[name].prior)
+        log_ratios: dict[str, Any] = {}
+        for name, divisors in ratios.items():
+            values[name], log_ratios[name] = ratio_variable(
+                name, spec.parameters[name].prior, [values[d] for d in divisors]
+            )
         theta = pt.stack([pt.as_tensor(values[n], dtype="float64") for n in compiled.parameters])
 
         if k_iiv == 0:
@@ -605,7 +619,7 @@ def build_model(
                 pm.Deterministic(f"omega_{name}", stds[k])
             pm.Deterministic("corr_iiv", corr, dims=("iiv", "iiv_bis"))
             if centered:
-                shift = iiv_shift(spec, values, iiv)
+                shift = iiv_shift(spec, values, iiv, log_ratios)
                 phi = pm.MvNormal(
                     "phi", mu=shift, chol=chol, shape=(n_sub, k_iiv), dims=("subject", "iiv")
                 )
@@ -621,7 +635,7 @@ def build_model(
                 iiv,
                 centered,
                 n_sub,
-                iiv_shift(spec, values, iiv) if centered else None,
+                iiv_shift(spec, values, iiv, log_ratios) if centered else None,
             )
         eta = pt.specify_shape(pt.as_tensor(eta, dtype="float64"), (n_sub, k_iiv))
         theta = pt.specify_shape(theta, (len(compiled.parameters),))
@@ -651,10 +665,16 @@ def build_model(
     return pm_model, info
 
 
-def iiv_shift(spec: Any, values: Mapping[str, Any], iiv: Sequence[str]) -> Any:
+def iiv_shift(
+    spec: Any,
+    values: Mapping[str, Any],
+    iiv: Sequence[str],
+    log_ratios: Mapping[str, Any] | None = None,
+) -> Any:
     """Return the typical values of the random-effect parameters on their IIV scale.
 
-    Log or logit, as each parameter's ``iiv_scale``.
+    Log or logit, as each parameter's ``iiv_scale``; for a parameter sampled as a ratio
+    (``log_ratios``, `pkpd.inference.ratios`), that log ratio.
 
     What a centred random effect is centred on: ``phi = iiv_shift + eta``.
     """
@@ -662,6 +682,9 @@ def iiv_shift(spec: Any, values: Mapping[str, Any], iiv: Sequence[str]) -> Any:
 
     out = []
     for name in iiv:
+        if log_ratios and name in log_ratios:
+            out.append(log_ratios[name])
+            continue
         x = pt.as_tensor(values[name], dtype="float64")
         out.append(
             pt.log(x) if spec.parameters[name].iiv_scale == "log" else pt.log(x) - pt.log1p(-x)

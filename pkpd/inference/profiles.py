@@ -77,6 +77,9 @@ class Stage:
     iiv_parameterization : str
         Last stage only: how its NUTS writes the random effects unless `fit_staged` is given
         ``iiv_parameterization`` (``"noncentered"`` or ``"centered"``, `build_model`).
+    ratios : dict of str to tuple of str
+        Last stage only: parameters sampled through their ratio to others unless `fit_staged`
+        is given ``ratio_parameterization`` (`pkpd.inference.ratios`).
     """
 
     name: str
@@ -89,6 +92,7 @@ class Stage:
     predose_zero: tuple[str, ...] = ("cart_blood",)
     init: str = "prior"
     iiv_parameterization: str = "noncentered"
+    ratios: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,8 @@ PROFILES: dict[str, Profile] = {
             "CAR-T kinetics, IL-6 and CRS grades (model cart_crs): a pooled MAP of the nested "
             "kinetics model on CAR-T counts, then NUTS on 14 typical values with IIV on "
             "expansion, contraction, memory, IL-6 production and baseline, started at the "
-            "joint mode, random effects centred"
+            "joint mode, random effects centred, IL-6 production sampled through its ratio "
+            "to the activation threshold and IL-6 elimination"
         ),
         stages=(
             replace(_POOLED_KINETICS, name="kinetics"),
@@ -213,6 +218,12 @@ PROFILES: dict[str, Profile] = {
                 # scaled by its diagonal has its largest eigenvalue 4.1 against 31.7.
                 init="map",
                 iiv_parameterization="centered",
+                # The IL-6 peaks inform p6 / (K_kill * k6) (production over activation
+                # threshold and elimination), not its parts: in the kept draws of the 60-patient
+                # runs the correlation of log K_kill, log k6, log p6 and the patients' log p6_i
+                # had condition number 15,000-17,000, 29-40 with p6 sampled as that ratio
+                # (benchmarks/ridge.py; RESULTS.md, "The IL-6 gain ridge", 2026-12-07).
+                ratios={"p6": ("K_kill", "k6")},
             ),
         ),
     ),
@@ -348,6 +359,7 @@ def fit_staged(
     iiv_parameterization: str | Mapping[str, str] | None = None,
     target_accept: float = 0.8,
     checkpoint: Any = None,
+    ratio_parameterization: Mapping[str, Sequence[str]] | None = None,
 ) -> Any:
     """Fit a model in the stages of a profile; return the last stage's fit.
 
@@ -380,6 +392,9 @@ def fit_staged(
         ``iiv_parameterization`` when it is sampled by NUTS (``"centered"`` for
         ``cart_crs_core``), else ``"noncentered"`` (a MAP, Pathfinder or ADVI fit). Earlier
         stages stay non-centred: they are MAP or Pathfinder fits.
+    ratio_parameterization : mapping of str to sequence of str, optional
+        Parameters of the last stage sampled through their ratio to others
+        (`pkpd.inference.build_model`; ``{}`` for none). Default: the last stage's ``ratios``.
     checkpoint : str or Path, optional
         Checkpoint folder of the last stage's NUTS (`pkpd.inference.fit`): calling again with
         it redoes the earlier stages (point estimates, deterministic for a seed) and goes on
@@ -413,6 +428,8 @@ def fit_staged(
         init = prof.final.init if nuts else "prior"
     if iiv_parameterization is None:
         iiv_parameterization = prof.final.iiv_parameterization if nuts else "noncentered"
+    if ratio_parameterization is None:  # the same posterior, so for any sampler
+        ratio_parameterization = prof.final.ratios
     base = load_model(spec) if isinstance(spec, str) or hasattr(spec, "__fspath__") else spec
     data = load_dataset(cohort) if isinstance(cohort, str) else cohort
     for stage in prof.stages[:-1]:
@@ -467,6 +484,7 @@ def fit_staged(
                 target_accept=target_accept,
                 checkpoint=checkpoint,
                 iiv_parameterization=iiv_parameterization,
+                ratio_parameterization=ratio_parameterization,
             )
             if starts and stage_init == "map":
                 # The joint mode is searched for from the earlier estimates, as the other

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import numpy as np
 
 from pkpd.inference.builder import ModelInfo, build_model, resolve_parameterization
 from pkpd.inference.optimize import lbfgs
+from pkpd.inference.ratios import ratio_name
 from pkpd.solve import Solver
 
 #: Sampler names accepted by `fit`.
@@ -74,6 +75,9 @@ class FitSettings:
     iiv_parameterization : dict of str to str
         ``"centered"`` or ``"noncentered"`` per parameter with IIV (`build_model`; fits saved
         before it was recorded read back empty: they were all non-centred).
+    ratio_parameterization : dict of str to list of str
+        Parameters sampled through their ratio to others, with the divisors (`build_model`,
+        `pkpd.inference.ratios`; empty: none, as in fits saved before it was recorded).
     wall_time : dict of str to float
         Seconds spent building, initialising, sampling (including compilation) and
         post-processing.
@@ -98,6 +102,7 @@ class FitSettings:
     gradient: str = "forward"
     integrator: str = "engine"
     iiv_parameterization: dict[str, str] = field(default_factory=dict)
+    ratio_parameterization: dict[str, list[str]] = field(default_factory=dict)
     wall_time: dict[str, float] = field(default_factory=dict)
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
     init_values: dict[str, float] = field(default_factory=dict)
@@ -404,7 +409,11 @@ def start_point(pm_model: Any, values: Mapping[str, float]) -> dict[str, np.ndar
     """
     point = {k: np.array(v, dtype=float) for k, v in pm_model.initial_point().items()}
     free = {rv.name: rv for rv in pm_model.free_RVs}
+    # A ratio is set once its divisors are (pkpd.inference.ratios).
+    ratios = {n: float(v) for n, v in values.items() if ratio_name(n) in free}
     for name, value in values.items():
+        if name in ratios:
+            continue
         x = float(value)
         if f"log_{name}" in free and f"log_{name}" in point:
             key, u = f"log_{name}", np.log(x) if x > 0 else np.nan
@@ -424,8 +433,15 @@ def start_point(pm_model: Any, values: Mapping[str, float]) -> dict[str, np.ndar
             else:
                 u = float(transform.forward(np.asarray(x), *rv.owner.inputs).eval())
         else:
+            targets = {ratio_name(n): n for n in pm_model.named_vars if ratio_name(n) in free}
             known = sorted(
-                n[4:] if n.startswith("log_") else n[6:] if n.startswith("logit_") else n
+                targets[n]
+                if n in targets
+                else n[4:]
+                if n.startswith("log_")
+                else n[6:]
+                if n.startswith("logit_")
+                else n
                 for n in free
                 if n != "z" and np.ndim(point.get(pm_model.rvs_to_values[free[n]].name, 0)) == 0
             )
@@ -435,9 +451,24 @@ def start_point(pm_model: Any, values: Mapping[str, float]) -> dict[str, np.ndar
         if not np.isfinite(u):
             raise ValueError(f"start value {x!r} of {name!r} is outside its support")
         point[key] = np.asarray(u, dtype=float)
+    for name, x in ratios.items():
+        if not x > 0:
+            raise ValueError(f"start value {x!r} of {name!r} is outside its support")
+        key = ratio_name(name)
+        now = float(_at_point(pm_model, pm_model[name], point))  # exp(ratio + log divisors)
+        point[key] = np.asarray(np.log(x) - (np.log(now) - point[key]), dtype=float)
     if values and "phi" in point:  # every subject typical at the new typical values
         point = _with_centred_eta(pm_model, point, 0.0)
     return point
+
+
+def _at_point(pm_model: Any, variable: Any, point: Mapping[str, Any]) -> np.ndarray:
+    """Evaluate a variable of the model (e.g. a deterministic) at a point of its values."""
+    expr = pm_model.replace_rvs_by_values([variable])[0]
+    fn = pm_model.compile_fn(
+        expr, inputs=pm_model.value_vars, on_unused_input="ignore", point_fn=False
+    )
+    return np.asarray(fn(*[point[v.name] for v in pm_model.value_vars]))
 
 
 def _with_centred_eta(
@@ -448,11 +479,7 @@ def _with_centred_eta(
     ``phi`` is centred on the typical values, so a point whose typical values changed, or a
     point of the non-centred model, needs it moved to keep the random effects it means.
     """
-    eta_expr = pm_model.replace_rvs_by_values([pm_model["eta"]])[0]
-    fn = pm_model.compile_fn(
-        eta_expr, inputs=pm_model.value_vars, on_unused_input="ignore", point_fn=False
-    )
-    now = np.asarray(fn(*[point[v.name] for v in pm_model.value_vars]))
+    now = _at_point(pm_model, pm_model["eta"], point)
     iiv = list(pm_model.coords["iiv"])
     names = list(pm_model.coords["iiv_centered"]) if "iiv_centered" in pm_model.coords else iiv
     cols = [iiv.index(n) for n in names]
@@ -767,6 +794,7 @@ def fit(
     iiv_parameterization: str | Mapping[str, str] = "noncentered",
     checkpoint: str | Path | None = None,
     map_start: Mapping[str, float] | None = None,
+    ratio_parameterization: Mapping[str, Sequence[str]] | None = None,
 ) -> Any:
     """Fit a model to a cohort.
 
@@ -806,7 +834,7 @@ def fit(
         Show the sampler's progress bar.
     target_accept : float, optional
         NUTS target acceptance rate (raise it, e.g. 0.95, when there are divergences).
-    correlated_iiv, censoring, gradient, integrator, iiv_parameterization
+    correlated_iiv, censoring, gradient, integrator, iiv_parameterization, ratio_parameterization
         Passed to `build_model`. A centred random effect (``iiv_parameterization``) cannot go
         with ``sampler="map"``: the joint mode of a centred hierarchy is at ``omega -> 0``;
         with ``init="map"`` the chains start at the non-centred mode, moved to centred
@@ -875,6 +903,7 @@ def fit(
         gradient=gradient,
         integrator=integrator,
         aggregate=aggregate,
+        ratio_parameterization=ratio_parameterization,
     )
     pm_model, info = build_model(
         spec, cohort, iiv_parameterization=iiv_parameterization, **same_model
@@ -1010,6 +1039,7 @@ def fit(
         gradient=info.gradient,
         integrator=info.integrator,
         iiv_parameterization=parameterization,
+        ratio_parameterization={k: list(v) for k, v in (ratio_parameterization or {}).items()},
         wall_time=timing,
         sampler_kwargs=dict(sampler_kwargs or {}),
         init_values=init_values,

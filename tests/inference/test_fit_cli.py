@@ -91,6 +91,11 @@ def test_bad_inputs_exit_2(tmp_path):
     )
     assert result.exit_code == 2
     assert "non-centred random effects" in result.stderr
+    for ratio, message in (("CL", "parameter=divisor"), ("CL=sigma_add", "HalfNormal prior")):
+        result = invoke(
+            "fit", "pk_1cmt_oral", "theophylline", "--out", tmp_path / "x.nc", "--ratio", ratio
+        )
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
 
 
 def test_fit_command_uses_the_fitting_tolerances(tmp_path):
@@ -192,6 +197,7 @@ def test_fit_command_profile_options_reach_fit_staged(monkeypatch, tmp_path):
     name, profile, kw = calls[-1]
     assert (name, profile) == ("cart_crs", "cart_crs_core")
     assert kw["init"] is None and kw["iiv_parameterization"] is None and kw["chains"] == 2
+    assert kw["ratio_parameterization"] is None  # the profile's
     invoke(
         "fit",
         "cart_crs",
@@ -204,9 +210,12 @@ def test_fit_command_profile_options_reach_fit_staged(monkeypatch, tmp_path):
         "prior",
         "--centered",
         "none",
+        "--ratio",
+        "none",
     )
     assert calls[-1][2]["init"] == "prior"
     assert calls[-1][2]["iiv_parameterization"] == "noncentered"
+    assert calls[-1][2]["ratio_parameterization"] == {}
     invoke(
         "fit",
         "cart_crs",
@@ -217,8 +226,11 @@ def test_fit_command_profile_options_reach_fit_staged(monkeypatch, tmp_path):
         "cart_crs_core",
         "--centered",
         "rho",
+        "--ratio",
+        "p6=K_kill*k6",
     )
     assert calls[-1][2]["iiv_parameterization"] == {"rho": "centered"}
+    assert calls[-1][2]["ratio_parameterization"] == {"p6": ("K_kill", "k6")}
     assert len(calls) == 3
 
 

@@ -204,15 +204,26 @@ def test_the_last_stage_starts_and_is_written_as_the_profile_says(
         assert "map_start" not in last
     assert last["iiv_parameterization"] == param
     assert last["sampler"] == sampler
+    # the same posterior in other coordinates: the profile's ratios whatever the sampler
+    ratios = {"p6": ("K_kill", "k6")} if profile == "cart_crs_core" else {}
+    assert last["ratio_parameterization"] == ratios
 
 
 def test_given_start_and_parameterization_override_the_profile(tiny, monkeypatch):
     recorder = _Recorder()
     monkeypatch.setattr("pkpd.inference.sample.fit", recorder)
-    fit_staged("cart_crs", tiny, "cart_crs_core", init="prior", iiv_parameterization="noncentered")
+    fit_staged(
+        "cart_crs",
+        tiny,
+        "cart_crs_core",
+        init="prior",
+        iiv_parameterization="noncentered",
+        ratio_parameterization={},
+    )
     last = recorder.calls[-1]
     assert isinstance(last["init"], dict) and "rho" in last["init"]
     assert last["iiv_parameterization"] == "noncentered"
+    assert last["ratio_parameterization"] == {}
     assert PROFILES["cart_crs_core"].final.init == "map"
     assert PROFILES["cart_kinetics"].final.init == "prior"
 
@@ -288,3 +299,14 @@ def test_later_stages_start_from_or_fix_earlier_estimates(tiny):
     assert result.spec.parameters["V_car"].fixed
     assert result.spec.parameters["V_car"].value == v_car
     assert np.isfinite(second["estimates"]["alpha"])
+
+
+def test_the_core_profiles_ratio_fits_its_last_stage():
+    """p6 over K_kill * k6: all three estimated in the last stage, log-normal, p6's random
+    effect on the log scale (`pkpd.inference.ratios.resolve_ratios`)."""
+    from pkpd.inference.ratios import resolve_ratios
+
+    stage = PROFILES["cart_crs_core"].final
+    spec = pkpd.load_model("cart_crs").estimate_only(stage.typical, stage.iiv)
+    estimated = [n for n, p in spec.parameters.items() if p.estimated]
+    assert resolve_ratios(stage.ratios, spec, estimated) == {"p6": ("K_kill", "k6")}

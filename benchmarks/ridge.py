@@ -1,0 +1,91 @@
+"""How a ratio parameterization would straighten a ridge, from the draws of a saved NUTS run.
+
+A diagonal mass matrix scales each coordinate by its posterior SD; what is left for NUTS is the
+posterior correlation, whose condition number (largest over smallest eigenvalue) sets how many
+leapfrog steps a trajectory along the narrowest direction takes. This reads the kept draws of
+a checkpoint folder (`pkpd.inference.resumable`, unconstrained coordinates), writes them in the
+coordinates of ``ratio_parameterization`` (`pkpd.inference.ratios`: ``log_<p>_ratio = log p -
+sum log divisors``; a centred random effect of ``p`` becomes ``phi - sum log divisors``; a linear
+map, so exact on the draws) and prints the condition numbers of the correlation of the named
+typical values with and without the patients' random effects of ``p``, before and after:
+
+    python benchmarks/ridge.py benchmarks/runs/core_noise/n60 --ratio p6=K_kill*k6
+
+Draws of a run that has not mixed understate the ridge's length (each chain saw part of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+def _cond(draws: np.ndarray) -> float:
+    w = np.linalg.eigvalsh(np.corrcoef(draws.T))
+    return float(w.max() / w.min())
+
+
+def ridge(directory: Path, target: str, divisors: tuple[str, ...]) -> dict:
+    """Condition numbers of the draws' correlation before and after the ratio."""
+    from pkpd.inference.resumable import coordinate_names
+
+    run = json.loads((directory / "run.json").read_text())
+    names = coordinate_names(run)
+    col = {n: i for i, n in enumerate(names)}
+    chains = sorted(directory.glob("chain*.pkl"))
+    draws = np.concatenate(
+        [np.asarray(pickle.loads(p.read_bytes())["draws"], dtype=float) for p in chains]
+    )
+    if draws.size == 0:
+        raise SystemExit(f"{directory}: no kept draws yet")
+    # The random effects' order is that of their SDs among the value variables.
+    iiv = [
+        m.group(1)
+        for n in run["names"]
+        if (m := re.fullmatch(r"(?:log_)?omega_(\w+?)(?:_log__)?", n))
+    ]
+    logs = [f"log_{n}" for n in (*divisors, target)]
+    missing = [n for n in logs if n not in col]
+    if missing:
+        raise SystemExit(f"{directory}: no coordinate {', '.join(missing)}")
+    shapes = dict(zip(run["names"], run["shapes"], strict=True))
+    phis = []  # the patients' centred random effects of the target (all effects centred)
+    if target in iiv and len(shapes.get("phi", ())) == 2 and shapes["phi"][1] == len(iiv):
+        phis = [f"phi[{i},{iiv.index(target)}]" for i in range(shapes["phi"][0])]
+    old = draws[:, [col[n] for n in logs + phis]]
+    shift = old[:, : len(divisors)].sum(axis=1, keepdims=True)
+    new = old.copy()
+    new[:, len(divisors) :] -= shift  # the target and its patients' phi
+    k = len(logs)
+    return {
+        "folder": str(directory),
+        "ratio": f"{target} / ({' * '.join(divisors)})",
+        "draws": int(draws.shape[0]),
+        "chains": len(chains),
+        "patients": len(phis),
+        "typical_values": {"before": _cond(old[:, :k]), "after": _cond(new[:, :k])},
+        "with_random_effects": ({"before": _cond(old), "after": _cond(new)} if phis else None),
+        "posterior_sd_after": {
+            n: float(new[:, j].std()) for j, n in enumerate([*logs[:-1], f"log_{target}_ratio"])
+        },
+    }
+
+
+def main() -> None:
+    from pkpd.inference.ratios import parse_ratios
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="checkpoint folder (with run.json)")
+    parser.add_argument("--ratio", default="p6=K_kill*k6")
+    args = parser.parse_args()
+    for target, divisors in parse_ratios(args.ratio).items():
+        print(json.dumps(ridge(args.folder, target, divisors)))
+
+
+if __name__ == "__main__":
+    main()
