@@ -635,3 +635,39 @@ def test_cart_recovery_mixing_is_per_parameter_and_none_for_a_point():
     assert rhat["rho"] < 1.01 and rhat["c_crs4"] > 1.5
     assert ess["rho"] > 400 and ess["c_crs4"] < 50
     assert cart_recovery._mixing(post, ["rho"], point=True) == ({}, {})
+
+
+def test_ridge_rewrites_the_draws_in_ratio_coordinates(tmp_path):
+    """`benchmarks/ridge.py` on a made-up checkpoint folder: draws along log p = g + log K +
+    log k (g and every patient's offset nearly fixed, K and k free) are a ridge before, and
+    uncorrelated after the rewrite."""
+    import json
+    import pickle
+
+    import numpy as np
+
+    ridge = _load("ridge")
+    rng = np.random.default_rng(0)
+    n, n_sub = 400, 5
+    log_k, log_kk = rng.normal(0, 0.3, n), rng.normal(0, 0.3, n)
+    log_p = 2.0 + log_k + log_kk + rng.normal(0, 0.01, n)
+    phi = np.stack(
+        [log_p + 0.1 * i + rng.normal(0, 0.01, n) for i in range(n_sub)], axis=1
+    )  # the patients' centred log p_i: offsets from the typical value
+    other = rng.normal(0, 0.2, n)  # the other random effect's column (not rewritten)
+    names = ["log_K", "log_k", "log_p", "log_omega_a", "log_omega_p", "phi"]
+    shapes = [[], [], [], [], [], [n_sub, 2]]
+    draws = np.column_stack(
+        [log_k, log_kk, log_p, other, other]
+        + [col for i in range(n_sub) for col in (other, phi[:, i])]
+    )
+    (tmp_path / "run.json").write_text(json.dumps({"names": names, "shapes": shapes}))
+    (tmp_path / "chain0.pkl").write_bytes(pickle.dumps({"draws": list(draws)}))
+    out = ridge.ridge(tmp_path, "p", ("K", "k"))
+    assert out["patients"] == n_sub and out["draws"] == n
+    assert out["typical_values"]["before"] > 100 * out["typical_values"]["after"]
+    assert out["with_random_effects"]["before"] > 100 * out["with_random_effects"]["after"]
+    # exact: the ratio's SD is that of the made-up noise
+    assert out["posterior_sd_after"]["log_p_ratio"] == pytest.approx(
+        np.std(log_p - log_k - log_kk), rel=1e-12
+    )
