@@ -238,6 +238,14 @@ def main(argv: list[str] | None = None) -> str:
         )
     uninformed = _uninformed_cutpoints(fit.parameters, table)
     lines.append("")
+    lines.append(
+        "MAP: "
+        + "; ".join(
+            f"{r['nit']} iterations{' from a saddle' if r.get('from_saddle') else ''}, "
+            f"largest |gradient| {r['grad_max']:.2g} at the end ({r['message']})"
+            for r in fit.settings["map_rounds"]
+        )
+    )
     for note in fit.settings["notes"]:
         lines.append(f"Note: {note}")
     lines.append("")

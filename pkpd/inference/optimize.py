@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Minimum", "lbfgs"]
+__all__ = ["Minimum", "descend_negative_curvature", "lbfgs"]
 
 
 @dataclass
@@ -220,3 +220,56 @@ def lbfgs(
                 )
             pairs.clear()
     return done(False, "iteration limit reached")
+
+
+def descend_negative_curvature(
+    fun: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    hess: np.ndarray,
+    *,
+    steps: tuple[float, ...] = (0.05, 0.2, 0.5, 1.0, 2.0),
+    tol: float = 1e-6,
+) -> tuple[np.ndarray, float] | None:
+    """Look for a lower objective along the Hessian's directions of negative curvature.
+
+    A quasi-Newton method stops wherever the gradient vanishes, a saddle point included (from
+    there every step it tries is along the gradient, so it cannot see the curvature). At a
+    point whose Hessian has negative eigenvalues, this tries ``x +- t v`` for each such
+    eigenvector ``v`` (unit length, most negative first) and each step ``t`` (units of the
+    optimisation's scale), and returns the lowest point found below ``fun(x) - tol``: a place
+    to restart the optimisation from (Nocedal & Wright 2006, section 4.3: directions of
+    negative curvature).
+
+    Parameters
+    ----------
+    fun : callable
+        The objective (to minimise); non-finite values count as no decrease.
+    x : numpy.ndarray
+        Where the optimisation stopped.
+    hess : numpy.ndarray
+        The objective's Hessian there (symmetric).
+    steps : tuple of float, optional
+        Step lengths tried along each direction.
+    tol : float, optional
+        Decrease that counts.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, float) or None
+        The lower point and its objective, from the first direction that gives one; None when
+        the Hessian has no negative eigenvalue or no step lowers the objective (a kink, or a
+        finite-difference Hessian's error, rather than a saddle).
+    """
+    w, v = np.linalg.eigh(np.asarray(hess, dtype=float))
+    f0 = float(fun(x))
+    for k in np.flatnonzero(w < 0):  # eigh sorts ascending: the most negative first
+        best: tuple[np.ndarray, float] | None = None
+        for t in steps:
+            for sign in (1.0, -1.0):
+                y = x + sign * t * v[:, k]
+                fy = float(fun(y))
+                if np.isfinite(fy) and fy < f0 - tol and (best is None or fy < best[1]):
+                    best = (y, fy)
+        if best is not None:
+            return best
+    return None

@@ -513,3 +513,30 @@ def test_gradient_with_noise_per_grading_day_and_treatment(toy, trials):
         right = (lik.loglik(v0 + step) - value) / h
         tol = 1e-4 * max(1.0, abs(grad[i]))
         assert min(left, right) - tol <= grad[i] <= max(left, right) + tol, lik.parameters[i]
+
+
+def test_the_map_restarts_from_a_saddle(toy, trials, monkeypatch):
+    """Wiring of the saddle restart (`descend_negative_curvature` tested on a real saddle in
+    test_optimize.py): a lower point along negative curvature restarts L-BFGS from there, and
+    says so; no lower point leaves the mode alone."""
+    import pkpd.inference.aggregate as agg
+
+    one, cuts = trials[:1], ["c1", "c3"]
+    plain = calibrate(toy, one, cuts, design=design(64), draws=200, seed=1)
+    assert "from_saddle" not in plain.settings["map_rounds"][-1]
+    assert not any("saddle" in n for n in plain.settings["notes"])
+    calls = []
+
+    def away(fun, x, hess):  # pretend the mode were a saddle, once (cutpoints kept ordered)
+        calls.append(x)
+        y = x + np.array([-0.3, 0.3])
+        return (y, fun(y)) if len(calls) == 1 else None
+
+    monkeypatch.setattr(agg, "descend_negative_curvature", away)
+    moved = calibrate(toy, one, cuts, design=design(64), draws=200, seed=1)
+    assert len(calls) == 2  # once at the first mode, once after the restart
+    rounds = moved.settings["map_rounds"]
+    assert rounds[-1]["from_saddle"] and rounds[-1]["success"]
+    assert any("saddle point" in n for n in moved.settings["notes"])
+    # back to the same (convex) mode from 0.3 away
+    np.testing.assert_allclose(moved.map, plain.map, rtol=1e-3)

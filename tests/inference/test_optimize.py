@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize, rosen, rosen_der
 
-from pkpd.inference.optimize import lbfgs
+from pkpd.inference.optimize import descend_negative_curvature, lbfgs
 
 TARGET = np.arange(1.0, 6.0) * 10.0
 
@@ -100,3 +100,35 @@ def test_map_estimate_names_a_start_it_cannot_evaluate():
     start[name] = np.full_like(start[name], np.nan)
     with pytest.raises(ValueError, match="MAP: .*not finite at the start"):
         map_estimate(pm_model, start=start)
+
+
+def _saddle(x):  # saddle at 0, minima at (0, +-1/sqrt(2)) with value -1/4
+    return x[0] ** 2 - x[1] ** 2 + x[1] ** 4
+
+
+def _saddle_grad(x):
+    return np.array([2 * x[0], -2 * x[1] + 4 * x[1] ** 3])
+
+
+def test_a_saddle_is_left_along_its_negative_curvature():
+    x = np.zeros(2)
+    stuck = minimize(lambda z: (_saddle(z), _saddle_grad(z)), x, jac=True, method="L-BFGS-B")
+    assert np.allclose(stuck.x, 0.0)  # zero gradient: the quasi-Newton method stays there
+    found = descend_negative_curvature(_saddle, x, np.diag([2.0, -2.0]))
+    assert found is not None
+    y, fy = found
+    assert y[0] == 0.0 and fy < _saddle(x) and fy == pytest.approx(_saddle(y))
+    again = minimize(lambda z: (_saddle(z), _saddle_grad(z)), y, jac=True, method="L-BFGS-B")
+    assert abs(again.x[1]) == pytest.approx(1 / np.sqrt(2), rel=1e-4)
+    assert again.fun == pytest.approx(-0.25, rel=1e-6)
+
+
+def test_no_restart_without_a_lower_point():
+    bowl = lambda z: float(z @ z)  # noqa: E731
+    x = np.zeros(2)
+    # positive definite: nothing to look for
+    assert descend_negative_curvature(bowl, x, np.eye(2)) is None
+    # a negative eigenvalue the function does not have (a poor finite-difference Hessian)
+    assert descend_negative_curvature(bowl, x, np.diag([1.0, -3.0])) is None
+    # non-finite values are not a decrease
+    assert descend_negative_curvature(lambda z: -np.inf if z[1] else 0.0, x, -np.eye(2)) is None
