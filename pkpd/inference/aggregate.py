@@ -1620,9 +1620,10 @@ def calibrate(
         includes the Jacobian of the transforms), restarted from a lower point along negative
         curvature when it stopped at a saddle (`SADDLE_RESTARTS`), then a Gaussian
         approximation whose covariance is the inverse of the Hessian (central differences of
-        the JAX gradient), ``draws`` draws from it mapped back to the natural scale. ``"nuts"``: the mode first, then
-        nutpie's NUTS (JAX backend) on the same log-density (``chains`` x ``draws`` after
-        ``tune``; treatment dose times held at those found at the mode).
+        the JAX gradient), ``draws`` draws from it mapped back to the natural scale.
+        ``"nuts"``: the mode first, then nutpie's NUTS (JAX backend) on the same log-density
+        (``chains`` x ``draws`` after ``tune``; treatment dose times held at those found at the
+        mode).
     design : VirtualDesign, optional
     priors : mapping, optional
         Replacement priors (text or `Prior`) by parameter name.
