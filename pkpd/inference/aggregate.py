@@ -1699,17 +1699,7 @@ def calibrate(
             objective, x, jac=True, method="L-BFGS-B", options={"maxiter": 500, "maxfun": 1000}
         )
         x = res.x
-        rounds.append(
-            {
-                "nit": int(res.nit),
-                "nfev": int(res.nfev),
-                "neg_logp": float(res.fun),
-                "success": bool(res.success),
-                "message": str(res.message),
-                # scipy's success can hide a line search stopped by a wall (infinite objective)
-                "grad_max": float(np.max(np.abs(res.jac))),
-            }
-        )
+        rounds.append(_map_round(res, res.jac))
         if not treated:
             break
         changed = lik.refresh(np.asarray(to_natural(jnp.asarray(x))))
@@ -1737,16 +1727,7 @@ def calibrate(
             res = lbfgs(objective, found[0], maxiter=500, maxfev=1000)
             x = res.x
             rounds.append(
-                {
-                    "nit": int(res.nit),
-                    "nfev": int(res.nfev),
-                    "neg_logp": float(res.fun),
-                    "success": bool(res.success),
-                    "message": str(res.message),
-                    "failed_evaluations": int(res.failed),
-                    "grad_max": float(np.max(np.abs(res.grad))),
-                    "from_saddle": True,
-                }
+                _map_round(res, res.grad, failed_evaluations=int(res.failed), from_saddle=True)
             )
             notes.append(
                 f"MAP: the optimiser had stopped at a saddle point (negative curvature in the "
@@ -1855,6 +1836,20 @@ def _constrained_start(pm_model: Any, start: dict[str, np.ndarray]) -> dict[str,
         for v, val in zip(pm_model.unobserved_value_vars, values, strict=True)
     }
     return {rv.name: by_name[rv.name] for rv in pm_model.free_RVs}
+
+
+def _map_round(res: Any, grad: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """One MAP optimisation's record (scipy's result or `lbfgs`'s `Minimum`)."""
+    return {
+        "nit": int(res.nit),
+        "nfev": int(res.nfev),
+        "neg_logp": float(res.fun),
+        "success": bool(res.success),
+        "message": str(res.message),
+        # scipy's success can hide a line search stopped by a wall (infinite objective)
+        "grad_max": float(np.max(np.abs(grad))),
+        **extra,
+    }
 
 
 def _fd_hessian(
