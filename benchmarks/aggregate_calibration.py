@@ -34,6 +34,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -104,6 +105,52 @@ def _fmt(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def calibration_problem(
+    patients: int,
+    seed: int,
+    with_neuro: bool = False,
+    record_scale: float | None = None,
+    treatment: str | None = None,
+):
+    """The script's calibration problem.
+
+    Returns
+    -------
+    types.SimpleNamespace
+        ``spec``, ``model`` (compiled), ``parameters``, ``priors``, ``design`` and ``options``
+        (keyword arguments of `AggregateLikelihood` / `calibrate`: treatment, use, shifts).
+    """
+    spec = pkpd.load_model("cart_crs")
+    if record_scale == 0.0:
+        spec = spec.without_record_scale()
+    elif record_scale is not None:
+        spec = spec.with_record_scale(record_scale)
+    model = spec.compile()
+    strategy = None
+    if treatment:
+        strategy = next(s for s in load_strategies("cart_default") if s.name == treatment)
+    parameters = list(PARAMETERS)
+    use = ["crs"]
+    if with_neuro:
+        parameters += ["c_icans1", "c_icans2", "c_icans3"]
+        use += ["icans", "neuro"]
+    priors = {}
+    for p in parameters:
+        par = spec.parameters.get(p)
+        if par is not None and par.prior.family == "Normal" and p.startswith("c_"):
+            priors[p] = f"Normal({par.prior.params['mu']}, {WIDE})"
+    design = VirtualDesign(n_patients=patients, seed=seed, product={"hay2017": 0})
+    options = dict(treatment=strategy, use=use, grading_shifts={"Penn": "Normal(0, 1)"})
+    return SimpleNamespace(
+        spec=spec,
+        model=model,
+        parameters=parameters,
+        priors=priors,
+        design=design,
+        options=options,
+    )
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=512, help="virtual patients per arm (2^k)")
@@ -136,27 +183,12 @@ def main(argv: list[str] | None = None) -> str:
         args.patients, args.draws, args.replicates = 64, 20, 2
 
     t_start = time.perf_counter()
-    spec = pkpd.load_model("cart_crs")
-    if args.record_scale == 0.0:
-        spec = spec.without_record_scale()
-    elif args.record_scale is not None:
-        spec = spec.with_record_scale(args.record_scale)
-    model = spec.compile()
-    treatment = None
-    if args.treatment:
-        treatment = next(s for s in load_strategies("cart_default") if s.name == args.treatment)
-    parameters = list(PARAMETERS)
-    use = ["crs"]
-    if args.with_neuro:
-        parameters += ["c_icans1", "c_icans2", "c_icans3"]
-        use += ["icans", "neuro"]
-    priors = {}
-    for p in parameters:
-        par = spec.parameters.get(p)
-        if par is not None and par.prior.family == "Normal" and p.startswith("c_"):
-            priors[p] = f"Normal({par.prior.params['mu']}, {WIDE})"
-    design = VirtualDesign(n_patients=args.patients, seed=args.seed, product={"hay2017": 0})
-    options = dict(treatment=treatment, use=use, grading_shifts={"Penn": "Normal(0, 1)"})
+    problem = calibration_problem(
+        args.patients, args.seed, args.with_neuro, args.record_scale, args.treatment
+    )
+    spec, model, parameters = problem.spec, problem.model, problem.parameters
+    priors, design, options = problem.priors, problem.design, problem.options
+    treatment, use = options["treatment"], options["use"]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AggregateWarning)  # reported in the table instead

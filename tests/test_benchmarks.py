@@ -4,6 +4,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -671,3 +672,25 @@ def test_ridge_rewrites_the_draws_in_ratio_coordinates(tmp_path):
     assert out["posterior_sd_after"]["log_p_ratio"] == pytest.approx(
         np.std(log_p - log_k - log_kk), rel=1e-12
     )
+
+
+def test_laplace_step_tables_separate_the_jumps_from_the_curvature():
+    """On a quadratic (curvature 20) whose gradient jumps up by 0.015 every 3e-4 and falls in
+    between, small steps see the local curvature -30 and large ones the quadratic's."""
+    laplace_step = _load("laplace_step")
+
+    def gradient(x):
+        return 20.0 * x - 0.015 * (np.mod(x / 3e-4, 1.0) - 0.5)
+
+    def objective(x):  # only the gradient is used by the curvatures
+        return 10.0 * float(x @ x), gradient(x)
+
+    x = np.array([0.31245])  # mid-piece
+    rows, direction = laplace_step.step_table(gradient, x, steps=(1e-5, 0.02))
+    assert rows[0]["eig_min"] == pytest.approx(-30.0)
+    assert rows[1]["eig_min"] == pytest.approx(20.0, abs=0.375)
+    scan = laplace_step.line_scan(objective, x, direction, offsets=(1e-5, 0.03))
+    assert [r["s"] for r in scan] == [-0.03, -1e-5, 0.0, 1e-5, 0.03]
+    assert scan[3]["curvature"] == pytest.approx(-30.0)
+    assert scan[4]["curvature"] == pytest.approx(20.0, abs=0.25)
+    assert np.isnan(scan[0]["curvature"]) and np.isnan(scan[2]["curvature"])

@@ -91,6 +91,18 @@ DEFAULT_ENDPOINTS: dict[str, str] = {
 #: optimisation and a finite-difference Hessian.
 SADDLE_RESTARTS = 2
 
+#: Central-difference step of the Laplace Hessian (unconstrained scale, times max(1, |x|)). The
+#: objective is a mean over virtual patients of functions of each one's worst grade, a maximum
+#: over grading days: its gradient jumps wherever a patient's worst day changes, and its local
+#: curvature between jumps is not the posterior's. A step of 1e-4 found -25 on the with-neuro
+#: calibration where the curvature over +-0.01 to +-0.1 is +18 (benchmarks/RESULTS.md, "Laplace
+#: step, 2026-12-07 04:14"); 0.02 averages over many jumps and stays well inside a posterior SD.
+LAPLACE_STEP = 0.02
+
+#: The Hessian is recomputed with twice the step; a larger relative change (Frobenius norm) is
+#: reported: the log-posterior is not quadratic at that scale, or the jumps still dominate.
+LAPLACE_STEP_TOLERANCE = 0.1
+
 #: Warn when the Monte-Carlo SE of a predicted rate exceeds this fraction of the data's SE.
 MC_WARN_FRACTION = 0.25
 
@@ -1620,7 +1632,8 @@ def calibrate(
         includes the Jacobian of the transforms), restarted from a lower point along negative
         curvature when it stopped at a saddle (`SADDLE_RESTARTS`), then a Gaussian
         approximation whose covariance is the inverse of the Hessian (central differences of
-        the JAX gradient), ``draws`` draws from it mapped back to the natural scale.
+        the JAX gradient with step `LAPLACE_STEP`, checked against twice that step), ``draws``
+        draws from it mapped back to the natural scale.
         ``"nuts"``: the mode first, then nutpie's NUTS (JAX backend) on the same log-density
         (``chains`` x ``draws`` after ``tune``; treatment dose times held at those found at the
         mode).
@@ -1643,7 +1656,6 @@ def calibrate(
     -------
     AggregateFit
     """
-    from pymc.sampling.jax import get_jaxified_graph
     from scipy.optimize import minimize
 
     if method not in ("laplace", "nuts"):
@@ -1655,42 +1667,13 @@ def calibrate(
     )
     # Laplace: a Gaussian on the cutpoints themselves (what summary rates inform); NUTS: the
     # ordered transform (no hard wall at the ordering constraint).
-    pm_model, vec_t = _prior_model(lik, ordered_transform=method == "nuts")
-    logprior = get_jaxified_graph(inputs=pm_model.value_vars, outputs=[pm_model.logp()])
-    natural = get_jaxified_graph(
-        inputs=pm_model.value_vars, outputs=pm_model.replace_rvs_by_values([vec_t])
-    )
-    point = pm_model.initial_point()
-    names = [v.name for v in pm_model.value_vars]
-    shapes = [np.shape(point[n]) for n in names]
-    splits = np.cumsum([int(np.prod(sh)) for sh in shapes])[:-1]
-    x0 = np.concatenate([np.ravel(np.asarray(point[n], float)) for n in names])
+    post = UnconstrainedPosterior(lik, ordered_transform=method == "nuts")
+    pm_model, vec_t, x0 = post.pm_model, post.vec_t, post.x0
+    objective, to_natural, unflatten = post.objective, post.to_natural, post.unflatten
     timing["build"] = time.perf_counter() - t0
 
-    def unflatten(x):
-        parts = jnp.split(x, splits)
-        return [part.reshape(sh) for part, sh in zip(parts, shapes, strict=True)]
-
-    loglik = lik._loglik
-
-    def neg(x, data):
-        args = unflatten(x)
-        v = natural(*args)[0]
-        return -(logprior(*args)[0] + loglik(v, data))
-
-    neg_vg = jax.jit(jax.value_and_grad(neg))
-    to_natural = jax.jit(lambda x: natural(*unflatten(x))[0])
-
-    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
-        v, g = neg_vg(jnp.asarray(x), lik.data)
-        v = float(v)
-        g = np.asarray(g, float)
-        if not np.isfinite(v) or not np.all(np.isfinite(g)):
-            return np.inf, np.zeros_like(x)
-        return v, g
-
     t0 = time.perf_counter()
-    lik.refresh(np.asarray(to_natural(jnp.asarray(x0))))
+    lik.refresh(np.asarray(to_natural(x0)))
     x = x0
     rounds = []
     treated = lik.treatment is not None
@@ -1702,7 +1685,7 @@ def calibrate(
         rounds.append(_map_round(res, res.jac))
         if not treated:
             break
-        changed = lik.refresh(np.asarray(to_natural(jnp.asarray(x))))
+        changed = lik.refresh(np.asarray(to_natural(x)))
         rounds[-1]["doses_changed"] = changed
         if changed == 0:
             break
@@ -1710,12 +1693,12 @@ def calibrate(
     notes: list[str] = []
     if not rounds[-1]["success"]:
         notes.append(f"MAP optimisation: {rounds[-1]['message']}")
-    vec_map = np.asarray(to_natural(jnp.asarray(x)))
+    vec_map = np.asarray(to_natural(x))
 
     idata = None
     t0 = time.perf_counter()
     if method == "laplace":
-        hess = _fd_hessian(lambda xx: objective(xx)[1], x)
+        hess, step_note = _laplace_hessian(post.gradient, x)
         for _ in range(SADDLE_RESTARTS):
             # L-BFGS stops wherever the gradient vanishes; at a saddle the Hessian says so.
             found = descend_negative_curvature(lambda xx: objective(xx)[0], x, hess)
@@ -1736,11 +1719,10 @@ def calibrate(
             )
             if not res.success:
                 notes.append(f"MAP optimisation (after the saddle): {res.message}")
-            vec_map = np.asarray(to_natural(jnp.asarray(x)))
-            hess = _fd_hessian(lambda xx: objective(xx)[1], x)
+            vec_map = np.asarray(to_natural(x))
+            hess, step_note = _laplace_hessian(post.gradient, x)
         cov, note = _covariance(hess)
-        if note:
-            notes.append(note)
+        notes.extend(n for n in (step_note, note) if n)
         rng = np.random.default_rng(seed)
         xs = rng.multivariate_normal(x, cov, size=4 * draws)
         samples = np.asarray(jax.vmap(to_natural)(jnp.asarray(xs)))
@@ -1761,7 +1743,7 @@ def calibrate(
 
         with pm_model:
             lik.add_to_model({p: vec_t[i] for i, p in enumerate(lik.parameters)})
-        start = {n: np.asarray(v) for n, v in zip(names, unflatten(jnp.asarray(x)), strict=True)}
+        start = dict(zip(post.names, map(np.asarray, unflatten(jnp.asarray(x))), strict=True))
         start = _constrained_start(pm_model, start)
         idata = _sample_nutpie(pm_model, start, chains, draws, tune, seed, progressbar, 0.9, {})
         post = idata.posterior
@@ -1825,6 +1807,83 @@ def calibrate(
     )
 
 
+class UnconstrainedPosterior:
+    """The calibration's negative log-posterior on PyMC's unconstrained scale (`calibrate`).
+
+    Parameters
+    ----------
+    lik : AggregateLikelihood
+    ordered_transform : bool, optional
+        Cutpoints through PyMC's ordered transform (NUTS) or on their own scale with an ordering
+        potential (Laplace; see `_prior_model`).
+
+    Attributes
+    ----------
+    pm_model : pymc.Model
+        The priors.
+    vec_t : TensorVariable
+        The calibrated parameters (natural scale) as one vector.
+    names : list of str
+        Value variables, in the order of the flat vector.
+    x0 : numpy.ndarray
+        PyMC's initial point, flattened.
+    neg : callable
+        ``neg(x, data)``: negative log-prior (with the transforms' Jacobian) minus the aggregate
+        log-likelihood; a JAX function.
+    """
+
+    def __init__(self, lik: AggregateLikelihood, ordered_transform: bool = False) -> None:
+        from pymc.sampling.jax import get_jaxified_graph
+
+        self.lik = lik
+        self.pm_model, self.vec_t = _prior_model(lik, ordered_transform=ordered_transform)
+        value_vars = self.pm_model.value_vars
+        logprior = get_jaxified_graph(inputs=value_vars, outputs=[self.pm_model.logp()])
+        natural = get_jaxified_graph(
+            inputs=value_vars, outputs=self.pm_model.replace_rvs_by_values([self.vec_t])
+        )
+        point = self.pm_model.initial_point()
+        self.names = [v.name for v in value_vars]
+        self._shapes = [np.shape(point[n]) for n in self.names]
+        self._splits = np.cumsum([int(np.prod(sh)) for sh in self._shapes])[:-1]
+        self.x0 = np.concatenate([np.ravel(np.asarray(point[n], float)) for n in self.names])
+        loglik = lik._loglik
+
+        def neg(x: jax.Array, data: dict[str, Any]) -> jax.Array:
+            args = self.unflatten(x)
+            return -(logprior(*args)[0] + loglik(natural(*args)[0], data))
+
+        self.neg = neg
+        self._neg_vg = jax.jit(jax.value_and_grad(neg))
+        self._to_natural = jax.jit(lambda x: natural(*self.unflatten(x))[0])
+
+    def unflatten(self, x: jax.Array) -> list[jax.Array]:
+        """Split the flat vector into the value variables' values."""
+        parts = jnp.split(x, self._splits)
+        return [part.reshape(sh) for part, sh in zip(parts, self._shapes, strict=True)]
+
+    def to_natural(self, x: Any) -> jax.Array:
+        """Map ``x`` to the calibrated parameters (natural scale)."""
+        return self._to_natural(jnp.asarray(x))
+
+    def objective(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Evaluate value and gradient at ``x`` with the likelihood's current data.
+
+        ``(inf, 0)`` where either is not finite (outside the support: the optimisers step back).
+        """
+        v, g = self._neg_vg(jnp.asarray(x), self.lik.data)
+        v = float(v)
+        g = np.asarray(g, float)
+        if not np.isfinite(v) or not np.all(np.isfinite(g)):
+            return np.inf, np.zeros_like(x)
+        return v, g
+
+    def gradient(self, x: np.ndarray) -> np.ndarray:
+        """Evaluate the gradient at ``x``; NaN outside the support (for `_fd_hessian`)."""
+        v, g = self.objective(x)
+        return g if np.isfinite(v) else np.full_like(g, np.nan)
+
+
 def _constrained_start(pm_model: Any, start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Free-variable values (constrained scale) from unconstrained value-variable values."""
     from pymc.sampling.jax import get_jaxified_graph
@@ -1853,16 +1912,43 @@ def _map_round(res: Any, grad: np.ndarray, **extra: Any) -> dict[str, Any]:
 
 
 def _fd_hessian(
-    grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray, step: float = 1e-4
+    grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray, step: float = LAPLACE_STEP
 ) -> np.ndarray:
-    """Hessian by central differences of the gradient (symmetrised)."""
+    """Hessian by central differences of the gradient (symmetrised), steps ``step max(1, |x|)``.
+
+    Where ``x +- d`` leaves the support (a non-finite gradient, e.g. unordered cutpoints), that
+    coordinate's step is quartered, at most five times; then the column is NaN.
+    """
     p = x.size
     h = np.empty((p, p))
     for i in range(p):
         d = np.zeros(p)
         d[i] = step * max(1.0, abs(x[i]))
-        h[:, i] = (grad(x + d) - grad(x - d)) / (2 * d[i])
+        for _ in range(6):
+            col = (grad(x + d) - grad(x - d)) / (2 * d[i])
+            if np.all(np.isfinite(col)):
+                break
+            d[i] /= 4.0
+        h[:, i] = col
     return (h + h.T) / 2
+
+
+def _laplace_hessian(
+    grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray, step: float = LAPLACE_STEP
+) -> tuple[np.ndarray, str]:
+    """`_fd_hessian` at ``step``, checked against twice the step (a note if they differ)."""
+    hess = _fd_hessian(grad, x, step)
+    check = _fd_hessian(grad, x, 2 * step)
+    if not (np.all(np.isfinite(hess)) and np.all(np.isfinite(check))):
+        return hess, ""
+    change = float(np.linalg.norm(check - hess) / max(np.linalg.norm(hess), 1e-300))
+    if change <= LAPLACE_STEP_TOLERANCE:
+        return hess, ""
+    return hess, (
+        f"Laplace: the Hessian changes by {change:.0%} (Frobenius norm) between difference "
+        f"steps {step:g} and {2 * step:g}: the log-posterior is not quadratic on that scale, "
+        f"and the Gaussian approximation is rough"
+    )
 
 
 def _covariance(hess: np.ndarray) -> tuple[np.ndarray, str]:

@@ -540,3 +540,53 @@ def test_the_map_restarts_from_a_saddle(toy, trials, monkeypatch):
     assert any("saddle point" in n for n in moved.settings["notes"])
     # back to the same (convex) mode from 0.3 away
     np.testing.assert_allclose(moved.map, plain.map, rtol=1e-3)
+
+
+def _jumpy_gradient(a: np.ndarray, beta: float, width: float):
+    """Gradient of 0.5 x'Ax plus a sawtooth: it jumps up by ``beta`` every ``width`` and falls
+    with slope ``beta / width`` in between (as a mean over patients of functions of their worst
+    grading day does), so the local curvature is ``A - beta / width`` and the curvature over
+    many jumps is ``A``."""
+
+    def grad(x):
+        return a @ x - beta * (np.mod(x / width, 1.0) - 0.5)
+
+    return grad
+
+
+def test_laplace_hessian_averages_over_the_jumps_of_the_gradient():
+    """Regression: the with-neuro calibration's Hessian had a negative eigenvalue (-25) from
+    differences of 1e-4 inside one smooth piece, where the curvature over +-0.01..0.1 is +18."""
+    from pkpd.inference.aggregate import _fd_hessian, _laplace_hessian
+
+    a = np.array([[20.0, 2.0], [2.0, 8.0]])
+    grad = _jumpy_gradient(a, beta=0.015, width=3e-4)  # local diagonal: 20 - 50, 8 - 50
+    x = np.array([0.31245, -0.17985])  # mid-piece: +-1e-4 crosses no jump
+    np.testing.assert_allclose(_fd_hessian(grad, x, step=1e-4), a - np.diag([50.0, 50.0]))
+    hess, note = _laplace_hessian(grad, x)
+    assert note == ""
+    # each difference spans ~67 jumps: error at most beta / (2 step) = 0.375
+    assert np.abs(hess - a).max() <= 0.375
+    assert np.abs(hess - a).max() > 0  # not a whole number of jumps (that would hide nothing)
+
+
+def test_laplace_hessian_says_when_the_step_matters():
+    from pkpd.inference.aggregate import LAPLACE_STEP, _laplace_hessian
+
+    grad = _jumpy_gradient(np.diag([20.0, 8.0]), beta=0.4, width=3e-4)
+    hess, note = _laplace_hessian(grad, np.array([0.31245, -0.17985]))
+    assert f"between difference steps {LAPLACE_STEP:g} and {2 * LAPLACE_STEP:g}" in note
+
+
+def test_fd_hessian_shortens_a_step_that_leaves_the_support():
+    """Ordered cutpoints 0.015 apart: the default step would swap them (an infinite objective,
+    NaN gradient); the step is quartered for that coordinate instead."""
+    from pkpd.inference.aggregate import _fd_hessian
+
+    a = np.array([[3.0, -1.0], [-1.0, 2.0]])
+
+    def grad(x):
+        return a @ x if x[0] < x[1] else np.full(2, np.nan)
+
+    hess = _fd_hessian(grad, np.array([0.0, 0.015]))
+    np.testing.assert_allclose(hess, a, rtol=1e-9)
