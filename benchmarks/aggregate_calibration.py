@@ -120,11 +120,7 @@ def calibration_problem(
         ``spec``, ``model`` (compiled), ``parameters``, ``priors``, ``design`` and ``options``
         (keyword arguments of `AggregateLikelihood` / `calibrate`: treatment, use, shifts).
     """
-    spec = pkpd.load_model("cart_crs")
-    if record_scale == 0.0:
-        spec = spec.without_record_scale()
-    elif record_scale is not None:
-        spec = spec.with_record_scale(record_scale)
+    spec = pkpd.load_model("cart_crs").at_record_scale(record_scale)
     model = spec.compile()
     strategy = None
     if treatment:

@@ -112,9 +112,7 @@ def with_grade_noise(spec, scale: float):
     per-patient offset (`pkpd.model.spec.ModelSpec.with_record_scale`: ``record_scale`` on every
     endpoint with ``offset = "subject"``, replacing the library's; one fixed parameter
     ``s_record``)."""
-    if scale == 0.0:  # grades with only the patient's offset
-        return spec.without_record_scale()
-    return spec.with_record_scale(
+    return spec.at_record_scale(  # 0: grades with only the patient's offset
         scale, source="assumption: benchmark --grade-noise (day-to-day grading noise)"
     )
 

@@ -216,9 +216,7 @@ def with_record_scale(model, record_scale: float | None):
     """``model`` with grades of day noise ``record_scale`` (None: the model's; 0: none)."""
     if record_scale is None or record_scale == model_record_scale(model.spec):
         return model
-    if record_scale == 0.0:
-        return model.spec.without_record_scale().compile()
-    return model.spec.with_record_scale(record_scale).compile()
+    return model.spec.at_record_scale(record_scale).compile()
 
 
 def calibrate(

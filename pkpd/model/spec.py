@@ -507,6 +507,30 @@ class ModelSpec:
         )
         return replace(self, parameters=params, observations=observations, files=files)
 
+    def at_record_scale(self, scale: float | None, **kwargs: Any) -> ModelSpec:
+        """Return the model with grades of noise per record ``scale``, in one call.
+
+        The choice scripts and benchmarks offer as one option (``--record-scale``,
+        ``--grade-noise``).
+
+        Parameters
+        ----------
+        scale : float or None
+            None: this model as it is; 0: `without_record_scale` (only the patient's offset;
+            this model if no grade has noise per record); otherwise `with_record_scale`.
+        **kwargs
+            Passed to `with_record_scale` (``endpoints``, ``parameter``, ``source``).
+
+        Returns
+        -------
+        ModelSpec
+        """
+        if scale is None:
+            return self
+        if scale == 0.0:
+            return self.without_record_scale() if self.record_scales() else self
+        return self.with_record_scale(scale, **kwargs)
+
     def without_record_scale(self, endpoints: Iterable[str] | None = None) -> ModelSpec:
         """Return a copy whose grades have no noise per record (only the patient's offset).
 

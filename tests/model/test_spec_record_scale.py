@@ -114,3 +114,17 @@ def test_without_record_scale_drops_the_noise_and_reloads(cart):
 def test_without_record_scale_refuses_endpoints_without_one(cart, endpoints):
     with pytest.raises(ValueError, match="only endpoints with a record_scale"):
         cart.without_record_scale(endpoints)
+
+
+def test_at_record_scale_is_the_one_option_of_the_scripts(cart):
+    assert cart.at_record_scale(None) is cart
+    plain = cart.at_record_scale(0.0)
+    assert plain.hash == cart.without_record_scale().hash and plain.record_scales() == {}
+    assert plain.at_record_scale(0) is plain  # nothing to drop
+    noisy = cart.at_record_scale(0.1, parameter="s_day", source="assumption: test")
+    assert (
+        noisy.hash == cart.with_record_scale(0.1, parameter="s_day", source="assumption: test").hash
+    )
+    assert noisy.record_scales() == {"crs_grade": 0.1, "icans_grade": 0.1}
+    with pytest.raises(ValueError):
+        cart.at_record_scale(-0.1)
