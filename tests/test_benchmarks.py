@@ -694,3 +694,23 @@ def test_laplace_step_tables_separate_the_jumps_from_the_curvature():
     assert scan[3]["curvature"] == pytest.approx(-30.0)
     assert scan[4]["curvature"] == pytest.approx(20.0, abs=0.25)
     assert np.isnan(scan[0]["curvature"]) and np.isnan(scan[2]["curvature"])
+
+
+def test_aggregate_calibration_problem_options():
+    """The script's problem, shared with laplace_step.py: neuro cutpoints and endpoints with
+    ``with_neuro``, cutpoint priors widened, ``record_scale`` 0 drops the day noise, and the
+    treatment is looked up by name (regression: the name once shadowed the strategy)."""
+    agg = _load("aggregate_calibration")
+    crs = agg.calibration_problem(64, 1)
+    assert crs.parameters == list(agg.PARAMETERS) and crs.options["use"] == ["crs"]
+    assert crs.options["treatment"] is None
+    assert crs.priors["c_crs1"].endswith(f", {agg.WIDE})") and "rho" not in crs.priors
+    assert crs.spec.record_scales() == {"crs_grade": 0.25, "icans_grade": 0.25}
+    assert crs.design.n_patients == 64 and crs.design.seed == 1
+    neuro = agg.calibration_problem(
+        64, 1, with_neuro=True, record_scale=0.0, treatment="soc_reactive_toc"
+    )
+    assert neuro.parameters[-3:] == ["c_icans1", "c_icans2", "c_icans3"]
+    assert neuro.options["use"] == ["crs", "icans", "neuro"]
+    assert neuro.spec.record_scales() == {}
+    assert neuro.options["treatment"].name == "soc_reactive_toc"
