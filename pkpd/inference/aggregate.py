@@ -1671,9 +1671,9 @@ def calibrate(
     )
     # Laplace: a Gaussian on the cutpoints themselves (what summary rates inform); NUTS: the
     # ordered transform (no hard wall at the ordering constraint).
-    post = UnconstrainedPosterior(lik, ordered_transform=method == "nuts")
-    pm_model, vec_t, x0 = post.pm_model, post.vec_t, post.x0
-    objective, to_natural, unflatten = post.objective, post.to_natural, post.unflatten
+    target = UnconstrainedPosterior(lik, ordered_transform=method == "nuts")
+    pm_model, vec_t, x0 = target.pm_model, target.vec_t, target.x0
+    objective, to_natural, unflatten = target.objective, target.to_natural, target.unflatten
     timing["build"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -1702,7 +1702,7 @@ def calibrate(
     idata = None
     t0 = time.perf_counter()
     if method == "laplace":
-        hess, step_note = _laplace_hessian(post.gradient, x)
+        hess, step_note = _laplace_hessian(target.gradient, x)
         for _ in range(SADDLE_RESTARTS):
             # L-BFGS stops wherever the gradient vanishes; at a saddle the Hessian says so.
             found = descend_negative_curvature(lambda xx: objective(xx)[0], x, hess)
@@ -1724,7 +1724,7 @@ def calibrate(
             if not res.success:
                 notes.append(f"MAP optimisation (after the saddle): {res.message}")
             vec_map = np.asarray(to_natural(x))
-            hess, step_note = _laplace_hessian(post.gradient, x)
+            hess, step_note = _laplace_hessian(target.gradient, x)
         cov, note = _covariance(hess)
         notes.extend(n for n in (step_note, note) if n)
         # The prior excludes unordered cutpoints (potential -inf): the Laplace posterior is the
@@ -1750,7 +1750,7 @@ def calibrate(
 
         with pm_model:
             lik.add_to_model({p: vec_t[i] for i, p in enumerate(lik.parameters)})
-        start = dict(zip(post.names, map(np.asarray, unflatten(jnp.asarray(x))), strict=True))
+        start = dict(zip(target.names, map(np.asarray, unflatten(jnp.asarray(x))), strict=True))
         start = _constrained_start(pm_model, start)
         idata = _sample_nutpie(pm_model, start, chains, draws, tune, seed, progressbar, 0.9, {})
         post = idata.posterior
