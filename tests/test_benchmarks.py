@@ -29,7 +29,6 @@ def test_cart_recovery_refuses_more_patients_than_the_dataset_has():
 def test_cart_recovery_map_table_claims_no_interval_or_coverage():
     # A MAP has one draw: its "90% CrI" would be the point itself and "covered" almost always
     # NO; the table must show the estimate only.
-    import numpy as np
     import pandas as pd
 
     cart_recovery = _load("cart_recovery")
@@ -114,7 +113,6 @@ def test_cart_recovery_map_table_claims_no_interval_or_coverage():
 def test_cart_recovery_table_names_the_rows_whose_chains_disagree():
     # A parameter whose chains disagree (the weakly informed cutpoint gap of the 60-patient
     # design) must not count as recovered or missed without saying so.
-    import numpy as np
     import pandas as pd
 
     cart_recovery = _load("cart_recovery")
@@ -182,7 +180,6 @@ def test_cart_recovery_leapfrog_count_of_a_map():
     # Regression: a MAP's InferenceData has no sample_stats, and the script crashed on it
     # after a 20-minute fit.
     import arviz as az
-    import numpy as np
 
     cart_recovery = _load("cart_recovery")
     posterior = {"rho": np.zeros((1, 1))}
@@ -202,7 +199,6 @@ def test_fit_benchmark_has_a_runner_for_every_backend():
 def test_cart_recovery_crs3_margin_is_the_monte_carlo_noise():
     # Regression: the P(CRS >= 3) check simulates the same new patients under every posterior
     # draw, so its interval had no sampling noise; a MAP "missed" a truth of 5/1000 with 4/1000.
-    import numpy as np
 
     cart_recovery = _load("cart_recovery")
     m = cart_recovery.mc_margin(0.004, 1000, 0.005, 4000)
@@ -240,7 +236,6 @@ def test_cart_recovery_crs3_checks_rescued_and_untreated_patients(monkeypatch):
     untreated, the fitted model's under the same two strategies, in that order."""
     from types import SimpleNamespace
 
-    import numpy as np
     import pandas as pd
 
     cart_recovery = _load("cart_recovery")
@@ -409,7 +404,6 @@ def test_map_start_benchmark_times_both_starts_and_restores_fit(monkeypatch):
 
 
 def test_ordinal_offset_models_the_simulators_grades_and_shows_the_overconfidence():
-    import numpy as np
 
     from pkpd.strategies.simulate import grades
 
@@ -442,7 +436,6 @@ def test_ordinal_offset_likelihood_is_the_librarys():
     """The script's numpy likelihood equals `observation_logp` for both offsets."""
     from types import SimpleNamespace
 
-    import numpy as np
     import pytensor
     import pytensor.tensor as pt
 
@@ -472,7 +465,6 @@ def test_ordinal_offset_likelihood_is_the_librarys():
 
 
 def test_cart_recovery_grade_noise_option(monkeypatch):
-    import numpy as np
 
     cart_recovery = _load("cart_recovery")
     library = cart_recovery.base_model()
@@ -538,7 +530,6 @@ def test_grade_noise_benchmark_variants():
 def test_cart_recovery_checkpoint_fits_the_cohort_of_its_first_call(tmp_path):
     """A checkpointed run saves its generated cohort on the first call and reads it back on every
     call (a later generator change must not change a resumed run's data), number for number."""
-    import numpy as np
 
     cart_recovery = _load("cart_recovery")
     made = cart_recovery.generated_cohort(4, seed=3)
@@ -621,7 +612,6 @@ def test_aggregate_calibration_marks_cutpoints_no_calibration_row_uses():
 
 
 def test_cart_recovery_mixing_is_per_parameter_and_none_for_a_point():
-    import numpy as np
     import xarray as xr
 
     cart_recovery = _load("cart_recovery")
@@ -644,8 +634,6 @@ def test_ridge_rewrites_the_draws_in_ratio_coordinates(tmp_path):
     uncorrelated after the rewrite."""
     import json
     import pickle
-
-    import numpy as np
 
     ridge = _load("ridge")
     rng = np.random.default_rng(0)
