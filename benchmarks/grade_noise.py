@@ -18,7 +18,6 @@ time and the 90% credible intervals of the population parameters against the tru
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import os
 import platform
@@ -49,8 +48,8 @@ def variant(spec, scale: float | None):
     """The model with per-record noise of ``scale`` (None: grades follow the latent exactly)."""
     if scale is None:
         return spec.without_record_scale()
-    par = dataclasses.replace(spec.parameters["s_rec"], value=scale)
-    return dataclasses.replace(spec, parameters={**spec.parameters, "s_rec": par})
+    # with_fixed records the value in the model's files, so a saved fit reloads this variant.
+    return spec.with_fixed({"s_rec": scale}, suffix=f"s_rec_{scale:g}")
 
 
 def run(args, label: str, scale: float | None) -> dict:

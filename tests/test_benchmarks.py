@@ -523,6 +523,8 @@ def test_grade_noise_benchmark_variants():
     noisy = grade_noise.variant(spec, 0.1)
     assert noisy.observations["grade"].record_scale == "s_rec"
     assert noisy.parameters["s_rec"].value == 0.1
+    # The value is in the model's files (with_fixed), so a saved fit identifies the variant.
+    assert noisy.hash != spec.hash and noisy.estimated() == spec.estimated()
     design = grade_noise.design(3, 14)
     assert (design["EVID"] == 0).sum() == 3 * 14 and (design["EVID"] == 1).sum() == 3
 
