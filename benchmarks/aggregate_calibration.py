@@ -60,6 +60,10 @@ PARAMETERS = ("rho", "rho_cd28", "c_crs1", "c_crs2", "c_crs3", "c_crs4", "shift_
 #: Cutpoint priors: the model file's were set on Hay 2017 (a validation cohort here), so they are
 #: widened to SD 2 around the same centres; the data, not Hay, must place them.
 WIDE = 2.0
+#: With --with-neuro: ZUMA-1's any-grade rate and onset are the label's "neurologic toxicities"
+#: (definition "label_nt"), not the neurologic events of JULIET, so they get a shift of their own
+#: on the ICANS cutpoints (a shift of 2 turns a 50% rate into 88%: wide, either sign).
+NEURO_DEFINITION_SHIFTS = {"label_nt": "Normal(0, 2)"}
 
 
 def _cumulative(trial) -> list[Outcome]:
@@ -127,16 +131,24 @@ def calibration_problem(
         strategy = next(s for s in load_strategies("cart_default") if s.name == treatment)
     parameters = list(PARAMETERS)
     use = ["crs"]
+    definition_shifts = {}
     if with_neuro:
         parameters += ["c_icans1", "c_icans2", "c_icans3"]
+        parameters += [f"shift_{d}" for d in NEURO_DEFINITION_SHIFTS]
         use += ["icans", "neuro"]
+        definition_shifts = dict(NEURO_DEFINITION_SHIFTS)
     priors = {}
     for p in parameters:
         par = spec.parameters.get(p)
         if par is not None and par.prior.family == "Normal" and p.startswith("c_"):
             priors[p] = f"Normal({par.prior.params['mu']}, {WIDE})"
     design = VirtualDesign(n_patients=patients, seed=seed, product={"hay2017": 0})
-    options = dict(treatment=strategy, use=use, grading_shifts={"Penn": "Normal(0, 1)"})
+    options = dict(
+        treatment=strategy,
+        use=use,
+        grading_shifts={"Penn": "Normal(0, 1)"},
+        definition_shifts=definition_shifts,
+    )
     return SimpleNamespace(
         spec=spec,
         model=model,

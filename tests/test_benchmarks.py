@@ -700,7 +700,9 @@ def test_aggregate_calibration_problem_options():
     neuro = agg.calibration_problem(
         64, 1, with_neuro=True, record_scale=0.0, treatment="soc_reactive_toc"
     )
-    assert neuro.parameters[-3:] == ["c_icans1", "c_icans2", "c_icans3"]
+    assert neuro.parameters[-4:] == ["c_icans1", "c_icans2", "c_icans3", "shift_label_nt"]
+    assert neuro.options["definition_shifts"] == agg.NEURO_DEFINITION_SHIFTS
+    assert crs.options["definition_shifts"] == {}
     assert neuro.options["use"] == ["crs", "icans", "neuro"]
     assert neuro.spec.record_scales() == {}
     assert neuro.options["treatment"].name == "soc_reactive_toc"

@@ -32,8 +32,12 @@ File format: one ``[[trial]]`` table per study::
 Optional trial keys: ``setting``, ``management`` (prophylaxis or a non-standard algorithm),
 ``notes``, ``n_approximate``. An outcome has ``endpoint`` (``crs``, ``icans`` or ``neuro``),
 ``min_grade`` or ``grade`` (1-5), ``count`` and/or ``rate``, and optionally ``n``, ``derived``,
-``note``, ``source``. A count given only as a percentage is derived as ``rate x n`` (unrounded)
-and marked ``derived``. Errors (unknown keys, a count above its denominator, a rate outside
+``note``, ``source`` and ``definition``: an identifier ([a-z0-9_]) for a source that counts the
+endpoint differently from the other sources (e.g. ``"label_nt"``: a drug label's "neurologic
+toxicities", which may count more adverse reactions than a trial's neurologic events), which an
+aggregate likelihood can give its own shift (``definition_shifts``); timing entries take it too.
+A count given only as a percentage is derived as ``rate x n`` (unrounded) and marked
+``derived``. Errors (unknown keys, a count above its denominator, a rate outside
 [0, 1], a count that disagrees with its rate, ...) raise `TrialFileError` naming the file, the
 trial and the key.
 """
@@ -91,6 +95,7 @@ _OUTCOME_KEYS = {
     "derived",
     "note",
     "source",
+    "definition",
 }
 _TIMING_KEYS = {
     "endpoint",
@@ -102,6 +107,7 @@ _TIMING_KEYS = {
     "derived",
     "note",
     "source",
+    "definition",
 }
 _TREATMENT_KEYS = {
     "drug",
@@ -143,6 +149,9 @@ class Outcome:
         The percentage as printed (fraction), if any.
     note, source : str
         Free text; the source of this number (the trial's when not given).
+    definition : str
+        ``""``: the endpoint as the sources usually count it; otherwise the identifier of this
+        source's own definition (see the module's file format).
     """
 
     endpoint: str
@@ -154,6 +163,7 @@ class Outcome:
     reported_rate: float | None
     note: str
     source: str
+    definition: str = ""
 
     @property
     def rate(self) -> float:
@@ -162,8 +172,9 @@ class Outcome:
 
     @property
     def label(self) -> str:
-        """Short label, e.g. ``"crs>=3"`` or ``"crs=5"``."""
-        return f"{self.endpoint}{'=' if self.exact else '>='}{self.grade}"
+        """Short label, e.g. ``"crs>=3"``, ``"crs=5"`` or ``"neuro>=1 (label_nt)"``."""
+        named = f" ({self.definition})" if self.definition else ""
+        return f"{self.endpoint}{'=' if self.exact else '>='}{self.grade}{named}"
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,8 @@ class Timing:
         Patients the median is over (e.g. those with CRS), when stated.
     derived : bool
     note, source : str
+    definition : str
+        As `Outcome.definition`.
     """
 
     endpoint: str
@@ -192,6 +205,7 @@ class Timing:
     derived: bool
     note: str
     source: str
+    definition: str = ""
 
 
 @dataclass(frozen=True)
@@ -338,6 +352,15 @@ class _Checker:
             return default
         return value
 
+    def definition(self, entry: dict, where: str) -> str:
+        value = self.text(entry, "definition", where)
+        if value and not _ID.match(value):
+            self.fail(
+                f"{where}.definition", f"a definition is an identifier [a-z0-9_], got {value!r}"
+            )
+            return ""
+        return value
+
     def flag(self, entry: dict, key: str, where: str) -> bool:
         value = entry.get(key, False)
         if not isinstance(value, bool):
@@ -405,6 +428,7 @@ def _outcome(
     n = c.denominator(entry, where, trial_n)
     rate = c.rate(entry, where)
     derived = c.flag(entry, "derived", where)
+    definition = c.definition(entry, where)
     count = entry.get("count")
     if count is None and "rate" not in entry:
         c.fail(where, "an outcome needs a 'count' or a 'rate'")
@@ -433,6 +457,7 @@ def _outcome(
         reported_rate=rate,
         note=c.text(entry, "note", where),
         source=c.text(entry, "source", where, trial_source),
+        definition=definition,
     )
 
 
@@ -461,6 +486,7 @@ def _timing(c: _Checker, entry: Any, where: str, trial_source: str) -> Timing | 
             c.fail(f"{where}.{name}", f"median {median} lies outside {list(interval)}")
     n = c.denominator(entry, where, None)
     derived = c.flag(entry, "derived", where)
+    definition = c.definition(entry, where)
     if len(c.problems) > before:
         return None
     return Timing(
@@ -473,6 +499,7 @@ def _timing(c: _Checker, entry: Any, where: str, trial_source: str) -> Timing | 
         derived=derived,
         note=c.text(entry, "note", where),
         source=c.text(entry, "source", where, trial_source),
+        definition=definition,
     )
 
 

@@ -324,7 +324,8 @@ class AggregateLikelihood:
         The summaries (`pkpd.data.trials.published_trials`).
     parameters : sequence of str
         What the likelihood is a function of, in order: model parameters, ``omega_<name>`` (IIV
-        SD of a parameter), and grading-scale shifts ``shift_<scale>`` (see ``grading_shifts``).
+        SD of a parameter), grading-scale shifts ``shift_<scale>`` (see ``grading_shifts``) and
+        definition shifts ``shift_<definition>`` (see ``definition_shifts``).
         Everything else stays at ``values`` / ``omega``.
     design : VirtualDesign, optional
         Virtual patients (default 512 per arm, seed 0).
@@ -347,6 +348,12 @@ class AggregateLikelihood:
         graded on that scale, CRS cutpoints from grade `SHIFT_FROM_GRADE` up are lowered by the
         parameter ``shift_<scale>`` (a positive shift grades the same course higher). Other
         scales (and "not stated") are taken as the model's (ASTCT) scale.
+    definition_shifts : mapping of str to str, optional
+        Outcome definition (`pkpd.data.trials.Outcome.definition`, e.g. ``"label_nt"``) -> prior
+        of its shift: outcomes and onset medians counted under that definition have all the
+        endpoint's cutpoints lowered by the parameter ``shift_<definition>`` (a positive shift
+        counts more patients at every grade). Outcomes of other definitions are taken as the
+        model's endpoint. An outcome cannot take a grading-scale and a definition shift at once.
     solver : Solver, optional
         Default `DEFAULT_SOLVER`.
     priors : mapping of str to str or Prior, optional
@@ -367,6 +374,7 @@ class AggregateLikelihood:
         use: Sequence[str] | None = None,
         onset: bool = True,
         grading_shifts: Mapping[str, Any] | None = None,
+        definition_shifts: Mapping[str, Any] | None = None,
         solver: Solver | None = None,
         priors: Mapping[str, Any] | None = None,
     ):
@@ -387,7 +395,15 @@ class AggregateLikelihood:
             k: (parse_prior(v) if isinstance(v, str) else v)
             for k, v in (grading_shifts or {}).items()
         }
+        self.definition_shifts = {
+            k: (parse_prior(v) if isinstance(v, str) else v)
+            for k, v in (definition_shifts or {}).items()
+        }
+        # One vector of shifts: the grading scales', then the definitions'.
         self.shift_names = [f"shift_{s.lower().replace(' ', '_')}" for s in self.grading_shifts]
+        self.shift_names += [f"shift_{d}" for d in self.definition_shifts]
+        if len(set(self.shift_names)) != len(self.shift_names):
+            raise ValueError(f"grading and definition shifts share a name: {self.shift_names}")
         self.treatment = treatment
         self.parameters = tuple(parameters)
         if len(set(self.parameters)) != len(self.parameters):
@@ -460,7 +476,7 @@ class AggregateLikelihood:
             else:
                 raise ValueError(
                     f"unknown parameter {name!r}: not a parameter of {model.name!r}, an "
-                    f"omega_<name> of its IIV parameters {list(model.iiv)}, or a grading shift "
+                    f"omega_<name> of its IIV parameters {list(model.iiv)}, or a shift "
                     f"{self.shift_names}"
                 )
         self._struct_pos = np.array([self.parameters.index(n) for n in self.structural], int)
@@ -483,7 +499,8 @@ class AggregateLikelihood:
                 p = override[name]
                 out[name] = parse_prior(p) if isinstance(p, str) else p
             elif name in self.shift_names:
-                out[name] = list(self.grading_shifts.values())[self.shift_names.index(name)]
+                shift_priors = [*self.grading_shifts.values(), *self.definition_shifts.values()]
+                out[name] = shift_priors[self.shift_names.index(name)]
             elif name.startswith("omega_") and name[6:] in self.model.iiv:
                 out[name] = self.spec.parameters[name[6:]].iiv
             else:
@@ -567,20 +584,17 @@ class AggregateLikelihood:
         term = 0
         for trial in self.trials:
             arm = self._trial_arm[trial.id]
-            shift = -1
-            if trial.scale in self.grading_shifts:
-                shift = list(self.grading_shifts).index(trial.scale)
-            by_endpoint: dict[str, list[Outcome]] = {}
+            by_endpoint: dict[tuple[str, str], list[Outcome]] = {}
             for o in trial.outcomes:
-                by_endpoint.setdefault(o.endpoint, []).append(o)
-            for endpoint, outcomes in by_endpoint.items():
+                by_endpoint.setdefault((o.endpoint, o.definition), []).append(o)
+            for (endpoint, definition), outcomes in by_endpoint.items():
                 target = self.endpoints.get(endpoint)
                 if target not in self.ord_names or endpoint not in self.use:
                     skipped.extend(f"{trial.id}:{o.label}" for o in outcomes)
                     continue
                 qi = self.ord_names.index(target)
                 levels = list(self.ordinal[qi].levels)
-                sh = shift if endpoint == "crs" else -1
+                sh = self._shift_of(trial, endpoint, definition)
                 new, term = self._outcome_rows(trial, arm, qi, levels, sh, outcomes, term)
                 rows.extend(new)
             if not self.onset:
@@ -595,6 +609,21 @@ class AggregateLikelihood:
         self.rows = rows
         self.skipped = skipped
         self._times_days, self._grid_cols = self._times()
+
+    def _shift_of(self, trial: TrialSummary, endpoint: str, definition: str) -> int:
+        """Index of the shift of a trial's outcomes (-1: none)."""
+        scale = endpoint == "crs" and trial.scale in self.grading_shifts
+        defined = definition in self.definition_shifts
+        if scale and defined:
+            raise ValueError(
+                f"{trial.id}: {endpoint} outcomes of definition {definition!r} graded on the "
+                f"{trial.scale} scale would take two shifts; give one of them"
+            )
+        if scale:
+            return list(self.grading_shifts).index(trial.scale)
+        if defined:
+            return len(self.grading_shifts) + list(self.definition_shifts).index(definition)
+        return -1
 
     def _outcome_rows(self, trial, arm, qi, levels, shift, outcomes, term):
         k = self.n_cut
@@ -690,19 +719,20 @@ class AggregateLikelihood:
         n_event = t.n
         if n_event is None:
             any_ = trial.outcome(t.endpoint, min_grade=1)
-            if any_ is None or any_.n != trial.n:
+            if any_ is None or any_.n != trial.n or any_.definition != t.definition:
                 return None  # how many patients the median is over is unknown
             n_event = any_.count
         if not 0 <= t.median_days <= self.design.horizon:
             return None
         return Row(
             trial.id,
-            f"{t.endpoint} onset <= {t.median_days:g} d",
+            f"{t.endpoint} onset <= {t.median_days:g} d"
+            + (f" ({t.definition})" if t.definition else ""),
             arm,
             qi,
             1,
             self.n_cut + 1,
-            -1,
+            self._shift_of(trial, t.endpoint, t.definition),
             n_event / 2.0,
             float(n_event),
             term,
@@ -1071,8 +1101,13 @@ class AggregateLikelihood:
         n_pat = self.design.n_patients
         k_cut = self.n_cut
         cut_index = jnp.asarray(self.cut_index, int)
+        # First grade count each shift lowers the cutpoints from: a grading scale's from
+        # SHIFT_FROM_GRADE, a definition's from grade 1; the last row (index -1) is no shift.
+        scale_from = [_grade_index(o.levels, SHIFT_FROM_GRADE) or k_cut for o in self.ordinal]
         from_grade = jnp.asarray(
-            [[_grade_index(o.levels, SHIFT_FROM_GRADE) or k_cut for o in self.ordinal]], int
+            [scale_from] * len(self.grading_shifts)
+            + [[1] * len(self.ordinal)] * (len(self.definition_shifts) + 1),
+            int,
         )
 
         reactive = any(a["strategy"] is not None and a["strategy"].reactive for a in self.arms)
@@ -1111,7 +1146,7 @@ class AggregateLikelihood:
                 """P(count >= j) per patient: e > c_{j-1} - value."""
                 jj = jnp.clip(j - 1, 0, k_cut - 1)
                 padded = jnp.concatenate([shifts, jnp.zeros(1)])  # index -1: no shift
-                c = cuts[q, jj] - jnp.where(j >= from_grade[0, q], padded[shift], 0.0)
+                c = cuts[q, jj] - jnp.where(j >= from_grade[shift, q], padded[shift], 0.0)
                 p = _cond_sf(c - value, lo[arm, :, q], hi[arm, :, q], e[arm, :, q])
                 return jnp.where(j <= 0, 1.0, jnp.where(j > k_cut, 0.0, p))
 
@@ -1654,7 +1689,8 @@ def calibrate(
     progressbar : bool, optional
     **likelihood_options
         Passed to `AggregateLikelihood` (``treatment``, ``values``, ``omega``,
-        ``grading_shifts``, ``endpoints``, ``use``, ``onset``, ``solver``).
+        ``grading_shifts``, ``definition_shifts``, ``endpoints``, ``use``, ``onset``,
+        ``solver``).
 
     Returns
     -------
@@ -2091,6 +2127,7 @@ def posterior_predictive(
         use=src.use,
         onset=src.onset,
         grading_shifts=src.grading_shifts,
+        definition_shifts=src.definition_shifts,
         solver=src.solver,
     )
     opts.update(likelihood_options)

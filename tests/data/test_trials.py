@@ -53,6 +53,11 @@ def test_bundled_file_values_as_in_science_md():
     assert zuma.timing_of("crs").range_days == (1, 12)
     assert zuma.treated("tocilizumab").rate == pytest.approx(0.43)
     assert zuma.treated("corticosteroids").rate == pytest.approx(0.27)
+    # The label's "neurologic toxicities" are counted their own way, onset median included.
+    assert zuma.outcome("neuro", min_grade=1).definition == "label_nt"
+    assert zuma.outcome("neuro", min_grade=1).label == "neuro>=1 (label_nt)"
+    assert zuma.timing_of("neuro").definition == "label_nt"
+    assert zuma.outcome("crs", min_grade=1).definition == ""
     juliet = trials["juliet"]
     assert (juliet.n, juliet.scale) == (111, "Penn")
     ge3 = juliet.outcome("crs", min_grade=3)
@@ -183,6 +188,37 @@ def test_unknown_endpoint():
     assert "endpoint must be one of" in problems(
         {"trial": [entry(outcomes=[{"endpoint": "fever", "min_grade": 1, "count": 1}])]}
     )
+
+
+def test_definition_is_an_identifier():
+    msg = problems(
+        {
+            "trial": [
+                entry(
+                    outcomes=[
+                        {"endpoint": "neuro", "min_grade": 1, "count": 5, "definition": "N T"}
+                    ],
+                    timing=[
+                        {"endpoint": "neuro", "what": "onset", "median_days": 4, "definition": 3}
+                    ],
+                )
+            ]
+        }
+    )
+    assert "outcomes[0].definition" in msg and "identifier" in msg
+    assert "timing[0].definition" in msg and "expected text" in msg
+    ok = parse_trials(
+        {
+            "trial": [
+                entry(
+                    outcomes=[
+                        {"endpoint": "neuro", "min_grade": 1, "count": 5, "definition": "label_nt"}
+                    ]
+                )
+            ]
+        }
+    )["t1"]
+    assert ok.outcome("neuro", min_grade=1).definition == "label_nt"
 
 
 def test_duplicate_ids():

@@ -351,6 +351,82 @@ def test_grading_shift_applies_from_grade_two(toy):
     assert p1[1] > p0[1] + 0.02  # grade >= 3: cutpoint lowered by 0.5
 
 
+def _definition_trial(scale="Lee"):
+    return list(
+        parse_trials(
+            {
+                "trial": [
+                    dict(
+                        BASE,
+                        id="w",
+                        costimulation="CD28",
+                        n=100,
+                        scale=scale,
+                        outcomes=[
+                            {"endpoint": "crs", "min_grade": 1, "count": 90, "definition": "wide"},
+                            {"endpoint": "crs", "min_grade": 3, "count": 30},
+                        ],
+                        timing=[
+                            {
+                                "endpoint": "crs",
+                                "what": "onset",
+                                "median_days": 2,
+                                "definition": "wide",
+                            }
+                        ],
+                    )
+                ]
+            }
+        ).values()
+    )
+
+
+def test_definition_shift_lowers_every_cutpoint_of_its_outcomes_only(toy):
+    """An outcome counted under another definition (e.g. a label's 'neurologic toxicities')
+    gets its own shift: the same probabilities as the model's cutpoints lowered by it, for that
+    outcome and its onset median, and nothing else moves."""
+    t = _definition_trial()
+    lik = AggregateLikelihood(
+        toy, t, ["shift_wide"], design=design(64), definition_shifts={"wide": "Normal(0, 1)"}
+    )
+    assert lik.priors["shift_wide"].family == "Normal"
+    assert [(r.label, r.shift) for r in lik.rows] == [
+        ("crs>=1 (wide)", 0),
+        ("crs>=3", -1),
+        ("crs onset <= 2 d (wide)", 0),
+    ]
+    d = 0.7
+    p0, p1 = lik.probabilities([0.0]), lik.probabilities([d])
+    assert p1[1] == pytest.approx(p0[1], rel=1e-12)  # the usual definition: unchanged
+    # Lowering c1 by d is what the shift does to grade >= 1 (c2..c4 do not enter it).
+    by_c1 = AggregateLikelihood(toy, t, ["c1"], design=design(64))
+    c1 = by_c1.initial[0]
+    assert p1[0] == pytest.approx(by_c1.probabilities([c1 - d])[0], rel=1e-10)
+    assert p1[0] > p0[0] + 0.02
+    # The onset median is over the patients with the event under the same definition.
+    assert p1[2] == pytest.approx(by_c1.probabilities([c1 - d])[2], rel=1e-10)
+    assert p1[2] != pytest.approx(p0[2], rel=1e-6)
+
+
+def test_definition_shift_with_a_grading_scale_shift_on_one_outcome_is_refused(toy):
+    with pytest.raises(ValueError, match="two shifts"):
+        AggregateLikelihood(
+            toy,
+            _definition_trial(scale="Penn"),
+            design=design(64),
+            grading_shifts={"Penn": "Normal(0, 1)"},
+            definition_shifts={"wide": "Normal(0, 1)"},
+        )
+    with pytest.raises(ValueError, match="share a name"):
+        AggregateLikelihood(
+            toy,
+            _definition_trial(),
+            design=design(64),
+            grading_shifts={"Penn": "Normal(0, 1)"},
+            definition_shifts={"penn": "Normal(0, 1)"},
+        )
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pkpd.inference.aggregate.AggregateWarning")
 def test_calibration_recovers_known_values_from_synthetic_summaries(toy):
