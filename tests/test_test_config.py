@@ -63,3 +63,15 @@ def test_compiled_code_is_released_between_tests():
     assert not release_compiled_code(limit=before + 1000)
     assert release_compiled_code(limit=0)
     assert memory_maps() < before - 200  # ~3 maps per executable, 100 executables
+
+
+def test_the_suite_shares_one_persistent_compilation_cache():
+    # conftest points JAX (and every subprocess, through the environment) at one cache folder:
+    # the suite compiles many programs more than once (tests/conftest.py, JAX_CACHE).
+    import os
+
+    import jax
+
+    folder = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    assert jax.config.jax_compilation_cache_dir == folder
+    assert int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]) > 0  # eviction, so a file lock
