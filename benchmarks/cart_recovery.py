@@ -1091,6 +1091,12 @@ def main() -> None:
         else [x for x in args.generator_iiv.split(",") if x]
     )
     add_iiv = tuple(x for x in args.add_iiv.split(",") if x)
+    if args.checkpoint:
+        # A run in pieces compiles the same programs in every call: read them back instead
+        # (timings of --timing/--steps stay those of a fresh compilation).
+        from pkpd import use_compilation_cache
+
+        use_compilation_cache()
     if args.generator_rates:
         import json
 

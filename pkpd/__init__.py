@@ -12,7 +12,7 @@ Quick start
 >>> sim = pkpd.simulate(model, cohort)          # typical values, predictions at the observations
 """
 
-from pkpd._jax import enable_x64
+from pkpd._jax import enable_x64, use_compilation_cache
 
 # float64 everywhere in the ODE engine and likelihoods; must happen before any JAX array exists.
 enable_x64()
@@ -25,6 +25,7 @@ from pkpd.solve import Solver, simulate  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "use_compilation_cache",
     "Cohort",
     "DatasetError",
     "ModelError",

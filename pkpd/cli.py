@@ -72,6 +72,25 @@ def _parse_grid(grid: str | None, tmax: float) -> np.ndarray:
     return np.arange(start, stop + step / 2, step)
 
 
+@app.callback()
+def _main(
+    compilation_cache: Annotated[
+        bool,
+        typer.Option(
+            "--compilation-cache/--no-compilation-cache",
+            help="Keep JAX's compiled programs on disk ($JAX_COMPILATION_CACHE_DIR, else "
+            "~/.cache/pkpd/jax), so a later call on the same model and data skips compiling "
+            "them.",
+        ),
+    ] = True,
+) -> None:
+    """Bayesian pharmacodynamic intervention modelling (CAR-T, cytokines, CRS)."""
+    if compilation_cache:
+        from pkpd._jax import use_compilation_cache
+
+        use_compilation_cache()
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the models of the bundled library."""
