@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> str:
     lines.append(
         "MAP: "
         + "; ".join(
-            f"{r['nit']} iterations{' from a saddle' if r.get('from_saddle') else ''}, "
+            f"{r['nit']} iterations{' from a saddle' if r.get('from_saddle') else ''}"
+            f"{' (continued by pkpd L-BFGS)' if r.get('continued') else ''}, "
             f"largest |gradient| {r['grad_max']:.2g} at the end ({r['message']})"
             for r in fit.settings["map_rounds"]
         )

@@ -9,6 +9,7 @@ import pytest
 import pkpd
 from pkpd.data.trials import parse_trials
 from pkpd.inference.aggregate import (
+    MAP_GRADIENT_TOLERANCE,
     AggregateLikelihood,
     AggregateWarning,
     VirtualDesign,
@@ -616,6 +617,30 @@ def test_the_map_restarts_from_a_saddle(toy, trials, monkeypatch):
     assert any("saddle point" in n for n in moved.settings["notes"])
     # back to the same (convex) mode from 0.3 away
     np.testing.assert_allclose(moved.map, plain.map, rtol=1e-3)
+
+
+def test_the_map_goes_on_where_scipy_stops_early(toy, trials, monkeypatch):
+    """Regression: scipy's L-BFGS-B reported convergence after 5 iterations with a gradient of 11
+    (its line search gave up at the cutpoints' ordering wall): a stop with a large gradient is
+    continued by pkpd's L-BFGS, recorded and noted."""
+    import scipy.optimize
+
+    one, cuts = trials[:1], ["c1", "c3"]
+    plain = calibrate(toy, one, cuts, design=design(64), draws=200, seed=1)
+    assert not any(r.get("continued") for r in plain.settings["map_rounds"])
+    real = scipy.optimize.minimize
+
+    def early(fun, x, **kwargs):  # one iteration, as if the line search had given up
+        kwargs["options"] = {**kwargs.get("options", {}), "maxiter": 1}
+        return real(fun, x, **kwargs)
+
+    monkeypatch.setattr(scipy.optimize, "minimize", early)
+    fit = calibrate(toy, one, cuts, design=design(64), draws=200, seed=1)
+    first, last = fit.settings["map_rounds"][:2]
+    assert first["grad_max"] > MAP_GRADIENT_TOLERANCE and last["continued"]
+    assert last["grad_max"] < MAP_GRADIENT_TOLERANCE
+    assert any("continued with pkpd's L-BFGS" in n for n in fit.settings["notes"])
+    np.testing.assert_allclose(fit.map, plain.map, rtol=1e-3)
 
 
 def _jumpy_gradient(a: np.ndarray, beta: float, width: float):
