@@ -1731,11 +1731,9 @@ def calibrate(
         x = res.x
         rounds.append(_map_round(res, res.jac))
         if rounds[-1]["grad_max"] > MAP_GRADIENT_TOLERANCE:
-            res = lbfgs(objective, x, maxiter=500, maxfev=1000)
+            res, record = _lbfgs_round(objective, x, continued=True)
             x = res.x
-            rounds.append(
-                _map_round(res, res.grad, failed_evaluations=int(res.failed), continued=True)
-            )
+            rounds.append(record)
             notes_map.append(
                 f"MAP: scipy's L-BFGS-B stopped with largest |gradient| "
                 f"{rounds[-2]['grad_max']:.3g} ({rounds[-2]['message']}); continued with "
@@ -1765,11 +1763,9 @@ def calibrate(
             before = objective(x)[0]
             # Our L-BFGS: away from the mode, a step may cross the cutpoints' ordering (an
             # infinite objective), on which scipy's line search gives up and reports success.
-            res = lbfgs(objective, found[0], maxiter=500, maxfev=1000)
+            res, record = _lbfgs_round(objective, found[0], from_saddle=True)
             x = res.x
-            rounds.append(
-                _map_round(res, res.grad, failed_evaluations=int(res.failed), from_saddle=True)
-            )
+            rounds.append(record)
             notes.append(
                 f"MAP: the optimiser had stopped at a saddle point (negative curvature in the "
                 f"Hessian); restarted along it, the negative log-posterior fell from "
@@ -1956,6 +1952,12 @@ def _constrained_start(pm_model: Any, start: dict[str, np.ndarray]) -> dict[str,
         for v, val in zip(pm_model.unobserved_value_vars, values, strict=True)
     }
     return {rv.name: by_name[rv.name] for rv in pm_model.free_RVs}
+
+
+def _lbfgs_round(objective: Any, x: np.ndarray, **flag: bool) -> tuple[Any, dict[str, Any]]:
+    """Run pkpd's L-BFGS from ``x``; its result and its record (`_map_round`)."""
+    res = lbfgs(objective, x, maxiter=500, maxfev=1000)
+    return res, _map_round(res, res.grad, failed_evaluations=int(res.failed), **flag)
 
 
 def _map_round(res: Any, grad: np.ndarray, **extra: Any) -> dict[str, Any]:
