@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 patients, 20 draws")
     ap.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
+    ap.add_argument(
+        "--progress", action="store_true", help="a line on stderr per MAP iteration and stage"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.patients, args.draws, args.replicates = 64, 20, 2
@@ -209,6 +212,7 @@ def main(argv: list[str] | None = None) -> str:
             draws=1000,
             seed=args.seed,
             mc_replicates=args.replicates,
+            progressbar=args.progress,
             **options,
         )
         t_cal = time.perf_counter() - t_start

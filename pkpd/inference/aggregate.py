@@ -58,6 +58,7 @@ See ``docs/aggregate.md``.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -1693,6 +1694,7 @@ def calibrate(
     mc_replicates : int, optional
         Independent Sobol scramblings for the RQMC error report at the posterior median.
     progressbar : bool, optional
+        Print a line on stderr per MAP iteration and per stage (and nutpie's progress bar).
     **likelihood_options
         Passed to `AggregateLikelihood` (``treatment``, ``values``, ``omega``,
         ``grading_shifts``, ``definition_shifts``, ``endpoints``, ``use``, ``onset``,
@@ -1719,6 +1721,7 @@ def calibrate(
     timing["build"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    report = _Progress(progressbar)
     lik.refresh(np.asarray(to_natural(x0)))
     x = x0
     rounds = []
@@ -1726,14 +1729,21 @@ def calibrate(
     treated = lik.treatment is not None
     for _ in range(max(1, refresh_rounds if treated else 1)):
         res = minimize(
-            objective, x, jac=True, method="L-BFGS-B", options={"maxiter": 500, "maxfun": 1000}
+            objective,
+            x,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 500, "maxfun": 1000},
+            callback=report.scipy_iteration,
         )
         x = res.x
         rounds.append(_map_round(res, res.jac))
+        report.round_done(rounds[-1])
         if rounds[-1]["grad_max"] > MAP_GRADIENT_TOLERANCE:
-            res, record = _lbfgs_round(objective, x, continued=True)
+            res, record = _lbfgs_round(objective, x, report, continued=True)
             x = res.x
             rounds.append(record)
+            report.round_done(record)
             notes_map.append(
                 f"MAP: scipy's L-BFGS-B stopped with largest |gradient| "
                 f"{rounds[-2]['grad_max']:.3g} ({rounds[-2]['message']}); continued with "
@@ -1754,6 +1764,7 @@ def calibrate(
     idata = None
     t0 = time.perf_counter()
     if method == "laplace":
+        report(f"Laplace: Hessian by central differences ({4 * x.size} gradients)")
         hess, step_note = _laplace_hessian(target.gradient, x)
         for _ in range(SADDLE_RESTARTS):
             # L-BFGS stops wherever the gradient vanishes; at a saddle the Hessian says so.
@@ -1761,11 +1772,13 @@ def calibrate(
             if found is None:
                 break
             before = objective(x)[0]
+            report("MAP: a saddle point (negative curvature); restarted along it")
             # Our L-BFGS: away from the mode, a step may cross the cutpoints' ordering (an
             # infinite objective), on which scipy's line search gives up and reports success.
-            res, record = _lbfgs_round(objective, found[0], from_saddle=True)
+            res, record = _lbfgs_round(objective, found[0], report, from_saddle=True)
             x = res.x
             rounds.append(record)
+            report.round_done(record)
             notes.append(
                 f"MAP: the optimiser had stopped at a saddle point (negative curvature in the "
                 f"Hessian); restarted along it, the negative log-posterior fell from "
@@ -1774,6 +1787,7 @@ def calibrate(
             if not res.success:
                 notes.append(f"MAP optimisation (after the saddle): {res.message}")
             vec_map = np.asarray(to_natural(x))
+            report(f"Laplace: Hessian by central differences ({4 * x.size} gradients)")
             hess, step_note = _laplace_hessian(target.gradient, x)
         cov, note = _covariance(hess)
         notes.extend(n for n in (step_note, note) if n)
@@ -1829,6 +1843,7 @@ def calibrate(
         if nuts_diagnostics["rhat_max"] > 1.01 or nuts_diagnostics["divergences"] > 0:
             notes.append(f"NUTS did not converge cleanly: {nuts_diagnostics}")
     t0 = time.perf_counter()
+    report(f"Monte Carlo error at the posterior median ({mc_replicates} replicate designs)")
     median = np.median(samples, axis=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AggregateWarning)
@@ -1954,10 +1969,51 @@ def _constrained_start(pm_model: Any, start: dict[str, np.ndarray]) -> dict[str,
     return {rv.name: by_name[rv.name] for rv in pm_model.free_RVs}
 
 
-def _lbfgs_round(objective: Any, x: np.ndarray, **flag: bool) -> tuple[Any, dict[str, Any]]:
+def _lbfgs_round(
+    objective: Any, x: np.ndarray, report: _Progress, **flag: bool
+) -> tuple[Any, dict[str, Any]]:
     """Run pkpd's L-BFGS from ``x``; its result and its record (`_map_round`)."""
-    res = lbfgs(objective, x, maxiter=500, maxfev=1000)
+    res = lbfgs(objective, x, maxiter=500, maxfev=1000, callback=report.lbfgs_iteration)
     return res, _map_round(res, res.grad, failed_evaluations=int(res.failed), **flag)
+
+
+class _Progress:
+    """`calibrate`'s ``progressbar``: a line on stderr per optimiser iteration and per stage.
+
+    The MAP of a calibration with many virtual patients takes minutes and its Hessian as long;
+    without these lines a slow run cannot be told from a stuck one.
+    """
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.t0 = time.perf_counter()
+        self.nit = 0
+
+    def __call__(self, message: str) -> None:
+        if self.on:
+            elapsed = time.perf_counter() - self.t0
+            print(f"calibrate [{elapsed:6.0f} s]: {message}", file=sys.stderr, flush=True)
+
+    def scipy_iteration(self, intermediate_result: Any) -> None:
+        self.nit += 1
+        self(
+            f"MAP (scipy L-BFGS-B) iteration {self.nit}: negative log-posterior "
+            f"{float(intermediate_result.fun):.6f}"
+        )
+
+    def lbfgs_iteration(self, x: np.ndarray, value: float, nit: int, nfev: int) -> None:
+        self(
+            f"MAP (pkpd L-BFGS) iteration {nit}, {nfev} evaluations: negative log-posterior "
+            f"{value:.6f}"
+        )
+
+    def round_done(self, record: Mapping[str, Any]) -> None:
+        self.nit = 0
+        self(
+            f"MAP round: {record['nit']} iterations, {record['nfev']} evaluations, negative "
+            f"log-posterior {record['neg_logp']:.6f}, largest |gradient| "
+            f"{record['grad_max']:.3g} ({record['message']})"
+        )
 
 
 def _map_round(res: Any, grad: np.ndarray, **extra: Any) -> dict[str, Any]:

@@ -643,6 +643,20 @@ def test_the_map_goes_on_where_scipy_stops_early(toy, trials, monkeypatch):
     np.testing.assert_allclose(fit.map, plain.map, rtol=1e-3)
 
 
+def test_progress_lines_report_each_map_iteration_and_stage(toy, trials, capsys):
+    """A calibration's MAP and Hessian take minutes: ``progressbar`` says where it is."""
+    one, cuts = trials[:1], ["c1", "c3"]
+    fit = calibrate(toy, one, cuts, design=design(64), draws=50, seed=1, progressbar=True)
+    lines = capsys.readouterr().err.splitlines()
+    iterations = [ln for ln in lines if "MAP (scipy L-BFGS-B) iteration" in ln]
+    assert len(iterations) == fit.settings["map_rounds"][0]["nit"] > 0
+    assert any("MAP round:" in ln and "largest |gradient|" in ln for ln in lines)
+    assert any("Laplace: Hessian by central differences (8 gradients)" in ln for ln in lines)
+    quiet = calibrate(toy, one, cuts, design=design(64), draws=50, seed=1)
+    assert "calibrate [" not in capsys.readouterr().err
+    np.testing.assert_array_equal(quiet.map, fit.map)
+
+
 def _jumpy_gradient(a: np.ndarray, beta: float, width: float):
     """Gradient of 0.5 x'Ax plus a sawtooth: it jumps up by ``beta`` every ``width`` and falls
     with slope ``beta / width`` in between (as a mean over patients of functions of their worst
