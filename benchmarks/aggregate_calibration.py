@@ -2,7 +2,7 @@
 
 Calibrates a few parameters of the full CAR-T/CRS model (``cart_crs``) to the published CRS
 summaries of ZUMA-1 (axi-cel, N = 108) and JULIET (tisa-cel, N = 111) alone
-(`pkpd.inference.aggregate.calibrate`: virtual patients, binomial likelihood, MAP + Laplace),
+(`pkpd.inference.calibration.calibrate`: virtual patients, binomial likelihood, MAP + Laplace),
 then reports the posterior predictive rates of cohorts that were *not* used (Hay 2017 grade
 distribution, real-world tisa-cel: CIBMTR and the ALL registry, ELIANA/ENSIGN) next to the
 observed rates, with 95% intervals that include binomial sampling at each study's N. Agreement is
@@ -44,12 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 import pkpd  # noqa: E402
 from pkpd.data.trials import Outcome, published_trials  # noqa: E402
-from pkpd.inference.aggregate import (  # noqa: E402
-    AggregateWarning,
-    VirtualDesign,
-    calibrate,
-    posterior_predictive,
-)
+from pkpd.inference.aggregate import AggregateWarning, VirtualDesign  # noqa: E402
+from pkpd.inference.calibration import calibrate, posterior_predictive  # noqa: E402
 from pkpd.strategies import load_strategies  # noqa: E402
 
 CALIBRATION = ("zuma1", "juliet")

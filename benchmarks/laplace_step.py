@@ -40,7 +40,7 @@ def step_table(
     gradient: Callable[[np.ndarray], np.ndarray], x: np.ndarray, steps=STEPS
 ) -> tuple[list[dict], np.ndarray]:
     """Eigenvalues of the central-difference Hessian per step; the smallest step's eigenvector."""
-    from pkpd.inference.aggregate import _fd_hessian
+    from pkpd.inference.calibration import _fd_hessian
 
     rows, direction = [], None
     for step in steps:
@@ -83,11 +83,8 @@ def main(argv: list[str] | None = None) -> str:
     from scipy.optimize import minimize
 
     from pkpd.data.trials import published_trials
-    from pkpd.inference.aggregate import (
-        AggregateLikelihood,
-        AggregateWarning,
-        UnconstrainedPosterior,
-    )
+    from pkpd.inference.aggregate import AggregateLikelihood, AggregateWarning
+    from pkpd.inference.calibration import UnconstrainedPosterior
 
     warnings.simplefilter("ignore", AggregateWarning)
     t_start = time.perf_counter()

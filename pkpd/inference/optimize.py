@@ -93,6 +93,7 @@ def lbfgs(
     max_step: float = 2.0,
     gtol: float = 1e-5,
     ftol: float = 2.2e-9,
+    fatol: float = 0.0,
     c1: float = 1e-4,
     max_backtracks: int = 40,
     callback: Callable[[np.ndarray, float, int, int], None] | None = None,
@@ -119,6 +120,11 @@ def lbfgs(
     ftol : float, optional
         Stop when the relative reduction ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1)`` is at most
         this (scipy's L-BFGS-B default ``factr * eps``).
+    fatol : float, optional
+        Stop when one iteration lowers the objective by at most this (absolute). For objectives
+        whose gradient jumps (a Monte-Carlo mean of piecewise-smooth terms) the gradient never
+        gets small and the line search creeps on by ever smaller decreases: a decrease that
+        no longer matters on the objective's own scale (e.g. a log-density) is the stop.
     c1 : float, optional
         Armijo sufficient-decrease constant.
     max_backtracks : int, optional
@@ -135,8 +141,10 @@ def lbfgs(
     ValueError
         When the objective is not finite at `x0`, or for invalid settings.
     """
-    if max_step <= 0 or history < 1 or maxiter < 0:
-        raise ValueError("max_step must be positive, history at least 1, maxiter >= 0")
+    if max_step <= 0 or history < 1 or maxiter < 0 or fatol < 0:
+        raise ValueError(
+            "max_step must be positive, history at least 1, maxiter >= 0 and fatol >= 0"
+        )
     maxfev = 4 * maxiter if maxfev is None else int(maxfev)
     count = {"nfev": 0, "failed": 0}
 
@@ -204,14 +212,17 @@ def lbfgs(
         sy = float(s @ y)
         if sy > 1e-10 * np.linalg.norm(s) * np.linalg.norm(y):
             pairs.append((s, y, 1.0 / sy))
-        reduction = (f - f_new) / max(abs(f), abs(f_new), 1.0)
+        decrease = f - f_new
+        reduction = decrease / max(abs(f), abs(f_new), 1.0)
         x, f, g = x_new, f_new, g_new
         nit += 1
         if callback is not None:
             callback(x, f, nit, count["nfev"])
-        if reduction <= ftol:
+        if reduction <= ftol or decrease <= fatol:
             if not hit_failure:
-                return done(True, "relative reduction of the objective below ftol")
+                if reduction <= ftol:
+                    return done(True, "relative reduction of the objective below ftol")
+                return done(True, "decrease of the objective below fatol")
             # A step shrunk by failed evaluations says nothing about convergence: try again
             # along the gradient; if that is blocked too, the optimum is not interior.
             if not pairs:

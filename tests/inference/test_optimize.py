@@ -77,6 +77,39 @@ def test_limits_and_errors():
         lbfgs(lambda x: (np.nan, x), np.zeros(2))
     with pytest.raises(ValueError, match="max_step"):
         lbfgs(quartic, np.zeros(5), max_step=0.0)
+    with pytest.raises(ValueError, match="fatol"):
+        lbfgs(quartic, np.zeros(5), fatol=-1.0)
+
+
+def _kinked_bowl(n=6, beta=0.05, width=1e-3, offset=80.0):
+    """A quadratic bowl plus a sawtooth in each coordinate (continuous value, gradient jumping by
+    ``beta`` every ``width``), at ``offset``: the shape of a Monte-Carlo mean of terms of each
+    virtual patient's worst grading day (the aggregate calibration's objective)."""
+    rng = np.random.default_rng(0)
+    q = np.linalg.qr(rng.normal(size=(n, n)))[0]
+    a = q @ np.diag(np.linspace(2.0, 40.0, n)) @ q.T
+    c = rng.normal(size=n)
+
+    def fun(x):
+        u = np.mod((x - c) / width, 1.0)
+        value = 0.5 * (x - c) @ a @ (x - c) - beta * width * np.sum(0.5 * u**2 - 0.5 * u)
+        return value + offset, a @ (x - c) - beta * (u - 0.5)
+
+    return fun, c
+
+
+def test_fatol_stops_where_the_decrease_no_longer_matters():
+    """Regression: the with-neuro calibration's continuation crept on for 16 iterations and 74
+    evaluations (15 s each) with decreases of 1e-5 to 2e-4 of a log-density near 80, its gradient
+    never under 0.01: an absolute decrease is the stop there, not scipy's relative one."""
+    fun, c = _kinked_bowl()
+    plain = lbfgs(fun, c + 3.0)
+    loose = lbfgs(fun, c + 3.0, fatol=1e-4)
+    assert plain.message == "relative reduction of the objective below ftol"
+    assert loose.success and loose.message == "decrease of the objective below fatol"
+    assert loose.nfev < plain.nfev
+    assert np.max(np.abs(loose.grad)) > 0.01  # the gradient alone would not have stopped it
+    assert loose.fun - 80.0 < 1e-3 and np.max(np.abs(loose.x - c)) < 0.01
 
 
 def test_fit_map_reports_the_optimiser_and_shows_progress(capsys):

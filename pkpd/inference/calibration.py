@@ -1,0 +1,795 @@
+"""Calibration to published summaries alone (model-based meta-analysis), and its predictions.
+
+`calibrate` fits the parameters of an `AggregateLikelihood` (`pkpd.inference.aggregate`) to
+trial summaries with no patient-level data: the posterior mode by L-BFGS on PyMC's
+unconstrained scale, then either a Laplace (Gaussian) approximation from a finite-difference
+Hessian of the JAX gradient or NUTS (nutpie). `posterior_predictive` gives the posterior
+predictive rates of any cohort, observed next to predicted with 95% intervals.
+
+>>> from pkpd.data.trials import published_trials
+>>> fit = calibrate("cart_crs", published_trials("zuma1", "juliet"), ["rho_cd28", "c_crs1"])
+>>> fit.summary
+>>> posterior_predictive(fit, published_trials("hay2017"))
+
+See ``docs/aggregate.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from pkpd.data.trials import Outcome, TrialSummary
+from pkpd.inference.aggregate import (
+    AggregateLikelihood,
+    AggregateWarning,
+    VirtualDesign,
+)
+from pkpd.inference.optimize import descend_negative_curvature, lbfgs
+
+#: Largest |gradient| component (unconstrained scale) at which scipy's L-BFGS-B stop is taken as
+#: the mode. Its line search gives up at the cutpoints' ordering wall (an infinite objective) and
+#: reports convergence: the with-neuro calibration of 2026-12-07 08:42 stopped after 5 iterations
+#: with a gradient of 11. Past it, `lbfgs` (which steps back from such walls) goes on.
+MAP_GRADIENT_TOLERANCE = 0.01
+
+#: `lbfgs` rounds of the MAP (continuation, saddle restart) stop when an iteration lowers the
+#: negative log-posterior by at most this. The objective's gradient jumps (see `LAPLACE_STEP`), so
+#: it never falls under `MAP_GRADIENT_TOLERANCE` near the mode and the line search creeps on: the
+#: with-neuro calibration with its definition shift went from 80.148779 to 80.148483 in three
+#: iterations of 8-10 evaluations each (15 s per evaluation). A move of 0.1 posterior SD changes
+#: the log-density by 0.005, fifty times this.
+MAP_DECREASE_TOLERANCE = 1e-4
+
+#: Restarts of the MAP optimisation from a saddle point (`calibrate`, Laplace): each costs an
+#: optimisation and a finite-difference Hessian.
+SADDLE_RESTARTS = 2
+
+#: Central-difference step of the Laplace Hessian (unconstrained scale, times max(1, |x|)). The
+#: objective is a mean over virtual patients of functions of each one's worst grade, a maximum
+#: over grading days: its gradient jumps wherever a patient's worst day changes, and its local
+#: curvature between jumps is not the posterior's. A step of 1e-4 found -25 on the with-neuro
+#: calibration where the curvature over +-0.01 to +-0.1 is +18 (benchmarks/RESULTS.md, "Laplace
+#: step, 2026-12-07 04:14"); 0.02 averages over many jumps and stays well inside a posterior SD.
+LAPLACE_STEP = 0.02
+
+#: The Hessian is recomputed with twice the step; a larger relative change (Frobenius norm) is
+#: reported: the log-posterior is not quadratic at that scale, or the jumps still dominate.
+LAPLACE_STEP_TOLERANCE = 0.1
+
+#: Batches of 4 x draws from the Laplace Gaussian, at most, to find draws with ordered cutpoints
+#: (uninformed cutpoints between informed ones discard most: 75% on the with-neuro calibration).
+TRUNCATED_BATCHES = 25
+
+
+@dataclass
+class AggregateFit:
+    """A calibration of model parameters to aggregate data (`calibrate`).
+
+    Attributes
+    ----------
+    likelihood : AggregateLikelihood
+    method : str
+        ``"laplace"`` (MAP + Gaussian approximation on the unconstrained scale) or ``"nuts"``.
+    parameters : tuple of str
+    map : numpy.ndarray
+        Posterior mode (natural scale).
+    draws : numpy.ndarray
+        ``(S, P)`` posterior draws (natural scale).
+    summary : pandas.DataFrame
+        Prior, posterior median and 95% interval per parameter.
+    rates : pandas.DataFrame
+        Observed vs predicted rates at the posterior median, with Monte-Carlo errors.
+    settings : dict
+        Design, solver, method options, wall times (s), refresh rounds, warnings.
+    idata : arviz.InferenceData or None
+        NUTS draws (``method="nuts"``).
+    """
+
+    likelihood: AggregateLikelihood
+    method: str
+    parameters: tuple[str, ...]
+    map: np.ndarray
+    draws: np.ndarray
+    summary: pd.DataFrame
+    rates: pd.DataFrame
+    settings: dict[str, Any]
+    idata: Any = None
+
+    @property
+    def median(self) -> np.ndarray:
+        """Posterior median of each parameter."""
+        return np.median(self.draws, axis=0)
+
+
+def _prior_model(lik: AggregateLikelihood, ordered_transform: bool = True) -> tuple[Any, Any]:
+    """PyMC model with the priors of the likelihood's parameters; returns (model, vector).
+
+    With ``ordered_transform``, when every cutpoint of an ordinal endpoint is calibrated with a
+    Normal prior they are one vector with PyMC's ordered transform (as in `build_model`):
+    ordered by construction, no hard wall for NUTS. Otherwise (and for a subset of cutpoints)
+    each cutpoint is its own variable and a potential (-inf when unordered) keeps them ordered
+    with their fixed neighbours: the scale on which a Gaussian approximation of cutpoints the data
+    inform directly (e.g. grade >= 1 and >= 3 rates) is best.
+    """
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from pkpd.inference.builder import prior_variable
+
+    missing = [p for p in lik.parameters if lik.priors.get(p) is None]
+    if missing:
+        raise ValueError(
+            f"parameters without a prior (fixed in the model file): {missing}; "
+            f"give priors={{name: 'Normal(...)'}}"
+        )
+    with pm.Model() as pm_model:
+        values: dict[str, Any] = {}
+        for o in lik.ordinal:
+            priors = [lik.priors.get(c) for c in o.cutpoints]
+            if (
+                ordered_transform
+                and len(o.cutpoints) > 1
+                and all(
+                    c in lik.parameters and p is not None and p.family == "Normal"
+                    for c, p in zip(o.cutpoints, priors, strict=True)
+                )
+            ):
+                mu = np.array([p.params["mu"] for p in priors])
+                sigma = np.array([p.params["sigma"] for p in priors])
+                # An explicit initial value only when the prior means are not increasing
+                # (nutpie cannot convert models with non-default initial values).
+                extra = {}
+                if not np.all(np.diff(mu) > 0):
+                    extra["initval"] = np.sort(mu) + np.arange(mu.size) * 1e-3 * (
+                        1 + np.abs(mu).max()
+                    )
+                cut = pm.Normal(
+                    f"cutpoints_{o.name}",
+                    mu=mu,
+                    sigma=sigma,
+                    shape=mu.size,
+                    transform=pm.distributions.transforms.ordered,
+                    **extra,
+                )
+                for k, c in enumerate(o.cutpoints):
+                    values[c] = pm.Deterministic(c, cut[k])
+        for p in lik.parameters:
+            if p not in values:
+                values[p] = prior_variable(p, lik.priors[p])
+        vec = pt.stack(
+            [pt.as_tensor(values[p], dtype="float64").reshape(()) for p in lik.parameters]
+        )
+        # Cutpoints of one endpoint stay ordered (a calibration must not swap grades).
+        for o in lik.ordinal:
+            chosen = [c for c in o.cutpoints if c in lik.parameters]
+            if chosen and f"cutpoints_{o.name}" not in pm_model.named_vars:
+                full = [
+                    vec[lik.parameters.index(c)]
+                    if c in lik.parameters
+                    else pt.constant(lik.theta0[lik.model.parameter_index(c)])
+                    for c in o.cutpoints
+                ]
+                cut = pt.stack(full)
+                pm.Potential(
+                    f"ordered_{o.name}", pt.switch(pt.all(pt.gt(cut[1:], cut[:-1])), 0.0, -np.inf)
+                )
+    return pm_model, vec
+
+
+def calibrate(
+    model: Any,
+    trials: Sequence[TrialSummary],
+    parameters: Sequence[str],
+    *,
+    method: str = "laplace",
+    design: VirtualDesign | None = None,
+    priors: Mapping[str, Any] | None = None,
+    draws: int = 1000,
+    chains: int = 2,
+    tune: int = 500,
+    seed: int = 0,
+    refresh_rounds: int = 3,
+    mc_replicates: int = 0,
+    progressbar: bool = False,
+    **likelihood_options: Any,
+) -> AggregateFit:
+    """Calibrate model parameters to published summaries only (no patient-level data).
+
+    Parameters
+    ----------
+    model : CompiledModel or ModelSpec or str
+    trials : sequence of TrialSummary
+    parameters : sequence of str
+        What to calibrate (see `AggregateLikelihood`); the rest stays at its typical value.
+    method : {"laplace", "nuts"}, optional
+        ``"laplace"``: posterior mode (L-BFGS on the unconstrained scale, where the log-prior
+        includes the Jacobian of the transforms), restarted from a lower point along negative
+        curvature when it stopped at a saddle (`SADDLE_RESTARTS`), then a Gaussian
+        approximation whose covariance is the inverse of the Hessian (central differences of
+        the JAX gradient with step `LAPLACE_STEP`, checked against twice that step), ``draws``
+        draws from it mapped back to the natural scale.
+        ``"nuts"``: the mode first, then nutpie's NUTS (JAX backend) on the same log-density
+        (``chains`` x ``draws`` after ``tune``; treatment dose times held at those found at the
+        mode).
+    design : VirtualDesign, optional
+    priors : mapping, optional
+        Replacement priors (text or `Prior`) by parameter name.
+    draws, chains, tune : int, optional
+    seed : int, optional
+    refresh_rounds : int, optional
+        With reactive treatment: at most this many rounds of (find dose times, optimise with
+        them held fixed); stops early when no virtual patient's doses change.
+    mc_replicates : int, optional
+        Independent Sobol scramblings for the RQMC error report at the posterior median.
+    progressbar : bool, optional
+        Print a line on stderr per MAP iteration and per stage (and nutpie's progress bar).
+    **likelihood_options
+        Passed to `AggregateLikelihood` (``treatment``, ``values``, ``omega``,
+        ``grading_shifts``, ``definition_shifts``, ``endpoints``, ``use``, ``onset``,
+        ``solver``).
+
+    Returns
+    -------
+    AggregateFit
+    """
+    from scipy.optimize import minimize
+
+    if method not in ("laplace", "nuts"):
+        raise ValueError(f"method must be 'laplace' or 'nuts', got {method!r}")
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lik = AggregateLikelihood(
+        model, trials, parameters, design=design, priors=priors, **likelihood_options
+    )
+    # Laplace: a Gaussian on the cutpoints themselves (what summary rates inform); NUTS: the
+    # ordered transform (no hard wall at the ordering constraint).
+    target = UnconstrainedPosterior(lik, ordered_transform=method == "nuts")
+    pm_model, vec_t, x0 = target.pm_model, target.vec_t, target.x0
+    objective, to_natural, unflatten = target.objective, target.to_natural, target.unflatten
+    timing["build"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report = _Progress(progressbar)
+    lik.refresh(np.asarray(to_natural(x0)))
+    x = x0
+    rounds = []
+    notes_map: list[str] = []
+    treated = lik.treatment is not None
+    for _ in range(max(1, refresh_rounds if treated else 1)):
+        res = minimize(
+            objective,
+            x,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 500, "maxfun": 1000},
+            callback=report.scipy_iteration,
+        )
+        x = res.x
+        rounds.append(_map_round(res, res.jac))
+        report.round_done(rounds[-1])
+        if rounds[-1]["grad_max"] > MAP_GRADIENT_TOLERANCE:
+            res, record = _lbfgs_round(objective, x, report, continued=True)
+            x = res.x
+            rounds.append(record)
+            report.round_done(record)
+            notes_map.append(
+                f"MAP: scipy's L-BFGS-B stopped with largest |gradient| "
+                f"{rounds[-2]['grad_max']:.3g} ({rounds[-2]['message']}); continued with "
+                f"pkpd's L-BFGS to {rounds[-1]['grad_max']:.3g}"
+            )
+        if not treated:
+            break
+        changed = lik.refresh(np.asarray(to_natural(x)))
+        rounds[-1]["doses_changed"] = changed
+        if changed == 0:
+            break
+    timing["map"] = time.perf_counter() - t0
+    notes: list[str] = list(notes_map)
+    if not rounds[-1]["success"]:
+        notes.append(f"MAP optimisation: {rounds[-1]['message']}")
+    vec_map = np.asarray(to_natural(x))
+
+    idata = None
+    t0 = time.perf_counter()
+    if method == "laplace":
+        report(f"Laplace: Hessian by central differences ({4 * x.size} gradients)")
+        hess, step_note = _laplace_hessian(target.gradient, x)
+        for _ in range(SADDLE_RESTARTS):
+            # L-BFGS stops wherever the gradient vanishes; at a saddle the Hessian says so.
+            found = descend_negative_curvature(lambda xx: objective(xx)[0], x, hess)
+            if found is None:
+                break
+            before = objective(x)[0]
+            report("MAP: a saddle point (negative curvature); restarted along it")
+            # Our L-BFGS: away from the mode, a step may cross the cutpoints' ordering (an
+            # infinite objective), on which scipy's line search gives up and reports success.
+            res, record = _lbfgs_round(objective, found[0], report, from_saddle=True)
+            x = res.x
+            rounds.append(record)
+            report.round_done(record)
+            notes.append(
+                f"MAP: the optimiser had stopped at a saddle point (negative curvature in the "
+                f"Hessian); restarted along it, the negative log-posterior fell from "
+                f"{before:.6g} to {float(res.fun):.6g}"
+            )
+            if not res.success:
+                notes.append(f"MAP optimisation (after the saddle): {res.message}")
+            vec_map = np.asarray(to_natural(x))
+            report(f"Laplace: Hessian by central differences ({4 * x.size} gradients)")
+            hess, step_note = _laplace_hessian(target.gradient, x)
+        cov, note = _covariance(hess)
+        notes.extend(n for n in (step_note, note) if n)
+        # The prior excludes unordered cutpoints (potential -inf): the Laplace posterior is the
+        # Gaussian truncated to ordered cutpoints.
+        samples, kept = _truncated_gaussian(
+            np.random.default_rng(seed),
+            x,
+            cov,
+            draws,
+            lambda xs: np.asarray(jax.vmap(to_natural)(jnp.asarray(xs))),
+            lik.ordered,
+        )
+        if kept < 1.0:
+            notes.append(
+                f"Laplace: {1 - kept:.1%} of the Gaussian draws had unordered "
+                f"cutpoints and were discarded (truncated Gaussian)"
+            )
+        if samples.shape[0] < draws:
+            notes.append(f"Laplace: only {samples.shape[0]} valid draws of {draws}")
+        timing["laplace"] = time.perf_counter() - t0
+    else:
+        from pkpd.inference.sample import _sample_nutpie
+
+        with pm_model:
+            lik.add_to_model({p: vec_t[i] for i, p in enumerate(lik.parameters)})
+        start = dict(zip(target.names, map(np.asarray, unflatten(jnp.asarray(x))), strict=True))
+        start = _constrained_start(pm_model, start)
+        idata = _sample_nutpie(pm_model, start, chains, draws, tune, seed, progressbar, 0.9, {})
+        post = idata.posterior
+        samples = np.stack(
+            [
+                np.asarray(post[p].values).reshape(-1)
+                if p in post
+                else np.full(post.sizes["chain"] * post.sizes["draw"], np.nan)
+                for p in lik.parameters
+            ],
+            axis=1,
+        )
+        timing["nuts"] = time.perf_counter() - t0
+        import arviz as az
+
+        sampled = [p for p in lik.parameters if p in post]
+        diag = az.summary(idata, var_names=sampled, kind="diagnostics")
+        stats = getattr(idata, "sample_stats", None)
+        divergent = stats.get("diverging") if stats is not None else None
+        nuts_diagnostics = {
+            "rhat_max": float(diag["r_hat"].max()),
+            "ess_bulk_min": float(diag["ess_bulk"].min()),
+            "ess_tail_min": float(diag["ess_tail"].min()),
+            "divergences": int(divergent.values.sum()) if divergent is not None else -1,
+        }
+        if nuts_diagnostics["rhat_max"] > 1.01 or nuts_diagnostics["divergences"] > 0:
+            notes.append(f"NUTS did not converge cleanly: {nuts_diagnostics}")
+    t0 = time.perf_counter()
+    report(f"Monte Carlo error at the posterior median ({mc_replicates} replicate designs)")
+    median = np.median(samples, axis=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AggregateWarning)
+        rates = lik.mc_error(median, replicates=mc_replicates)
+    for w in caught:
+        notes.append(str(w.message))
+        warnings.warn(w.message, AggregateWarning, stacklevel=2)
+    timing["mc_error"] = time.perf_counter() - t0
+    summary = _summary(lik, vec_map, samples)
+    settings = {
+        "design": dataclasses.asdict(lik.design) | {"covariates": None, "base": None},
+        "solver": repr(lik.solver),
+        "method": method,
+        "draws": draws,
+        "chains": chains if method == "nuts" else 1,
+        "tune": tune if method == "nuts" else 0,
+        "seed": seed,
+        "map_rounds": rounds,
+        "nuts_diagnostics": nuts_diagnostics if method == "nuts" else None,
+        "wall_time": timing,
+        "notes": notes,
+        "treatment": "untreated course"
+        if lik.treatment is None
+        else (
+            {k: v.name for k, v in lik.treatment.items()}
+            if isinstance(lik.treatment, Mapping)
+            else lik.treatment.name
+        ),
+        "skipped": lik.skipped,
+    }
+    return AggregateFit(
+        lik, method, lik.parameters, vec_map, samples, summary, rates, settings, idata
+    )
+
+
+class UnconstrainedPosterior:
+    """The calibration's negative log-posterior on PyMC's unconstrained scale (`calibrate`).
+
+    Parameters
+    ----------
+    lik : AggregateLikelihood
+    ordered_transform : bool, optional
+        Cutpoints through PyMC's ordered transform (NUTS) or on their own scale with an ordering
+        potential (Laplace; see `_prior_model`).
+
+    Attributes
+    ----------
+    pm_model : pymc.Model
+        The priors.
+    vec_t : TensorVariable
+        The calibrated parameters (natural scale) as one vector.
+    names : list of str
+        Value variables, in the order of the flat vector.
+    x0 : numpy.ndarray
+        PyMC's initial point, flattened.
+    neg : callable
+        ``neg(x, data)``: negative log-prior (with the transforms' Jacobian) minus the aggregate
+        log-likelihood; a JAX function.
+    """
+
+    def __init__(self, lik: AggregateLikelihood, ordered_transform: bool = False) -> None:
+        from pymc.sampling.jax import get_jaxified_graph
+
+        self.lik = lik
+        self.pm_model, self.vec_t = _prior_model(lik, ordered_transform=ordered_transform)
+        value_vars = self.pm_model.value_vars
+        logprior = get_jaxified_graph(inputs=value_vars, outputs=[self.pm_model.logp()])
+        natural = get_jaxified_graph(
+            inputs=value_vars, outputs=self.pm_model.replace_rvs_by_values([self.vec_t])
+        )
+        point = self.pm_model.initial_point()
+        self.names = [v.name for v in value_vars]
+        self._shapes = [np.shape(point[n]) for n in self.names]
+        self._splits = np.cumsum([int(np.prod(sh)) for sh in self._shapes])[:-1]
+        self.x0 = np.concatenate([np.ravel(np.asarray(point[n], float)) for n in self.names])
+        loglik = lik._loglik
+
+        def neg(x: jax.Array, data: dict[str, Any]) -> jax.Array:
+            args = self.unflatten(x)
+            return -(logprior(*args)[0] + loglik(natural(*args)[0], data))
+
+        self.neg = neg
+        self._neg_vg = jax.jit(jax.value_and_grad(neg))
+        self._to_natural = jax.jit(lambda x: natural(*self.unflatten(x))[0])
+
+    def unflatten(self, x: jax.Array) -> list[jax.Array]:
+        """Split the flat vector into the value variables' values."""
+        parts = jnp.split(x, self._splits)
+        return [part.reshape(sh) for part, sh in zip(parts, self._shapes, strict=True)]
+
+    def to_natural(self, x: Any) -> jax.Array:
+        """Map ``x`` to the calibrated parameters (natural scale)."""
+        return self._to_natural(jnp.asarray(x))
+
+    def objective(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Evaluate value and gradient at ``x`` with the likelihood's current data.
+
+        ``(inf, 0)`` where either is not finite (outside the support: the optimisers step back).
+        """
+        v, g = self._neg_vg(jnp.asarray(x), self.lik.data)
+        v = float(v)
+        g = np.asarray(g, float)
+        if not np.isfinite(v) or not np.all(np.isfinite(g)):
+            return np.inf, np.zeros_like(x)
+        return v, g
+
+    def gradient(self, x: np.ndarray) -> np.ndarray:
+        """Evaluate the gradient at ``x``; NaN outside the support (for `_fd_hessian`)."""
+        v, g = self.objective(x)
+        return g if np.isfinite(v) else np.full_like(g, np.nan)
+
+
+def _constrained_start(pm_model: Any, start: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Free-variable values (constrained scale) from unconstrained value-variable values."""
+    from pymc.sampling.jax import get_jaxified_graph
+
+    fn = get_jaxified_graph(inputs=pm_model.value_vars, outputs=pm_model.unobserved_value_vars)
+    values = fn(*[jnp.asarray(start[v.name]) for v in pm_model.value_vars])
+    by_name = {
+        v.name: np.asarray(val)
+        for v, val in zip(pm_model.unobserved_value_vars, values, strict=True)
+    }
+    return {rv.name: by_name[rv.name] for rv in pm_model.free_RVs}
+
+
+def _lbfgs_round(
+    objective: Any, x: np.ndarray, report: _Progress, **flag: bool
+) -> tuple[Any, dict[str, Any]]:
+    """Run pkpd's L-BFGS from ``x``; its result and its record (`_map_round`)."""
+    res = lbfgs(
+        objective,
+        x,
+        maxiter=500,
+        maxfev=1000,
+        fatol=MAP_DECREASE_TOLERANCE,
+        callback=report.lbfgs_iteration,
+    )
+    return res, _map_round(res, res.grad, failed_evaluations=int(res.failed), **flag)
+
+
+class _Progress:
+    """`calibrate`'s ``progressbar``: a line on stderr per optimiser iteration and per stage.
+
+    The MAP of a calibration with many virtual patients takes minutes and its Hessian as long;
+    without these lines a slow run cannot be told from a stuck one.
+    """
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+        self.t0 = time.perf_counter()
+        self.nit = 0
+
+    def __call__(self, message: str) -> None:
+        if self.on:
+            elapsed = time.perf_counter() - self.t0
+            print(f"calibrate [{elapsed:6.0f} s]: {message}", file=sys.stderr, flush=True)
+
+    def scipy_iteration(self, intermediate_result: Any) -> None:
+        self.nit += 1
+        self(
+            f"MAP (scipy L-BFGS-B) iteration {self.nit}: negative log-posterior "
+            f"{float(intermediate_result.fun):.6f}"
+        )
+
+    def lbfgs_iteration(self, x: np.ndarray, value: float, nit: int, nfev: int) -> None:
+        self(
+            f"MAP (pkpd L-BFGS) iteration {nit}, {nfev} evaluations: negative log-posterior "
+            f"{value:.6f}"
+        )
+
+    def round_done(self, record: Mapping[str, Any]) -> None:
+        self.nit = 0
+        self(
+            f"MAP round: {record['nit']} iterations, {record['nfev']} evaluations, negative "
+            f"log-posterior {record['neg_logp']:.6f}, largest |gradient| "
+            f"{record['grad_max']:.3g} ({record['message']})"
+        )
+
+
+def _map_round(res: Any, grad: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """One MAP optimisation's record (scipy's result or `lbfgs`'s `Minimum`)."""
+    return {
+        "nit": int(res.nit),
+        "nfev": int(res.nfev),
+        "neg_logp": float(res.fun),
+        "success": bool(res.success),
+        "message": str(res.message),
+        # scipy's success can hide a line search stopped by a wall (infinite objective)
+        "grad_max": float(np.max(np.abs(grad))),
+        **extra,
+    }
+
+
+def _truncated_gaussian(
+    rng: np.random.Generator,
+    mean: np.ndarray,
+    cov: np.ndarray,
+    n: int,
+    transform: Callable[[np.ndarray], np.ndarray],
+    keep: Callable[[np.ndarray], np.ndarray],
+    max_batches: int = TRUNCATED_BATCHES,
+) -> tuple[np.ndarray, float]:
+    """``n`` draws of ``transform(x)``, ``x ~ N(mean, cov)``, kept where ``keep`` is true.
+
+    Batches of ``4 n`` are drawn until ``n`` are kept or ``max_batches`` were drawn (then fewer
+    are returned); the first batch is the same whatever follows. Returns the draws and the share
+    of all draws that were kept.
+    """
+    out, kept, drawn = [], 0, 0
+    for _ in range(max_batches):
+        samples = transform(rng.multivariate_normal(mean, cov, size=4 * n))
+        ok = np.asarray(keep(samples), bool)
+        out.append(samples[ok])
+        kept += int(ok.sum())
+        drawn += ok.size
+        if kept >= n:
+            break
+    return np.concatenate(out)[:n], kept / drawn
+
+
+def _fd_hessian(
+    grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray, step: float = LAPLACE_STEP
+) -> np.ndarray:
+    """Hessian by central differences of the gradient (symmetrised), steps ``step max(1, |x|)``.
+
+    Where ``x +- d`` leaves the support (a non-finite gradient, e.g. unordered cutpoints), that
+    coordinate's step is quartered, at most five times; then the column is NaN.
+    """
+    p = x.size
+    h = np.empty((p, p))
+    for i in range(p):
+        d = np.zeros(p)
+        d[i] = step * max(1.0, abs(x[i]))
+        for _ in range(6):
+            col = (grad(x + d) - grad(x - d)) / (2 * d[i])
+            if np.all(np.isfinite(col)):
+                break
+            d[i] /= 4.0
+        h[:, i] = col
+    return (h + h.T) / 2
+
+
+def _laplace_hessian(
+    grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray, step: float = LAPLACE_STEP
+) -> tuple[np.ndarray, str]:
+    """`_fd_hessian` at ``step``, checked against twice the step (a note if they differ)."""
+    hess = _fd_hessian(grad, x, step)
+    check = _fd_hessian(grad, x, 2 * step)
+    if not (np.all(np.isfinite(hess)) and np.all(np.isfinite(check))):
+        return hess, ""
+    change = float(np.linalg.norm(check - hess) / max(np.linalg.norm(hess), 1e-300))
+    if change <= LAPLACE_STEP_TOLERANCE:
+        return hess, ""
+    return hess, (
+        f"Laplace: the Hessian changes by {change:.0%} (Frobenius norm) between difference "
+        f"steps {step:g} and {2 * step:g}: the log-posterior is not quadratic on that scale, "
+        f"and the Gaussian approximation is rough"
+    )
+
+
+def _covariance(hess: np.ndarray) -> tuple[np.ndarray, str]:
+    """Inverse Hessian; curvatures below 1 (unconstrained scale) are raised to 1, and said so."""
+    if not np.all(np.isfinite(hess)):
+        return np.eye(hess.shape[0]), "Laplace: Hessian not finite; unit covariance used (INVALID)"
+    w, v = np.linalg.eigh(hess)
+    note = ""
+    if np.any(w <= 1e-8):
+        note = (
+            f"Laplace: Hessian not positive definite at the mode (smallest eigenvalue "
+            f"{w.min():.3g}): the mode is not a maximum in every direction and the Gaussian "
+            f"approximation is INVALID there; those directions were given variance 1 on the "
+            f"unconstrained scale"
+        )
+        w = np.where(w > 1e-8, w, 1.0)
+    return (v / w) @ v.T, note
+
+
+def _summary(lik: AggregateLikelihood, vec_map: np.ndarray, samples: np.ndarray) -> pd.DataFrame:
+    """Prior, MAP, posterior median and interval, and ``sd_ratio`` (posterior / prior SD).
+
+    ``sd_ratio`` is on the sampling scale (log for LogNormal priors); near 1: the data did not
+    inform the parameter. NaN for prior families without a closed-form SD here.
+    """
+    rows = []
+    for i, p in enumerate(lik.parameters):
+        lo, med, hi = np.nanquantile(samples[:, i], [0.025, 0.5, 0.975])
+        prior = lik.priors.get(p)
+        ratio = np.nan
+        if prior is not None and prior.family in ("Normal", "LogNormal"):
+            x = samples[:, i] if prior.family == "Normal" else np.log(samples[:, i])
+            ratio = float(np.nanstd(x) / prior.params["sigma"])
+        rows.append(
+            {
+                "parameter": p,
+                "prior": str(prior) if prior is not None else "",
+                "start": lik.initial[i],
+                "map": vec_map[i],
+                "median": med,
+                "lower": lo,
+                "upper": hi,
+                "sd_ratio": ratio,
+            }
+        )
+    return pd.DataFrame(rows).set_index("parameter")
+
+
+# --------------------------------------------------------------------------------------------
+# Posterior predictive rates of other cohorts
+
+
+def posterior_predictive(
+    fit: AggregateFit,
+    trials: Sequence[TrialSummary],
+    *,
+    n_draws: int = 100,
+    replicates: int = 200,
+    seed: int = 0,
+    extra: Mapping[str, Sequence[Outcome]] | None = None,
+    mass: float = 0.95,
+    **likelihood_options: Any,
+) -> pd.DataFrame:
+    """Predicted rates of other cohorts over a calibration's posterior, next to the observed.
+
+    Parameters
+    ----------
+    fit : AggregateFit
+    trials : sequence of TrialSummary
+        Cohorts to predict (not used in the calibration).
+    n_draws : int, optional
+        Posterior draws used (every draw: virtual patients simulated, reactive doses re-found).
+    replicates : int, optional
+        Binomial replicates per draw (the study's sampling variation at its N).
+    seed : int, optional
+    extra : mapping of str to sequence of Outcome, optional
+        Additional outcome rows by trial id (e.g. cumulative rates derived from a grade
+        distribution), marked as derived.
+    mass : float, optional
+        Interval mass.
+    **likelihood_options
+        Overrides of the calibration's likelihood options (e.g. ``treatment`` by trial id).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per outcome: ``trial``, ``outcome``, ``n``, ``observed``, ``rate`` (posterior median of
+        the predicted rate) with ``rate_lower`` / ``rate_upper``, ``pred_lower`` /
+        ``pred_upper`` (posterior predictive interval of the observed fraction at the study's n,
+        binomial sampling included), ``p_value`` (two-sided posterior predictive p-value of the
+        observed count), ``inside`` (observed within the predictive interval), ``derived``,
+        ``cutpoints`` (the cutpoint parameters the row depends on).
+    """
+    src = fit.likelihood
+    trials = list(trials)
+    if extra:
+        trials = [
+            dataclasses.replace(t, outcomes=t.outcomes + tuple(extra.get(t.id, ()))) for t in trials
+        ]
+    opts = dict(
+        design=src.design,
+        values=dict(zip(src.model.parameters, src.theta0, strict=True)),
+        omega=dict(zip(src.model.iiv, src.omega0, strict=True)),
+        treatment=src.treatment,
+        endpoints=src.endpoints,
+        use=src.use,
+        onset=src.onset,
+        grading_shifts=src.grading_shifts,
+        definition_shifts=src.definition_shifts,
+        solver=src.solver,
+    )
+    opts.update(likelihood_options)
+    lik = AggregateLikelihood(src.model, trials, src.parameters, **opts)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(fit.draws.shape[0], size=min(n_draws, fit.draws.shape[0]), replace=False)
+    probs = lik.probabilities_many(fit.draws[pick])  # (S, R)
+    alpha = (1 - mass) / 2
+    out = []
+    for r, row in enumerate(lik.rows):
+        n = int(round(row.n))
+        p = np.clip(probs[:, r], 0.0, 1.0)
+        y = rng.binomial(n, np.repeat(p, replicates))
+        obs_count = row.count
+        frac = y / n
+        lo, hi = np.quantile(frac, [alpha, 1 - alpha])
+        p_hi = np.mean(y >= obs_count - 1e-9)
+        p_lo = np.mean(y <= obs_count + 1e-9)
+        rl, rm, rh = np.quantile(p, [alpha, 0.5, 1 - alpha])
+        obs = obs_count / row.n
+        k_cut = lik.n_cut
+        cuts = [
+            lik.ordinal[row.q].cutpoints[j - 1] for j in (row.j_lo, row.j_hi) if 1 <= j <= k_cut
+        ]
+        out.append(
+            {
+                "trial": row.trial,
+                "outcome": row.label,
+                "kind": row.kind,
+                "cutpoints": ",".join(cuts),
+                "n": row.n,
+                "observed": obs,
+                "rate": rm,
+                "rate_lower": rl,
+                "rate_upper": rh,
+                "pred_lower": lo,
+                "pred_upper": hi,
+                "p_value": min(1.0, 2 * min(p_hi, p_lo)),
+                "inside": bool(lo - 1e-12 <= obs <= hi + 1e-12),
+                "derived": row.derived,
+            }
+        )
+    return pd.DataFrame(out)
