@@ -262,6 +262,18 @@ def calibrate(
     t0 = time.perf_counter()
     report = _Progress(progressbar)
     lik.refresh(np.asarray(to_natural(x0)))
+    if not np.isfinite(objective(x0)[0]):
+        low, high, gap = _narrowest_cutpoint_gap(lik, np.asarray(to_natural(x0)))
+        where = (
+            f"its cutpoints are not ordered ({low} is {-gap:.3g} above {high})"
+            if gap <= 0
+            else "the model or a prior cannot be evaluated there"
+        )
+        raise ValueError(
+            f"the negative log-posterior is not finite at the start point (the priors' medians; "
+            f"the model's values for the rest): {where}. Give priors (or values=) that make it "
+            f"a valid point"
+        )
     x = x0
     rounds = []
     notes_map: list[str] = []
@@ -296,9 +308,16 @@ def calibrate(
             break
     timing["map"] = time.perf_counter() - t0
     notes: list[str] = list(notes_map)
+    vec_map = np.asarray(to_natural(x))
     if not rounds[-1]["success"]:
         notes.append(f"MAP optimisation: {rounds[-1]['message']}")
-    vec_map = np.asarray(to_natural(x))
+        if "edge" in rounds[-1]["message"]:
+            low, high, gap = _narrowest_cutpoint_gap(lik, vec_map)
+            notes.append(
+                f"MAP: on the cutpoints' ordering constraint ({low} and {high} are {gap:.2g} "
+                f"apart): the data and priors push them past each other, the mode is on the "
+                f"constraint, and a Gaussian approximation there is rough"
+            )
 
     idata = None
     t0 = time.perf_counter()
@@ -306,6 +325,8 @@ def calibrate(
         report(f"Laplace: Hessian by central differences ({4 * x.size} gradients)")
         hess, step_note = _laplace_hessian(target.gradient, x)
         for _ in range(SADDLE_RESTARTS):
+            if not np.all(np.isfinite(hess)):  # on the ordering constraint: no curvature there
+                break
             # L-BFGS stops wherever the gradient vanishes; at a saddle the Hessian says so.
             found = descend_negative_curvature(lambda xx: objective(xx)[0], x, hess)
             if found is None:
@@ -560,6 +581,19 @@ class _Progress:
             f"log-posterior {record['neg_logp']:.6f}, largest |gradient| "
             f"{record['grad_max']:.3g} ({record['message']})"
         )
+
+
+def _narrowest_cutpoint_gap(lik: AggregateLikelihood, vec: np.ndarray) -> tuple[str, str, float]:
+    """Find the two neighbouring cutpoints (of any ordinal endpoint) closest together at ``vec``."""
+    theta, _, _ = lik._assemble_np(vec)
+    best: tuple[str, str, float] | None = None
+    for o, index in zip(lik.ordinal, lik.cut_index, strict=True):
+        gaps = np.diff(theta[index])
+        k = int(np.argmin(gaps))
+        if best is None or gaps[k] < best[2]:
+            best = (o.cutpoints[k], o.cutpoints[k + 1], float(gaps[k]))
+    assert best is not None  # AggregateLikelihood requires an ordinal endpoint
+    return best
 
 
 def _map_round(res: Any, grad: np.ndarray, **extra: Any) -> dict[str, Any]:

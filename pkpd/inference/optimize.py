@@ -163,6 +163,7 @@ def lbfgs(
         raise ValueError("the objective or its gradient is not finite at the start point")
     pairs: deque = deque(maxlen=history)
     nit = capped = 0
+    retried = False  # the last iteration was a retry along the gradient after a blocked step
 
     def done(ok_: bool, why: str) -> Minimum:
         return Minimum(
@@ -225,11 +226,14 @@ def lbfgs(
                 return done(True, "decrease of the objective below fatol")
             # A step shrunk by failed evaluations says nothing about convergence: try again
             # along the gradient; if that is blocked too, the optimum is not interior.
-            if not pairs:
+            if retried or not pairs:
                 return done(
                     False, "stopped at the edge of the region where the objective can be evaluated"
                 )
             pairs.clear()
+            retried = True
+        else:
+            retried = False
     return done(False, "iteration limit reached")
 
 

@@ -229,3 +229,36 @@ def test_truncated_gaussian_draws_until_enough_are_kept():
         np.random.default_rng(1), mean, cov, 1000, lambda x: x, ordered, max_batches=1
     )
     assert 700 < few.shape[0] < 1000  # one batch of 4000 keeps ~800
+
+
+def test_a_mode_past_the_cutpoint_ordering_is_named(toy, trials):
+    """c1 is pulled up by the data (to ~1.8 alone), c2's tight prior holds it at 1.1: the mode is
+    on the ordering constraint. The MAP stops there as not converged (scipy stopped after 2
+    iterations, ours at the edge) and the note names the two cutpoints."""
+    fit = calibrate(
+        toy,
+        trials[:1],
+        ["c1", "c2", "c3"],
+        design=design(64),
+        draws=50,
+        seed=1,
+        priors={"c2": "Normal(1.1, 0.1)"},
+    )
+    last = fit.settings["map_rounds"][-1]
+    assert last["continued"] and not last["success"] and "edge" in last["message"]
+    assert any("(c1 and c2 are" in n and "ordering constraint" in n for n in fit.settings["notes"])
+    assert 0 < fit.map[1] - fit.map[0] < 1e-3
+
+
+def test_an_unordered_start_is_refused_with_the_cutpoints_named(toy, trials):
+    """Regression: a start (prior medians) with c2 below c1 has an infinite objective, and
+    scipy reported convergence after 0 iterations; the fit went on from there."""
+    with pytest.raises(ValueError, match=r"not ordered \(c1 is 4 above c2\)"):
+        calibrate(
+            toy,
+            trials[:1],
+            ["c1", "c2", "c3"],
+            design=design(64),
+            draws=50,
+            priors={"c2": "Normal(-3.0, 0.5)"},
+        )

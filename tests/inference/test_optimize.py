@@ -81,6 +81,32 @@ def test_limits_and_errors():
         lbfgs(quartic, np.zeros(5), fatol=-1.0)
 
 
+def test_a_mode_beyond_an_ordering_wall_stops_at_the_edge_not_the_evaluation_limit():
+    """Regression: with the minimum beyond a wall (two cutpoints pushed past each other), every
+    step was cut by failed evaluations, the retry along the gradient was cut too, and the
+    curvature pairs it added kept the edge test from firing: 1000 evaluations (the limit), 942
+    of them failed. A blocked retry now ends it as "at the edge" (not converged)."""
+    rng = np.random.default_rng(1)
+    q = np.linalg.qr(rng.normal(size=(4, 4)))[0]
+    a = q @ np.diag([1.0, 3.0, 10.0, 30.0]) @ q.T
+    target = rng.normal(size=5)
+
+    def f(x):
+        if x[4] <= x[3]:  # the ordering wall
+            return np.inf, np.full_like(x, np.nan)
+        d, gap = x[:4] - target[:4], x[4] - x[3] + 1.0  # the smooth part's minimum: gap -1
+        grad = np.concatenate([a @ d, [gap]])
+        grad[3] -= gap
+        return 0.5 * d @ a @ d + 0.5 * gap**2, grad
+
+    start = target.copy()
+    start[4] = start[3] + 2.0
+    for fatol in (0.0, 1e-4):
+        res = lbfgs(f, start, maxiter=500, maxfev=1000, fatol=fatol)
+        assert not res.success and "edge" in res.message, fatol
+        assert res.nfev < 200 and 0 < res.x[4] - res.x[3] < 1e-3, fatol
+
+
 def _kinked_bowl(n=6, beta=0.05, width=1e-3, offset=80.0):
     """A quadratic bowl plus a sawtooth in each coordinate (continuous value, gradient jumping by
     ``beta`` every ``width``), at ``offset``: the shape of a Monte-Carlo mean of terms of each
