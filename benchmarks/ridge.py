@@ -12,6 +12,13 @@ typical values with and without the patients' random effects of ``p``, before an
     python benchmarks/ridge.py benchmarks/runs/core_noise/n60 --ratio p6=K_kill*k6
 
 Draws of a run that has not mixed understate the ridge's length (each chain saw part of it).
+
+With ``--correlates NAME`` it says instead what a slow coordinate trades against, in the run's
+own (sampled) coordinates: the coordinates most correlated with ``NAME`` over the kept draws,
+the condition number of the typical values' correlation (every coordinate but the patients'
+``phi``), and the loadings of its narrowest directions:
+
+    python benchmarks/ridge.py benchmarks/runs/core_ratio/n60 --correlates log_K_kill
 """
 
 from __future__ import annotations
@@ -30,19 +37,56 @@ def _cond(draws: np.ndarray) -> float:
     return float(w.max() / w.min())
 
 
-def ridge(directory: Path, target: str, divisors: tuple[str, ...]) -> dict:
-    """Condition numbers of the draws' correlation before and after the ratio."""
+def _draws(directory: Path) -> tuple[dict, list[str], np.ndarray, int]:
+    """The run's record, its coordinate names, the kept draws of every chain and the chains."""
     from pkpd.inference.resumable import coordinate_names
 
     run = json.loads((directory / "run.json").read_text())
-    names = coordinate_names(run)
-    col = {n: i for i, n in enumerate(names)}
     chains = sorted(directory.glob("chain*.pkl"))
     draws = np.concatenate(
         [np.asarray(pickle.loads(p.read_bytes())["draws"], dtype=float) for p in chains]
     )
     if draws.size == 0:
         raise SystemExit(f"{directory}: no kept draws yet")
+    return run, coordinate_names(run), draws, len(chains)
+
+
+def correlates(directory: Path, name: str, top: int = 12, directions: int = 2) -> dict:
+    """What coordinate ``name`` moves with over the kept draws (sampled coordinates)."""
+    _, names, draws, n_chains = _draws(directory)
+    if name not in names:
+        raise SystemExit(f"{directory}: no coordinate {name}")
+    i = names.index(name)
+    corr = np.corrcoef(draws.T)[i]
+    order = [j for j in np.argsort(-np.abs(corr)) if j != i][:top]
+    typical = [k for k, n in enumerate(names) if not n.startswith("phi[")]
+    w, v = np.linalg.eigh(np.corrcoef(draws[:, typical].T))
+    narrow = []
+    for e in range(min(directions, w.size)):
+        big = np.argsort(-np.abs(v[:, e]))[:6]
+        narrow.append(
+            {
+                "eigenvalue": float(w[e]),
+                "loadings": {names[typical[k]]: round(float(v[k, e]), 3) for k in big},
+            }
+        )
+    return {
+        "folder": str(directory),
+        "coordinate": name,
+        "draws": int(draws.shape[0]),
+        "chains": n_chains,
+        "chain_means": [round(float(c[:, i].mean()), 4) for c in np.array_split(draws, n_chains)],
+        "sd": float(draws[:, i].std()),
+        "most_correlated": {names[j]: round(float(corr[j]), 3) for j in order},
+        "typical_values_condition": float(w.max() / w.min()),
+        "narrowest_directions": narrow,
+    }
+
+
+def ridge(directory: Path, target: str, divisors: tuple[str, ...]) -> dict:
+    """Condition numbers of the draws' correlation before and after the ratio."""
+    run, names, draws, n_chains = _draws(directory)
+    col = {n: i for i, n in enumerate(names)}
     # The random effects' order is that of their SDs among the value variables.
     iiv = [
         m.group(1)
@@ -66,7 +110,7 @@ def ridge(directory: Path, target: str, divisors: tuple[str, ...]) -> dict:
         "folder": str(directory),
         "ratio": f"{target} / ({' * '.join(divisors)})",
         "draws": int(draws.shape[0]),
-        "chains": len(chains),
+        "chains": n_chains,
         "patients": len(phis),
         "typical_values": {"before": _cond(old[:, :k]), "after": _cond(new[:, :k])},
         "with_random_effects": ({"before": _cond(old), "after": _cond(new)} if phis else None),
@@ -82,7 +126,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="checkpoint folder (with run.json)")
     parser.add_argument("--ratio", default="p6=K_kill*k6")
+    parser.add_argument(
+        "--correlates", metavar="NAME", help="what this coordinate moves with, instead"
+    )
     args = parser.parse_args()
+    if args.correlates:
+        print(json.dumps(correlates(args.folder, args.correlates), indent=1))
+        return
     for target, divisors in parse_ratios(args.ratio).items():
         print(json.dumps(ridge(args.folder, target, divisors)))
 

@@ -664,6 +664,38 @@ def test_ridge_rewrites_the_draws_in_ratio_coordinates(tmp_path):
     )
 
 
+def test_ridge_correlates_names_what_a_slow_coordinate_moves_with(tmp_path):
+    """`ridge.py --correlates`: on made-up draws where log_K moves against one patient's effect
+    and with nothing else, that comes first (with its sign), the chain means are per chain, and
+    the narrowest direction of the typical values loads on the pair built to be collinear."""
+    import json
+    import pickle
+
+    ridge = _load("ridge")
+    rng = np.random.default_rng(1)
+    n = 300
+    log_k = rng.normal(0, 1, n)
+    log_a = rng.normal(0, 1, n)
+    log_b = log_a + rng.normal(0, 0.05, n)  # collinear with log_a
+    phi = np.column_stack([-log_k + rng.normal(0, 0.3, n), rng.normal(0, 1, n)])
+    draws = np.column_stack([log_k, log_a, log_b, phi[:, 0], phi[:, 1]])
+    draws[150:, 0] += 0.5  # the second chain sits elsewhere
+    names, shapes = ["log_K", "log_a", "log_b", "phi"], [[], [], [], [2, 1]]
+    (tmp_path / "run.json").write_text(json.dumps({"names": names, "shapes": shapes}))
+    for c in range(2):
+        rows = list(draws[150 * c : 150 * (c + 1)])
+        (tmp_path / f"chain{c}.pkl").write_bytes(pickle.dumps({"draws": rows}))
+    out = ridge.correlates(tmp_path, "log_K", top=2)
+    assert next(iter(out["most_correlated"])) == "phi[0,0]"
+    assert out["most_correlated"]["phi[0,0]"] < -0.8 and len(out["most_correlated"]) == 2
+    assert out["chain_means"][1] - out["chain_means"][0] == pytest.approx(0.5, abs=0.3)
+    narrow = out["narrowest_directions"][0]["loadings"]
+    assert set(list(narrow)[:2]) == {"log_a", "log_b"}
+    assert out["typical_values_condition"] > 100
+    with pytest.raises(SystemExit, match="no coordinate"):
+        ridge.correlates(tmp_path, "log_x")
+
+
 def test_laplace_step_tables_separate_the_jumps_from_the_curvature():
     """On a quadratic (curvature 20) whose gradient jumps up by 0.015 every 3e-4 and falls in
     between, small steps see the local curvature -30 and large ones the quadratic's."""
