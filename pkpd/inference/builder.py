@@ -354,6 +354,37 @@ def _sd_dist(priors: list[Any]) -> Any:
     raise ValueError(f"correlated_iiv: no vector form for iiv priors of family {family!r}")
 
 
+def ordered_cutpoints(name: str, mu: np.ndarray, sigma: np.ndarray) -> Any:
+    """One PyMC vector of Normal cutpoints with the ordered transform (inside a model context).
+
+    Parameters
+    ----------
+    name : str
+    mu, sigma : numpy.ndarray
+        The cutpoints' Normal prior means and SDs, in grade order.
+
+    Returns
+    -------
+    pytensor.tensor.TensorVariable
+    """
+    import pymc as pm
+
+    # An explicit initial value only where the prior means are not increasing: nutpie refuses
+    # models with non-default initial values ("Cannot convert models with non-default
+    # initial_values"), and increasing means are a valid start as they are.
+    extra = {}
+    if not np.all(np.diff(mu) > 0):
+        extra["initval"] = np.sort(mu) + np.arange(mu.size) * 1e-3 * (1 + np.abs(mu).max())
+    return pm.Normal(
+        name,
+        mu=mu,
+        sigma=sigma,
+        shape=mu.size,
+        transform=pm.distributions.transforms.ordered,
+        **extra,
+    )
+
+
 def _cutpoint_variables(spec: Any, values: dict[str, Any]) -> None:
     """Ordered cutpoints: one vector with PyMC's ordered transform per ordinal endpoint.
 
@@ -370,20 +401,7 @@ def _cutpoint_variables(spec: Any, values: dict[str, Any]) -> None:
         if len(pars) > 1 and all(p.estimated and p.prior.family == "Normal" for p in pars):
             mu = np.array([p.prior.params["mu"] for p in pars])
             sigma = np.array([p.prior.params["sigma"] for p in pars])
-            # An explicit initial value only where the prior means are not increasing: nutpie
-            # refuses models with non-default initial values ("Cannot convert models with
-            # non-default initial_values"), and increasing means are a valid start as they are.
-            extra = {}
-            if not np.all(np.diff(mu) > 0):
-                extra["initval"] = np.sort(mu) + np.arange(mu.size) * 1e-3 * (1 + np.abs(mu).max())
-            vec = pm.Normal(
-                f"cutpoints_{ospec.name}",
-                mu=mu,
-                sigma=sigma,
-                shape=mu.size,
-                transform=pm.distributions.transforms.ordered,
-                **extra,
-            )
+            vec = ordered_cutpoints(f"cutpoints_{ospec.name}", mu, sigma)
             for k, c in enumerate(ospec.cutpoints):
                 values[c] = pm.Deterministic(c, vec[k])
         else:

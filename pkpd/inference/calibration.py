@@ -125,7 +125,7 @@ def _prior_model(lik: AggregateLikelihood, ordered_transform: bool = True) -> tu
     import pymc as pm
     import pytensor.tensor as pt
 
-    from pkpd.inference.builder import prior_variable
+    from pkpd.inference.builder import ordered_cutpoints, prior_variable
 
     missing = [p for p in lik.parameters if lik.priors.get(p) is None]
     if missing:
@@ -147,21 +147,7 @@ def _prior_model(lik: AggregateLikelihood, ordered_transform: bool = True) -> tu
             ):
                 mu = np.array([p.params["mu"] for p in priors])
                 sigma = np.array([p.params["sigma"] for p in priors])
-                # An explicit initial value only when the prior means are not increasing
-                # (nutpie cannot convert models with non-default initial values).
-                extra = {}
-                if not np.all(np.diff(mu) > 0):
-                    extra["initval"] = np.sort(mu) + np.arange(mu.size) * 1e-3 * (
-                        1 + np.abs(mu).max()
-                    )
-                cut = pm.Normal(
-                    f"cutpoints_{o.name}",
-                    mu=mu,
-                    sigma=sigma,
-                    shape=mu.size,
-                    transform=pm.distributions.transforms.ordered,
-                    **extra,
-                )
+                cut = ordered_cutpoints(f"cutpoints_{o.name}", mu, sigma)
                 for k, c in enumerate(o.cutpoints):
                     values[c] = pm.Deterministic(c, cut[k])
         for p in lik.parameters:
