@@ -20,7 +20,7 @@ import dataclasses
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,11 @@ LAPLACE_STEP = 0.02
 #: reported: the log-posterior is not quadratic at that scale, or the jumps still dominate.
 LAPLACE_STEP_TOLERANCE = 0.1
 
+#: Smallest gap between neighbouring cutpoints when a MAP on the ordering constraint is started
+#: again in ordered coordinates (their log gap is -inf on it); 1% of the cutpoints' unit
+#: (logit of a grade probability), far below their posterior SDs.
+ORDERED_START_GAP = 0.01
+
 #: Batches of 4 x draws from the Laplace Gaussian, at most, to find draws with ordered cutpoints
 #: (uninformed cutpoints between informed ones discard most: 75% on the with-neuro calibration).
 TRUNCATED_BATCHES = 25
@@ -112,15 +117,19 @@ class AggregateFit:
         return np.median(self.draws, axis=0)
 
 
-def _prior_model(lik: AggregateLikelihood, ordered_transform: bool = True) -> tuple[Any, Any]:
+def _prior_model(
+    lik: AggregateLikelihood, ordered_transform: bool | Collection[str] = True
+) -> tuple[Any, Any]:
     """PyMC model with the priors of the likelihood's parameters; returns (model, vector).
 
-    With ``ordered_transform``, when every cutpoint of an ordinal endpoint is calibrated with a
-    Normal prior they are one vector with PyMC's ordered transform (as in `build_model`):
-    ordered by construction, no hard wall for NUTS. Otherwise (and for a subset of cutpoints)
-    each cutpoint is its own variable and a potential (-inf when unordered) keeps them ordered
-    with their fixed neighbours: the scale on which a Gaussian approximation of cutpoints the data
-    inform directly (e.g. grade >= 1 and >= 3 rates) is best.
+    With ``ordered_transform``, the calibrated cutpoints of an ordinal endpoint (two or more, all
+    with Normal priors; given a collection of cutpoint names, only those) are one vector
+    ``cutpoints_<endpoint>`` with PyMC's ordered transform (as in `build_model`): the first and
+    the logs of the gaps, ordered by construction, no hard wall for NUTS. Otherwise each cutpoint
+    is its own variable: the scale on which a Gaussian approximation of cutpoints the data inform
+    directly (e.g. grade >= 1 and >= 3 rates) is best. Either way a potential (-inf when
+    unordered) keeps them ordered with the endpoint's other cutpoints (e.g. an uncalibrated
+    highest one).
     """
     import pymc as pm
     import pytensor.tensor as pt
@@ -135,20 +144,22 @@ def _prior_model(lik: AggregateLikelihood, ordered_transform: bool = True) -> tu
         )
     with pm.Model() as pm_model:
         values: dict[str, Any] = {}
+        joined: dict[str, list[str]] = {}  # endpoint: the cutpoints in its ordered vector
         for o in lik.ordinal:
-            priors = [lik.priors.get(c) for c in o.cutpoints]
+            chosen = [c for c in o.cutpoints if c in lik.parameters]
+            if not isinstance(ordered_transform, bool):
+                chosen = [c for c in chosen if c in ordered_transform]
+            priors = [lik.priors.get(c) for c in chosen]
             if (
                 ordered_transform
-                and len(o.cutpoints) > 1
-                and all(
-                    c in lik.parameters and p is not None and p.family == "Normal"
-                    for c, p in zip(o.cutpoints, priors, strict=True)
-                )
+                and len(chosen) > 1
+                and all(p is not None and p.family == "Normal" for p in priors)
             ):
                 mu = np.array([p.params["mu"] for p in priors])
                 sigma = np.array([p.params["sigma"] for p in priors])
                 cut = ordered_cutpoints(f"cutpoints_{o.name}", mu, sigma)
-                for k, c in enumerate(o.cutpoints):
+                joined[o.name] = chosen
+                for k, c in enumerate(chosen):
                     values[c] = pm.Deterministic(c, cut[k])
         for p in lik.parameters:
             if p not in values:
@@ -159,7 +170,7 @@ def _prior_model(lik: AggregateLikelihood, ordered_transform: bool = True) -> tu
         # Cutpoints of one endpoint stay ordered (a calibration must not swap grades).
         for o in lik.ordinal:
             chosen = [c for c in o.cutpoints if c in lik.parameters]
-            if chosen and f"cutpoints_{o.name}" not in pm_model.named_vars:
+            if chosen and joined.get(o.name) != list(o.cutpoints):
                 full = [
                     vec[lik.parameters.index(c)]
                     if c in lik.parameters
@@ -229,8 +240,6 @@ def calibrate(
     -------
     AggregateFit
     """
-    from scipy.optimize import minimize
-
     if method not in ("laplace", "nuts"):
         raise ValueError(f"method must be 'laplace' or 'nuts', got {method!r}")
     timing: dict[str, float] = {}
@@ -260,50 +269,50 @@ def calibrate(
             f"the model's values for the rest): {where}. Give priors (or values=) that make it "
             f"a valid point"
         )
-    x = x0
-    rounds = []
-    notes_map: list[str] = []
-    treated = lik.treatment is not None
-    for _ in range(max(1, refresh_rounds if treated else 1)):
-        res = minimize(
-            objective,
-            x,
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": 500, "maxfun": 1000},
-            callback=report.scipy_iteration,
-        )
-        x = res.x
-        rounds.append(_map_round(res, res.jac))
-        report.round_done(rounds[-1])
-        if rounds[-1]["grad_max"] > MAP_GRADIENT_TOLERANCE:
-            res, record = _lbfgs_round(objective, x, report, continued=True)
-            x = res.x
-            rounds.append(record)
-            report.round_done(record)
-            notes_map.append(
-                f"MAP: scipy's L-BFGS-B stopped with largest |gradient| "
-                f"{rounds[-2]['grad_max']:.3g} ({rounds[-2]['message']}); continued with "
-                f"pkpd's L-BFGS to {rounds[-1]['grad_max']:.3g}"
-            )
-        if not treated:
-            break
-        changed = lik.refresh(np.asarray(to_natural(x)))
-        rounds[-1]["doses_changed"] = changed
-        if changed == 0:
-            break
-    timing["map"] = time.perf_counter() - t0
-    notes: list[str] = list(notes_map)
+    x, rounds, notes = _find_map(target, x0, report, refresh_rounds)
     vec_map = np.asarray(to_natural(x))
     if not rounds[-1]["success"]:
         notes.append(f"MAP optimisation: {rounds[-1]['message']}")
-        if "edge" in rounds[-1]["message"]:
-            low, high, gap = _narrowest_cutpoint_gap(lik, vec_map)
+    if not rounds[-1]["success"] and "edge" in rounds[-1]["message"]:
+        low, high, gap = _narrowest_cutpoint_gap(lik, vec_map)
+        # Only the two: an uninformed cutpoint's log gap bends the Gaussian of its informed
+        # neighbours (docs/aggregate.md, "Calibration").
+        ordered = (
+            UnconstrainedPosterior(lik, ordered_transform={low, high})
+            if method == "laplace"
+            else None
+        )
+        if ordered is not None and any(
+            low in members and high in members for members in ordered.vectors.values()
+        ):
+            # On the constraint the own-scale Gaussian has no curvature to use; in the ordered
+            # coordinates the log gap's Jacobian keeps the mode off it (same posterior).
+            notes.append(
+                f"MAP: on the cutpoints' ordering constraint on their own scale ({low} and "
+                f"{high} are {gap:.2g} apart): the data and priors push them together. Found "
+                f"again with the two as ordered coordinates ({low} and the log of the gap), where "
+                f"the mode and the Laplace approximation are taken"
+            )
+            report(
+                f"MAP: {low} and {high} on the ordering constraint; again in ordered coordinates"
+            )
+            target = ordered
+            objective, to_natural = target.objective, target.to_natural
+            x, more, more_notes = _find_map(
+                target, target.from_natural(vec_map, ORDERED_START_GAP), report, refresh_rounds
+            )
+            rounds.extend(dict(r, ordered=True) for r in more)
+            notes.extend(more_notes)
+            vec_map = np.asarray(to_natural(x))
+            if not rounds[-1]["success"]:
+                notes.append(f"MAP optimisation (ordered cutpoints): {rounds[-1]['message']}")
+        else:
             notes.append(
                 f"MAP: on the cutpoints' ordering constraint ({low} and {high} are {gap:.2g} "
                 f"apart): the data and priors push them past each other, the mode is on the "
                 f"constraint, and a Gaussian approximation there is rough"
             )
+    timing["map"] = time.perf_counter() - t0
 
     idata = None
     t0 = time.perf_counter()
@@ -408,6 +417,7 @@ def calibrate(
         "tune": tune if method == "nuts" else 0,
         "seed": seed,
         "map_rounds": rounds,
+        "coordinates": list(target.names),
         "nuts_diagnostics": nuts_diagnostics if method == "nuts" else None,
         "wall_time": timing,
         "notes": notes,
@@ -431,9 +441,9 @@ class UnconstrainedPosterior:
     Parameters
     ----------
     lik : AggregateLikelihood
-    ordered_transform : bool, optional
-        Cutpoints through PyMC's ordered transform (NUTS) or on their own scale with an ordering
-        potential (Laplace; see `_prior_model`).
+    ordered_transform : bool or collection of str, optional
+        Cutpoints through PyMC's ordered transform (NUTS; a collection: only those cutpoints)
+        or on their own scale with an ordering potential (Laplace; see `_prior_model`).
 
     Attributes
     ----------
@@ -445,12 +455,16 @@ class UnconstrainedPosterior:
         Value variables, in the order of the flat vector.
     x0 : numpy.ndarray
         PyMC's initial point, flattened.
+    vectors : dict of str to list of str
+        The ordered cutpoint vectors (``cutpoints_<endpoint>``) and the cutpoints in each.
     neg : callable
         ``neg(x, data)``: negative log-prior (with the transforms' Jacobian) minus the aggregate
         log-likelihood; a JAX function.
     """
 
-    def __init__(self, lik: AggregateLikelihood, ordered_transform: bool = False) -> None:
+    def __init__(
+        self, lik: AggregateLikelihood, ordered_transform: bool | Collection[str] = False
+    ) -> None:
         from pymc.sampling.jax import get_jaxified_graph
 
         self.lik = lik
@@ -465,6 +479,16 @@ class UnconstrainedPosterior:
         self._shapes = [np.shape(point[n]) for n in self.names]
         self._splits = np.cumsum([int(np.prod(sh)) for sh in self._shapes])[:-1]
         self.x0 = np.concatenate([np.ravel(np.asarray(point[n], float)) for n in self.names])
+        self.vectors = {
+            f"cutpoints_{o.name}": [
+                c
+                for c in o.cutpoints
+                if c in lik.parameters
+                and (isinstance(ordered_transform, bool) or c in ordered_transform)
+            ]
+            for o in lik.ordinal
+            if f"cutpoints_{o.name}" in self.pm_model.named_vars
+        }
         loglik = lik._loglik
 
         def neg(x: jax.Array, data: dict[str, Any]) -> jax.Array:
@@ -483,6 +507,45 @@ class UnconstrainedPosterior:
     def to_natural(self, x: Any) -> jax.Array:
         """Map ``x`` to the calibrated parameters (natural scale)."""
         return self._to_natural(jnp.asarray(x))
+
+    def from_natural(self, vec: np.ndarray, min_gap: float = 0.0) -> np.ndarray:
+        """Map calibrated parameters (natural scale, `lik.parameters` order) to ``x``.
+
+        Parameters
+        ----------
+        vec : numpy.ndarray
+        min_gap : float, optional
+            Neighbours in an ordered cutpoint vector closer than this are spread to this gap
+            (on the ordering constraint the log gap is -inf).
+
+        Returns
+        -------
+        numpy.ndarray
+            The flat vector on the unconstrained scale.
+        """
+        import pytensor.tensor as pt
+
+        values = dict(zip(self.lik.parameters, np.asarray(vec, float), strict=True))
+        parts = []
+        for rv in self.pm_model.free_RVs:
+            members = self.vectors.get(rv.name)
+            if rv.name in values:
+                val = np.asarray(values[rv.name], float)
+            elif rv.name.startswith("log_"):  # `prior_variable`'s LogNormal
+                val = np.log(values[rv.name.removeprefix("log_")])
+            elif rv.name.startswith("logit_"):  # and LogitNormal
+                q = values[rv.name.removeprefix("logit_")]
+                val = np.log(q / (1.0 - q))
+            else:
+                assert members is not None, rv.name
+                val = np.array([values[c] for c in members])
+                for k in range(1, val.size):
+                    val[k] = max(val[k], val[k - 1] + min_gap)
+            transform = self.pm_model.rvs_to_transforms.get(rv)
+            if transform is not None:
+                val = transform.forward(pt.as_tensor(val), *rv.owner.inputs).eval()
+            parts.append(np.ravel(np.asarray(val, float)))
+        return np.concatenate(parts)
 
     def objective(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """Evaluate value and gradient at ``x`` with the likelihood's current data.
@@ -513,6 +576,52 @@ def _constrained_start(pm_model: Any, start: dict[str, np.ndarray]) -> dict[str,
         for v, val in zip(pm_model.unobserved_value_vars, values, strict=True)
     }
     return {rv.name: by_name[rv.name] for rv in pm_model.free_RVs}
+
+
+def _find_map(
+    target: UnconstrainedPosterior, x: np.ndarray, report: _Progress, refresh_rounds: int
+) -> tuple[np.ndarray, list[dict[str, Any]], list[str]]:
+    """Optimise from ``x``: the mode, the rounds' records (`_map_round`) and notes.
+
+    scipy's L-BFGS-B, continued with `lbfgs` where it stopped short of `MAP_GRADIENT_TOLERANCE`;
+    with reactive treatment, repeated with the virtual patients' dose times found at the new mode
+    until none changes (at most ``refresh_rounds`` times).
+    """
+    from scipy.optimize import minimize
+
+    lik, objective = target.lik, target.objective
+    rounds: list[dict[str, Any]] = []
+    notes: list[str] = []
+    treated = lik.treatment is not None
+    for _ in range(max(1, refresh_rounds if treated else 1)):
+        res = minimize(
+            objective,
+            x,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 500, "maxfun": 1000},
+            callback=report.scipy_iteration,
+        )
+        x = res.x
+        rounds.append(_map_round(res, res.jac))
+        report.round_done(rounds[-1])
+        if rounds[-1]["grad_max"] > MAP_GRADIENT_TOLERANCE:
+            res, record = _lbfgs_round(objective, x, report, continued=True)
+            x = res.x
+            rounds.append(record)
+            report.round_done(record)
+            notes.append(
+                f"MAP: scipy's L-BFGS-B stopped with largest |gradient| "
+                f"{rounds[-2]['grad_max']:.3g} ({rounds[-2]['message']}); continued with "
+                f"pkpd's L-BFGS to {rounds[-1]['grad_max']:.3g}"
+            )
+        if not treated:
+            break
+        changed = lik.refresh(np.asarray(target.to_natural(x)))
+        rounds[-1]["doses_changed"] = changed
+        if changed == 0:
+            break
+    return x, rounds, notes
 
 
 def _lbfgs_round(
