@@ -317,8 +317,7 @@ def calibrate(
     idata = None
     t0 = time.perf_counter()
     if method == "laplace":
-        report(f"Laplace: Hessian by central differences ({4 * x.size} gradients)")
-        hess, step_note = _laplace_hessian(target.gradient, x)
+        hess, step_note = _laplace_hessian(target.gradient, x, report)
         for _ in range(SADDLE_RESTARTS):
             if not np.all(np.isfinite(hess)):  # on the ordering constraint: no curvature there
                 break
@@ -342,8 +341,7 @@ def calibrate(
             if not res.success:
                 notes.append(f"MAP optimisation (after the saddle): {res.message}")
             vec_map = np.asarray(to_natural(x))
-            report(f"Laplace: Hessian by central differences ({4 * x.size} gradients)")
-            hess, step_note = _laplace_hessian(target.gradient, x)
+            hess, step_note = _laplace_hessian(target.gradient, x, report)
         cov, note = _covariance(hess)
         notes.extend(n for n in (step_note, note) if n)
         # The prior excludes unordered cutpoints (potential -inf): the Laplace posterior is the
@@ -755,9 +753,14 @@ def _fd_hessian(
 
 
 def _laplace_hessian(
-    grad: Callable[[np.ndarray], np.ndarray], x: np.ndarray, step: float = LAPLACE_STEP
+    grad: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    report: Callable[[str], None] | None = None,
+    step: float = LAPLACE_STEP,
 ) -> tuple[np.ndarray, str]:
     """`_fd_hessian` at ``step``, checked against twice the step (a note if they differ)."""
+    if report is not None:
+        report(f"Laplace: Hessian by central differences ({4 * x.size} gradients)")
     hess = _fd_hessian(grad, x, step)
     check = _fd_hessian(grad, x, 2 * step)
     if not (np.all(np.isfinite(hess)) and np.all(np.isfinite(check))):
