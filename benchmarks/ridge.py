@@ -19,6 +19,18 @@ the condition number of the typical values' correlation (every coordinate but th
 ``phi``), and the loadings of its narrowest directions:
 
     python benchmarks/ridge.py benchmarks/runs/core_ratio/n60 --correlates log_K_kill
+
+With ``--effects`` it asks, of a run sampled in ratio coordinates, whether other coordinates for
+the patients' effects of the target would be better conditioned: the condition number of the
+correlation of all coordinates with each patient's centred effect ``phi_i`` replaced by ``phi_i
++ c * sum log divisors`` (``c = 0``: as sampled; ``c = 1``: the patients' effects on their
+natural scale around the ratio's typical value; linear, exact on the draws) and by the
+non-centred ``(phi_i - log_<target>_ratio) / omega`` (exact on the draws, not linear):
+
+    python benchmarks/ridge.py benchmarks/runs/core_ratio/n60 --effects --ratio p6=K_kill*k6
+
+With fewer draws than a few times the coordinates, sampling noise alone inflates each condition
+number (by ~9 at a quarter); compare them with each other, not with 1.
 """
 
 from __future__ import annotations
@@ -83,16 +95,21 @@ def correlates(directory: Path, name: str, top: int = 12, directions: int = 2) -
     }
 
 
-def ridge(directory: Path, target: str, divisors: tuple[str, ...]) -> dict:
-    """Condition numbers of the draws' correlation before and after the ratio."""
-    run, names, draws, n_chains = _draws(directory)
-    col = {n: i for i, n in enumerate(names)}
+def _iiv(run: dict) -> list[str]:
+    """The parameters with random effects, in the order of ``phi``'s columns."""
     # The random effects' order is that of their SDs among the value variables.
-    iiv = [
+    return [
         m.group(1)
         for n in run["names"]
         if (m := re.fullmatch(r"(?:log_)?omega_(\w+?)(?:_log__)?", n))
     ]
+
+
+def ridge(directory: Path, target: str, divisors: tuple[str, ...]) -> dict:
+    """Condition numbers of the draws' correlation before and after the ratio."""
+    run, names, draws, n_chains = _draws(directory)
+    col = {n: i for i, n in enumerate(names)}
+    iiv = _iiv(run)
     logs = [f"log_{n}" for n in (*divisors, target)]
     missing = [n for n in logs if n not in col]
     if missing:
@@ -120,6 +137,46 @@ def ridge(directory: Path, target: str, divisors: tuple[str, ...]) -> dict:
     }
 
 
+def effect_coordinates(
+    directory: Path,
+    target: str,
+    divisors: tuple[str, ...],
+    shifts: tuple[float, ...] = (-0.2, -0.1, 0.0, 0.1, 0.2, 0.5, 1.0),
+) -> dict:
+    """Condition numbers of all coordinates' correlation with the target's effects rewritten."""
+    run, names, draws, n_chains = _draws(directory)
+    col = {n: i for i, n in enumerate(names)}
+    ratio, omega = f"log_{target}_ratio", f"log_omega_{target}"
+    logs = [f"log_{d}" for d in divisors]
+    iiv = _iiv(run)
+    missing = [n for n in (ratio, omega, *logs) if n not in col]
+    if missing or target not in iiv:
+        raise SystemExit(
+            f"{directory}: not a run with {target} sampled as a ratio and its random effects "
+            f"centred (no coordinate {', '.join(missing) or 'phi of ' + target})"
+        )
+    n_sub = dict(zip(run["names"], run["shapes"], strict=True))["phi"][0]
+    phis = [col[f"phi[{i},{iiv.index(target)}]"] for i in range(n_sub)]
+    shift = draws[:, [col[n] for n in logs]].sum(axis=1, keepdims=True)
+    shifted = {}
+    for c in shifts:
+        new = draws.copy()
+        new[:, phis] += c * shift
+        shifted[f"{c:g}"] = _cond(new)
+    new = draws.copy()
+    new[:, phis] = (draws[:, phis] - draws[:, [col[ratio]]]) / np.exp(draws[:, [col[omega]]])
+    return {
+        "folder": str(directory),
+        "target": target,
+        "draws": int(draws.shape[0]),
+        "chains": n_chains,
+        "coordinates": len(names),
+        "patients": n_sub,
+        "condition_by_shift": shifted,
+        "condition_non_centred": _cond(new),
+    }
+
+
 def main() -> None:
     from pkpd.inference.ratios import parse_ratios
 
@@ -129,7 +186,16 @@ def main() -> None:
     parser.add_argument(
         "--correlates", metavar="NAME", help="what this coordinate moves with, instead"
     )
+    parser.add_argument(
+        "--effects",
+        action="store_true",
+        help="other coordinates for the patients' effects of each --ratio target, instead",
+    )
     args = parser.parse_args()
+    if args.effects:
+        for target, divisors in parse_ratios(args.ratio).items():
+            print(json.dumps(effect_coordinates(args.folder, target, divisors), indent=1))
+        return
     if args.correlates:
         print(json.dumps(correlates(args.folder, args.correlates), indent=1))
         return

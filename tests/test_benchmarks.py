@@ -696,6 +696,40 @@ def test_ridge_correlates_names_what_a_slow_coordinate_moves_with(tmp_path):
         ridge.correlates(tmp_path, "log_x")
 
 
+def test_ridge_effects_compares_coordinates_for_the_patients_effects(tmp_path):
+    """`ridge.py --effects`: made-up draws where each patient's effect phi_i = log p_i - log K
+    (ratio coordinates) is pinned and K is free: the sampled coordinates (shift 0) are best
+    conditioned, the natural ones (shift 1: log p_i moves with K) are a ridge; the non-centred
+    effects divide by omega exactly; a run without the ratio is refused."""
+    import json
+    import pickle
+
+    ridge = _load("ridge")
+    rng = np.random.default_rng(2)
+    n, n_sub = 500, 6
+    log_k = rng.normal(0, 1.0, n)
+    log_ratio = rng.normal(1.0, 0.05, n)
+    log_omega = rng.normal(-1.0, 0.1, n)
+    phi = log_ratio[:, None] + 0.2 * np.arange(n_sub) + rng.normal(0, 0.05, (n, n_sub))
+    names = ["log_K", "log_p_ratio", "log_omega_p", "phi"]
+    shapes = [[], [], [], [n_sub, 1]]
+    draws = np.column_stack([log_k, log_ratio, log_omega, phi])
+    (tmp_path / "run.json").write_text(json.dumps({"names": names, "shapes": shapes}))
+    (tmp_path / "chain0.pkl").write_bytes(pickle.dumps({"draws": list(draws)}))
+    out = ridge.effect_coordinates(tmp_path, "p", ("K",), shifts=(0.0, 1.0))
+    assert out["patients"] == n_sub and out["coordinates"] == 3 + n_sub
+    by = out["condition_by_shift"]
+    assert by["1"] > 100 * by["0"]
+    nc = draws.copy()
+    nc[:, 3:] = (phi - log_ratio[:, None]) / np.exp(log_omega)[:, None]
+    assert out["condition_non_centred"] == pytest.approx(ridge._cond(nc), rel=1e-12)
+    (tmp_path / "run.json").write_text(
+        json.dumps({"names": ["log_K", "log_p", "log_omega_p", "phi"], "shapes": shapes})
+    )
+    with pytest.raises(SystemExit, match="not a run with p sampled as a ratio"):
+        ridge.effect_coordinates(tmp_path, "p", ("K",))
+
+
 def test_laplace_step_tables_separate_the_jumps_from_the_curvature():
     """On a quadratic (curvature 20) whose gradient jumps up by 0.015 every 3e-4 and falls in
     between, small steps see the local curvature -30 and large ones the quadratic's."""
