@@ -96,7 +96,8 @@ class AggregateFit:
     rates : pandas.DataFrame
         Observed vs predicted rates at the posterior median, with Monte-Carlo errors.
     settings : dict
-        Design, solver, method options, wall times (s), refresh rounds, warnings.
+        Design, solver, method options, wall times (s), the MAP's rounds (``map_rounds``),
+        the unconstrained coordinates of the last stage (``coordinates``), notes.
     idata : arviz.InferenceData or None
         NUTS draws (``method="nuts"``).
     """
