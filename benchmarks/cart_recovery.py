@@ -274,6 +274,9 @@ def run(
     plug_ins = {
         n: (v["value"], v["stage"], truth_of(generator, n)) for n, v in final["fixed_from"].items()
     }
+    realized = realized_iiv(
+        n_patients, seed, gen_model if gen_model is not None else spec.compile()
+    )
     return {
         "n": n_patients,
         "table": pd.DataFrame(rows).set_index("parameter"),
@@ -284,6 +287,7 @@ def run(
         "stage_s": {s["stage"]: s["wall_s"] for s in result.extra["staged"]["stages"]},
         "n_obs": final["n_observations"],
         "crs3": crs3,
+        "realized": realized,
         "integrator": result.settings.integrator,
         "sampler": result.settings.sampler,
         "gradient": result.settings.gradient,
@@ -482,6 +486,32 @@ def generator_rates(n_patients: int, seed: int, model=None) -> dict:
                 out[f"given_{drug}"] = round(float(np.mean(o[f"doses_{drug}"] > 0)), 4)
         out[f"{label}_s"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def realized_iiv(n_patients: int, seed: int, model) -> dict[str, float]:
+    """SDs of the random effects the generator drew for a cohort's patients (sample SD of each
+    column of ``z * omega``, as `generated_cohort` makes them with ``model``, the compiled
+    generating model): what a fit of this one cohort can recover of each ``omega``."""
+    from pkpd.data.virtual import draw_patients, make_population
+
+    pop = make_population(model, draw_patients(n_patients, seed=seed), seed)
+    eta = pop.z * pop.omega[0]
+    return {f"omega_{n}": float(eta[:, k].std(ddof=1)) for k, n in enumerate(model.iiv)}
+
+
+def _realized_text(realized: dict[str, float], table: pd.DataFrame) -> str:
+    """The cohort's realized SDs next to the omega rows' intervals."""
+    parts = []
+    for name, sd in realized.items():
+        if name in table.index and np.isfinite(table.loc[name, "lower"]):
+            r = table.loc[name]
+            inside = "inside" if r.lower <= sd <= r.upper else "OUTSIDE"
+            parts.append(f"{name} {sd:.3g} ({inside} the 90% CrI; generating {r.truth:.3g})")
+    return (
+        "The cohort's realized SDs of its random effects (sample SDs of the effects the "
+        "generator drew for these patients; a fit of one cohort recovers these, the generating "
+        "omega only on average): " + ", ".join(parts) + "."
+    )
 
 
 def generated_cohort(n_patients: int, seed: int, model=None):
@@ -802,6 +832,9 @@ def markdown(res: dict) -> str:
     if mixing_cols:
         lines.append("")
         lines.append(_coverage_text(table))
+    if res.get("realized") and not point:
+        lines.append("")
+        lines.append(_realized_text(res["realized"], table))
     d = res["diag"]
     mixing = (
         "a point estimate (no R-hat, ESS or interval)"
@@ -1066,6 +1099,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the generator's CRS/ICANS rates with and without rescue",
     )
     parser.add_argument(
+        "--realized-iiv",
+        action="store_true",
+        help="print the SDs of the random effects the generator drew for each cohort (with "
+        "--checkpoint: under that run's model)",
+    )
+    parser.add_argument(
         "--copies",
         type=int,
         default=1,
@@ -1109,6 +1148,20 @@ def main() -> None:
             if model is not None:  # which generator: the cohort's of a recovery run
                 rates["generator_iiv"] = list(model.iiv)
             print(json.dumps(rates), flush=True)
+        return
+    if args.realized_iiv:
+        import json
+
+        from pkpd.inference.profiles import get_profile
+
+        stage = get_profile(profile_with_iiv(args.profile, add_iiv)).final
+        for n in args.patients:
+            folder = None if args.checkpoint is None else Path(args.checkpoint) / f"n{n}"
+            # a run's own model (read only: no folder is made here)
+            exists = folder is not None and (folder / "model.json").is_file()
+            spec = checkpoint_model(folder, base_model) if exists else base_model()
+            model = generator_model(stage, generator_iiv, spec=spec)
+            print(json.dumps(realized_iiv(n, args.seed, model)), flush=True)
         return
     if args.timing or args.steps:
         import json

@@ -108,6 +108,13 @@ def test_cart_recovery_map_table_claims_no_interval_or_coverage():
         cart_recovery.markdown(res)
     )
     assert "R-hat | bulk ESS" not in cart_recovery.markdown(res)  # an older result: no columns
+    assert "realized SDs" not in cart_recovery.markdown(res)  # an older result: no such line
+    table.loc["omega_rho"] = [0.25, 0.26, 0.23, 0.30, True, 0.9]
+    res["realized"] = {"omega_rho": 0.24, "omega_p6": 0.43}  # omega_p6: not a row here
+    assert ("omega_rho 0.24 (inside the 90% CrI; generating 0.25).") in cart_recovery.markdown(res)
+    res["realized"]["omega_rho"] = 0.31
+    assert "omega_rho 0.31 (OUTSIDE the 90% CrI" in cart_recovery.markdown(res)
+    assert "omega_p6" not in cart_recovery.markdown(res)
 
 
 def test_cart_recovery_table_names_the_rows_whose_chains_disagree():
@@ -628,6 +635,23 @@ def test_cart_recovery_mixing_is_per_parameter_and_none_for_a_point():
     assert rhat["rho"] < 1.01 and rhat["c_crs4"] > 1.5
     assert ess["rho"] > 400 and ess["c_crs4"] < 50
     assert cart_recovery._mixing(post, ["rho"], point=True) == ({}, {})
+
+
+def test_realized_iiv_are_the_sds_of_the_effects_the_generator_drew():
+    """`cart_recovery.realized_iiv`: the sample SDs of the generating model's effects for the
+    cohort's patients (seeded: the same again, another seed another), near omega for many
+    patients (400: the sample SD's relative SE is ~3.5%, so within 15%)."""
+    cart_recovery = _load("cart_recovery")
+    from pkpd.inference.profiles import get_profile
+
+    model = cart_recovery.generator_model(get_profile("cart_crs_core").final, "profile")
+    a = cart_recovery.realized_iiv(400, 7, model)
+    assert list(a) == [f"omega_{n}" for n in model.iiv]
+    assert a == cart_recovery.realized_iiv(400, 7, model)
+    assert a != cart_recovery.realized_iiv(400, 8, model)
+    for name, sd in a.items():
+        omega = model.spec.parameters[name.removeprefix("omega_")].iiv.median()
+        assert sd == pytest.approx(omega, rel=0.15), name
 
 
 def test_ridge_rewrites_the_draws_in_ratio_coordinates(tmp_path):
