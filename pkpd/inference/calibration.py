@@ -308,10 +308,17 @@ def calibrate(
             if not rounds[-1]["success"]:
                 notes.append(f"MAP optimisation (ordered cutpoints): {rounds[-1]['message']}")
         else:
+            fixed = [c for c in (low, high) if c not in lik.parameters]
             notes.append(
                 f"MAP: on the cutpoints' ordering constraint ({low} and {high} are {gap:.2g} "
                 f"apart): the data and priors push them past each other, the mode is on the "
                 f"constraint, and a Gaussian approximation there is rough"
+                + (
+                    f" ({', '.join(fixed)} is not calibrated but held at its value: calibrate "
+                    f"it too, and the pair is found again in ordered coordinates)"
+                    if fixed and method == "laplace"
+                    else ""
+                )
             )
     timing["map"] = time.perf_counter() - t0
 

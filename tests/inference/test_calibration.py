@@ -298,6 +298,22 @@ def test_a_mode_on_the_cutpoint_ordering_is_found_again_in_ordered_coordinates(t
     assert 0.1 < fit.summary.loc["c2", "sd_ratio"] < 2  # a Gaussian with curvature, not unit
 
 
+@pytest.mark.filterwarnings("ignore::pkpd.inference.aggregate.AggregateWarning")
+def test_a_mode_on_a_fixed_cutpoint_names_the_one_to_calibrate(toy, trials):
+    """c1 is pulled up by the data (to ~1.8 alone) against c2 held at 1.1 (not calibrated): no
+    ordered coordinates can hold a fixed cutpoint, so the mode stays on the constraint and the
+    note says which cutpoint to calibrate too."""
+    fit = calibrate(
+        toy, trials[:1], ["c1", "c3"], design=design(64), draws=50, seed=1, values={"c2": 1.1}
+    )
+    assert not fit.settings["map_rounds"][-1]["success"]
+    assert not any(r.get("ordered") for r in fit.settings["map_rounds"])
+    assert any(
+        "(c1 and c2 are" in n and "c2 is not calibrated but held at its value" in n
+        for n in fit.settings["notes"]
+    )
+
+
 def test_ordered_coordinates_cover_a_subset_of_cutpoints(toy, trials):
     """With c1..c3 calibrated and c4 fixed, the ordered transform takes the three (it took an
     endpoint only when all its cutpoints were calibrated), or the ones named; from_natural
