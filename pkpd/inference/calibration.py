@@ -274,40 +274,19 @@ def calibrate(
     vec_map = np.asarray(to_natural(x))
     if not rounds[-1]["success"]:
         notes.append(f"MAP optimisation: {rounds[-1]['message']}")
-    if not rounds[-1]["success"] and "edge" in rounds[-1]["message"]:
+    joined: set[str] = set()  # cutpoints found again in ordered coordinates
+    while not rounds[-1]["success"] and "edge" in rounds[-1]["message"]:
         low, high, gap = _narrowest_cutpoint_gap(lik, vec_map)
-        # Only the two: an uninformed cutpoint's log gap bends the Gaussian of its informed
-        # neighbours (docs/aggregate.md, "Calibration").
-        ordered = (
-            UnconstrainedPosterior(lik, ordered_transform={low, high})
-            if method == "laplace"
-            else None
+        ordered = None
+        if method == "laplace" and not {low, high} <= joined:
+            # Only those met on the constraint: an uninformed cutpoint's log gap bends the
+            # Gaussian of its informed neighbours (docs/aggregate.md, "Calibration").
+            ordered = UnconstrainedPosterior(lik, ordered_transform=joined | {low, high})
+        members = next(
+            (m for m in (ordered.vectors.values() if ordered else ()) if {low, high} <= set(m)),
+            None,
         )
-        if ordered is not None and any(
-            low in members and high in members for members in ordered.vectors.values()
-        ):
-            # On the constraint the own-scale Gaussian has no curvature to use; in the ordered
-            # coordinates the log gap's Jacobian keeps the mode off it (same posterior).
-            notes.append(
-                f"MAP: on the cutpoints' ordering constraint on their own scale ({low} and "
-                f"{high} are {gap:.2g} apart): the data and priors push them together. Found "
-                f"again with the two as ordered coordinates ({low} and the log of the gap), where "
-                f"the mode and the Laplace approximation are taken"
-            )
-            report(
-                f"MAP: {low} and {high} on the ordering constraint; again in ordered coordinates"
-            )
-            target = ordered
-            objective, to_natural = target.objective, target.to_natural
-            x, more, more_notes = _find_map(
-                target, target.from_natural(vec_map, ORDERED_START_GAP), report, refresh_rounds
-            )
-            rounds.extend(dict(r, ordered=True) for r in more)
-            notes.extend(more_notes)
-            vec_map = np.asarray(to_natural(x))
-            if not rounds[-1]["success"]:
-                notes.append(f"MAP optimisation (ordered cutpoints): {rounds[-1]['message']}")
-        else:
+        if members is None:
             fixed = [c for c in (low, high) if c not in lik.parameters]
             notes.append(
                 f"MAP: on the cutpoints' ordering constraint ({low} and {high} are {gap:.2g} "
@@ -320,6 +299,29 @@ def calibrate(
                     else ""
                 )
             )
+            break
+        assert ordered is not None
+        joined |= {low, high}
+        # On the constraint the own-scale Gaussian has no curvature to use; in the ordered
+        # coordinates the log gap's Jacobian keeps the mode off it (same posterior).
+        notes.append(
+            f"MAP: on the cutpoints' ordering constraint ({low} and {high} are {gap:.2g} "
+            f"apart): the data and priors push them together. Found again with "
+            f"{', '.join(members)} as ordered coordinates ({members[0]} and the "
+            f"{'log of the gap' if len(members) == 2 else 'logs of the gaps'}), where the mode "
+            f"and the Laplace approximation are taken"
+        )
+        report(f"MAP: {low} and {high} on the ordering constraint; again in ordered coordinates")
+        target = ordered
+        objective, to_natural = target.objective, target.to_natural
+        x, more, more_notes = _find_map(
+            target, target.from_natural(vec_map, ORDERED_START_GAP), report, refresh_rounds
+        )
+        rounds.extend(dict(r, ordered=True) for r in more)
+        notes.extend(more_notes)
+        vec_map = np.asarray(to_natural(x))
+        if not rounds[-1]["success"]:
+            notes.append(f"MAP optimisation (ordered cutpoints): {rounds[-1]['message']}")
     timing["map"] = time.perf_counter() - t0
 
     idata = None

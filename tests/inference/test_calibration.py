@@ -299,6 +299,31 @@ def test_a_mode_on_the_cutpoint_ordering_is_found_again_in_ordered_coordinates(t
 
 
 @pytest.mark.filterwarnings("ignore::pkpd.inference.aggregate.AggregateWarning")
+def test_a_second_constraint_met_in_ordered_coordinates_joins_its_cutpoint(toy, trials):
+    """Tight priors hold c2 at 1.1 and c3 at 1.2 while the data pull c1 up: the MAP meets c1/c2
+    on the constraint, then (with c1, c2 ordered) c2/c3. Regression (with-neuro calibration,
+    2026-12-07 14:11: c_icans1/c_icans2 found again, then c_icans2 = c_icans3 at 2.61, 76% of
+    the Laplace draws discarded): each pair met joins the ordered coordinates, until the mode is
+    off every constraint."""
+    fit = calibrate(
+        toy,
+        trials[:1],
+        ["c1", "c2", "c3"],
+        design=design(64),
+        draws=50,
+        seed=1,
+        priors={"c2": "Normal(1.1, 0.1)", "c3": "Normal(1.2, 0.05)"},
+    )
+    notes = fit.settings["notes"]
+    assert any("(c1 and c2 are" in n and "with c1, c2 as ordered" in n for n in notes)
+    assert any("(c2 and c3 are" in n and "with c1, c2, c3 as ordered" in n for n in notes)
+    assert fit.settings["coordinates"] == ["cutpoints_crs_grade_ordered__"]
+    last = fit.settings["map_rounds"][-1]
+    assert last["ordered"] and last["success"] and last["grad_max"] < MAP_GRADIENT_TOLERANCE
+    assert np.all(np.diff(fit.map) > 0.01)
+
+
+@pytest.mark.filterwarnings("ignore::pkpd.inference.aggregate.AggregateWarning")
 def test_a_mode_on_a_fixed_cutpoint_names_the_one_to_calibrate(toy, trials):
     """c1 is pulled up by the data (to ~1.8 alone) against c2 held at 1.1 (not calibrated): no
     ordered coordinates can hold a fixed cutpoint, so the mode stays on the constraint and the
