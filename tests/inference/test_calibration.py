@@ -11,7 +11,7 @@ import pytest
 from aggregate_toy import BASE, design, toy_model, two_trials
 
 from pkpd.data.trials import parse_trials
-from pkpd.inference.aggregate import AggregateLikelihood
+from pkpd.inference.aggregate import AggregateLikelihood, AggregateWarning
 from pkpd.inference.calibration import (
     MAP_GRADIENT_TOLERANCE,
     UnconstrainedPosterior,
@@ -28,6 +28,24 @@ def toy(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trials():
     return two_trials()
+
+
+@pytest.fixture(scope="module")
+def wall_fit(toy, trials):
+    """c1 pulled up by the data (to ~1.8 alone) against c2 held at 1.1 by its prior."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AggregateWarning)
+        return calibrate(
+            toy,
+            trials[:1],
+            ["c1", "c2", "c3"],
+            design=design(64),
+            draws=2000,
+            seed=1,
+            priors={"c2": "Normal(1.1, 0.1)"},
+        )
 
 
 @pytest.mark.slow
@@ -97,7 +115,7 @@ def test_nuts_and_laplace_agree_on_cutpoints(toy, trials):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pkpd.inference.aggregate.AggregateWarning")
-def test_laplace_in_ordered_coordinates_agrees_with_nuts_near_the_constraint(toy, trials):
+def test_laplace_in_ordered_coordinates_agrees_with_nuts_near_the_constraint(toy, trials, wall_fit):
     """The posterior whose own-scale mode is on the c1/c2 ordering constraint (see
     test_a_mode_on_the_cutpoint_ordering_is_found_again_in_ordered_coordinates): the Laplace
     approximation in ordered coordinates against NUTS (the same coordinates, exact up to Monte
@@ -106,7 +124,7 @@ def test_laplace_in_ordered_coordinates_agrees_with_nuts_near_the_constraint(toy
     ends are not compared."""
     cuts, priors = ["c1", "c2", "c3"], {"c2": "Normal(1.1, 0.1)"}
     one = trials[:1]
-    laplace = calibrate(toy, one, cuts, design=design(64), draws=2000, seed=1, priors=priors)
+    laplace = wall_fit
     assert laplace.settings["coordinates"] == ["cutpoints_crs_grade_ordered__", "c3"]
     nuts = calibrate(
         toy,
@@ -266,7 +284,7 @@ def test_truncated_gaussian_draws_until_enough_are_kept():
 
 
 @pytest.mark.filterwarnings("ignore::pkpd.inference.aggregate.AggregateWarning")
-def test_a_mode_on_the_cutpoint_ordering_is_found_again_in_ordered_coordinates(toy, trials):
+def test_a_mode_on_the_cutpoint_ordering_is_found_again_in_ordered_coordinates(wall_fit):
     """c1 is pulled up by the data (to ~1.8 alone), c2's tight prior holds it at 1.1: on their own
     scale the mode is on the ordering constraint (scipy stopped after 2 iterations, ours at the
     edge) and has no curvature for a Laplace approximation. Regression (with-neuro calibration,
@@ -274,15 +292,7 @@ def test_a_mode_on_the_cutpoint_ordering_is_found_again_in_ordered_coordinates(t
     c1 and c2 as ordered coordinates (c1, log(c2 - c1); c3 on its own scale, c4 fixed), where
     the log gap's Jacobian keeps it off the constraint, and the Laplace Gaussian is taken there;
     the notes name the two cutpoints."""
-    fit = calibrate(
-        toy,
-        trials[:1],
-        ["c1", "c2", "c3"],
-        design=design(64),
-        draws=500,
-        seed=1,
-        priors={"c2": "Normal(1.1, 0.1)"},
-    )
+    fit = wall_fit
     rounds = fit.settings["map_rounds"]
     own = [r for r in rounds if not r.get("ordered")]
     assert own[-1]["continued"] and not own[-1]["success"] and "edge" in own[-1]["message"]
@@ -293,7 +303,7 @@ def test_a_mode_on_the_cutpoint_ordering_is_found_again_in_ordered_coordinates(t
     assert fit.settings["coordinates"] == ["cutpoints_crs_grade_ordered__", "c3"]
     gap = fit.map[1] - fit.map[0]
     assert 0.01 < gap < 0.5  # off the constraint, not far from it
-    assert fit.draws.shape == (500, 3)
+    assert fit.draws.shape == (2000, 3)
     assert np.all(np.diff(fit.draws, axis=1) > 0) and np.all(fit.draws[:, 2] < 4.0)  # c4 fixed
     assert 0.1 < fit.summary.loc["c2", "sd_ratio"] < 2  # a Gaussian with curvature, not unit
 
