@@ -40,6 +40,9 @@ def probe(
     from pkpd.inference.aggregate import AggregateLikelihood
 
     prob = ac.calibration_problem(patients, 1, with_neuro=with_neuro)
+    missing = [p for p in prob.parameters if p not in at]
+    if missing:
+        raise SystemExit(f"--at lacks {', '.join(missing)}")
     lik = AggregateLikelihood(
         prob.model,
         published_trials(*ac.CALIBRATION),
@@ -48,9 +51,6 @@ def probe(
         priors=prob.priors,
         **prob.options,
     )
-    missing = [p for p in lik.parameters if p not in at]
-    if missing:
-        raise SystemExit(f"--at lacks {', '.join(missing)}")
     points = [("at", dict(at))] + [
         (f"{name}={v:g}", dict(at, **{name: v})) for name, values in vary for v in values
     ]

@@ -654,6 +654,15 @@ def test_realized_iiv_are_the_sds_of_the_effects_the_generator_drew():
         assert sd == pytest.approx(omega, rel=0.15), name
 
 
+def test_aggregate_probe_parses_values_and_names_what_is_missing():
+    """`aggregate_probe.py`: ``name=value`` lists, and a base point without every calibrated
+    parameter is refused with their names (before any likelihood is built)."""
+    probe = _load("aggregate_probe")
+    assert probe._values("rho=0.355, c_crs1=-5") == {"rho": 0.355, "c_crs1": -5.0}
+    with pytest.raises(SystemExit, match="--at lacks rho_cd28, c_crs1"):
+        probe.probe({"rho": 0.3}, [], with_neuro=False, patients=8)
+
+
 def test_ridge_rewrites_the_draws_in_ratio_coordinates(tmp_path):
     """`benchmarks/ridge.py` on a made-up checkpoint folder: draws along log p = g + log K +
     log k (g and every patient's offset nearly fixed, K and k free) are a ridge before, and
