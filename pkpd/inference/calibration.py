@@ -120,8 +120,11 @@ class AggregateFit:
 
 def _prior_model(
     lik: AggregateLikelihood, ordered_transform: bool | Collection[str] = True
-) -> tuple[Any, Any]:
-    """PyMC model with the priors of the likelihood's parameters; returns (model, vector).
+) -> tuple[Any, Any, dict[str, list[str]]]:
+    """PyMC model with the priors of the likelihood's parameters.
+
+    Returns (model, vector of the calibrated parameters, the cutpoints of each ordered vector by
+    its variable name).
 
     With ``ordered_transform``, the calibrated cutpoints of an ordinal endpoint (two or more, all
     with Normal priors; given a collection of cutpoint names, only those) are one vector
@@ -182,7 +185,7 @@ def _prior_model(
                 pm.Potential(
                     f"ordered_{o.name}", pt.switch(pt.all(pt.gt(cut[1:], cut[:-1])), 0.0, -np.inf)
                 )
-    return pm_model, vec
+    return pm_model, vec, {f"cutpoints_{k}": v for k, v in joined.items()}
 
 
 def calibrate(
@@ -476,7 +479,9 @@ class UnconstrainedPosterior:
         from pymc.sampling.jax import get_jaxified_graph
 
         self.lik = lik
-        self.pm_model, self.vec_t = _prior_model(lik, ordered_transform=ordered_transform)
+        self.pm_model, self.vec_t, self.vectors = _prior_model(
+            lik, ordered_transform=ordered_transform
+        )
         value_vars = self.pm_model.value_vars
         logprior = get_jaxified_graph(inputs=value_vars, outputs=[self.pm_model.logp()])
         natural = get_jaxified_graph(
@@ -487,16 +492,6 @@ class UnconstrainedPosterior:
         self._shapes = [np.shape(point[n]) for n in self.names]
         self._splits = np.cumsum([int(np.prod(sh)) for sh in self._shapes])[:-1]
         self.x0 = np.concatenate([np.ravel(np.asarray(point[n], float)) for n in self.names])
-        self.vectors = {
-            f"cutpoints_{o.name}": [
-                c
-                for c in o.cutpoints
-                if c in lik.parameters
-                and (isinstance(ordered_transform, bool) or c in ordered_transform)
-            ]
-            for o in lik.ordinal
-            if f"cutpoints_{o.name}" in self.pm_model.named_vars
-        }
         loglik = lik._loglik
 
         def neg(x: jax.Array, data: dict[str, Any]) -> jax.Array:
