@@ -25,17 +25,17 @@ import aggregate_calibration as ac  # noqa: E402
 
 
 def _values(text: str) -> dict[str, float]:
-    out = {}
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        out[name.strip()] = float(value)
-    return out
+    """``"a=1,b=2"`` as ``{"a": 1.0, "b": 2.0}``."""
+    return {
+        name.strip(): float(value)
+        for name, _, value in (item.partition("=") for item in text.split(","))
+    }
 
 
 def probe(
     at: dict[str, float], vary: list[tuple[str, list[float]]], with_neuro: bool, patients: int
-) -> list[tuple[str, list[float]]]:
-    """Rows' names, then (label, probabilities) at ``at`` and at each varied value."""
+) -> tuple[list[str], list[tuple[str, list[float]]]]:
+    """Rows' names, and (label, probabilities) at ``at`` and at each varied value."""
     from pkpd.data.trials import published_trials
     from pkpd.inference.aggregate import AggregateLikelihood
 
@@ -69,10 +69,10 @@ def main() -> None:
     ap.add_argument("--at", required=True, help="name=value,... for every calibrated parameter")
     ap.add_argument("--vary", action="append", default=[], help="name=v1,v2 (repeatable)")
     args = ap.parse_args()
-    vary = []
-    for item in args.vary:
-        name, _, values = item.partition("=")
-        vary.append((name.strip(), [float(v) for v in values.split(",")]))
+    vary = [
+        (name.strip(), [float(v) for v in values.split(",")])
+        for name, _, values in (item.partition("=") for item in args.vary)
+    ]
     warnings.simplefilter("ignore")
     rows, results = probe(_values(args.at), vary, args.with_neuro, args.patients)
     print("| row | " + " | ".join(label for label, _ in results) + " |")

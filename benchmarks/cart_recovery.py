@@ -274,9 +274,7 @@ def run(
     plug_ins = {
         n: (v["value"], v["stage"], truth_of(generator, n)) for n, v in final["fixed_from"].items()
     }
-    realized = realized_iiv(
-        n_patients, seed, gen_model if gen_model is not None else spec.compile()
-    )
+    realized = realized_iiv(n_patients, seed, gen_model)  # never None: `spec` is given
     return {
         "n": n_patients,
         "table": pd.DataFrame(rows).set_index("parameter"),
