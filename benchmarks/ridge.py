@@ -112,6 +112,11 @@ def ridge(directory: Path, target: str, divisors: tuple[str, ...]) -> dict:
     iiv = _iiv(run)
     logs = [f"log_{n}" for n in (*divisors, target)]
     missing = [n for n in logs if n not in col]
+    if f"log_{target}_ratio" in col:
+        raise SystemExit(
+            f"{directory}: already sampled in ratio coordinates (log_{target}_ratio); "
+            "--effects or --correlates read such runs"
+        )
     if missing:
         raise SystemExit(f"{directory}: no coordinate {', '.join(missing)}")
     shapes = dict(zip(run["names"], run["shapes"], strict=True))

@@ -733,7 +733,8 @@ def test_ridge_effects_compares_coordinates_for_the_patients_effects(tmp_path):
     """`ridge.py --effects`: made-up draws where each patient's effect phi_i = log p_i - log K
     (ratio coordinates) is pinned and K is free: the sampled coordinates (shift 0) are best
     conditioned, the natural ones (shift 1: log p_i moves with K) are a ridge; the non-centred
-    effects divide by omega exactly; a run without the ratio is refused."""
+    effects divide by omega exactly; the ratio mode refuses such a run, naming the modes that read
+    it, and the effects mode refuses a run without the ratio."""
     import json
     import pickle
 
@@ -756,6 +757,9 @@ def test_ridge_effects_compares_coordinates_for_the_patients_effects(tmp_path):
     nc = draws.copy()
     nc[:, 3:] = (phi - log_ratio[:, None]) / np.exp(log_omega)[:, None]
     assert out["condition_non_centred"] == pytest.approx(ridge._cond(nc), rel=1e-12)
+    # the ratio mode names what reads a run already in ratio coordinates
+    with pytest.raises(SystemExit, match=r"already sampled in ratio coordinates.*--effects"):
+        ridge.ridge(tmp_path, "p", ("K",))
     (tmp_path / "run.json").write_text(
         json.dumps({"names": ["log_K", "log_p", "log_omega_p", "phi"], "shapes": shapes})
     )
