@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xarray as xr
+
+    from pkpd.data import Cohort
 
 app = typer.Typer(
     name="pkpd",
@@ -202,7 +208,7 @@ def _run_simulation(compiled, cohort, params, cfg, out: Path, plot: Path | None,
     return "\n".join(lines)
 
 
-def sim_to_table(sim, cohort):
+def sim_to_table(sim: xr.Dataset, cohort: Cohort) -> pd.DataFrame:
     """Flatten a simulation at the observations to a NONMEM-style table (ID, TIME, DVID, DV, PRED).
 
     Parameters

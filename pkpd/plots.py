@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def plot_individual(
@@ -18,7 +22,7 @@ def plot_individual(
     max_subjects: int = 12,
     title: str | None = None,
     log_y: bool = False,
-):
+) -> Figure:
     """Plot observed values and a simulated curve per subject, one panel each.
 
     Parameters
