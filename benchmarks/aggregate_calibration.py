@@ -45,7 +45,11 @@ sys.path.insert(0, str(ROOT))
 import pkpd  # noqa: E402
 from pkpd.data.trials import Outcome, published_trials  # noqa: E402
 from pkpd.inference.aggregate import AggregateWarning, VirtualDesign  # noqa: E402
-from pkpd.inference.calibration import calibrate, posterior_predictive  # noqa: E402
+from pkpd.inference.calibration import (  # noqa: E402
+    IMPORTANCE_DRAWS,
+    calibrate,
+    posterior_predictive,
+)
 from pkpd.strategies import load_strategies  # noqa: E402
 
 CALIBRATION = ("zuma1", "juliet")
@@ -155,6 +159,20 @@ def calibration_problem(
     )
 
 
+def check_line(check: dict | None) -> str:
+    """The Laplace check (`pkpd.inference.calibration.laplace_check`) in one line."""
+    if check is None:
+        return "Laplace check: not run (--importance-draws 0, or an INVALID Gaussian)."
+    verdict = "flagged" if check["pareto_k"] > check["k_threshold"] else "passed"
+    return (
+        f"Laplace check: Pareto k {check['pareto_k']:.2f} of the importance weights (posterior "
+        f"over the Gaussian) at {check['draws']} of its draws, threshold "
+        f"{check['k_threshold']:.2f}: {verdict}; ESS of the weights {check['ess']:.0f}, "
+        f"{check['outside_support']} outside the support (benchmarks/pareto_k_noise.py: how "
+        "noisy k is at that size)."
+    )
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=512, help="virtual patients per arm (2^k)")
@@ -178,6 +196,13 @@ def main(argv: list[str] | None = None) -> str:
         help="grades with noise per grading day of this scale on top of the patient's offset "
         "(ModelSpec.with_record_scale; default: the library's s_grade_day, 0.25; 0: none, as "
         "before 2026-12-06 evening)",
+    )
+    ap.add_argument(
+        "--importance-draws",
+        type=int,
+        default=IMPORTANCE_DRAWS,
+        help="Laplace draws at which the log-posterior is evaluated for the Pareto k check "
+        f"(default {IMPORTANCE_DRAWS}; ~2 s each with --with-neuro; 0: no check)",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 patients, 20 draws")
@@ -208,6 +233,7 @@ def main(argv: list[str] | None = None) -> str:
             draws=1000,
             seed=args.seed,
             mc_replicates=args.replicates,
+            importance_draws=args.importance_draws,
             progressbar=args.progress,
             **options,
         )
@@ -287,6 +313,7 @@ def main(argv: list[str] | None = None) -> str:
             for r in fit.settings["map_rounds"]
         )
     )
+    lines.append(check_line(fit.settings["laplace_check"]))
     for note in fit.settings["notes"]:
         lines.append(f"Note: {note}")
     lines.append("")

@@ -809,3 +809,23 @@ def test_aggregate_calibration_problem_options():
     assert neuro.options["use"] == ["crs", "icans", "neuro"]
     assert neuro.spec.record_scales() == {}
     assert neuro.options["treatment"].name == "soc_reactive_toc"
+
+
+def test_pareto_k_noise_flags_a_wider_posterior_more_often():
+    """`benchmarks/pareto_k_noise.py`: the exact k of N(0, s^2) over N(0, 1) is 1 - 1/s^2; a
+    posterior 2x as wide as its Gaussian is flagged far more often than one 2% wider, and its
+    weights' ESS is smaller."""
+    noise = _load("pareto_k_noise")
+    near, wide = noise.noise_table(reps=20, seed=0, scales=(1.02, 2.0), sizes=(1000,))
+    assert near["k"] == pytest.approx(1 - 1 / 1.02**2) and wide["k"] == pytest.approx(0.75)
+    assert near["flagged"] <= 0.05 < 0.2 <= wide["flagged"]
+    assert near["relative_ess"] > 0.95 > 0.5 > wide["relative_ess"]
+    assert near["k_5"] <= near["k_median"] <= near["k_95"]
+
+
+def test_aggregate_calibration_check_line_says_passed_flagged_or_not_run():
+    agg = _load("aggregate_calibration")
+    check = {"draws": 200, "pareto_k": 0.7, "k_threshold": 0.57, "ess": 80.0, "outside_support": 0}
+    assert "k 0.70" in agg.check_line(check) and "flagged" in agg.check_line(check)
+    assert "passed" in agg.check_line(dict(check, pareto_k=-np.inf))
+    assert "not run" in agg.check_line(None)

@@ -72,6 +72,17 @@ LAPLACE_STEP_TOLERANCE = 0.1
 #: (logit of a grade probability), far below their posterior SDs.
 ORDERED_START_GAP = 0.01
 
+#: Laplace draws at which the log-posterior is evaluated to check the Gaussian against it
+#: (`laplace_check`): each costs one log-density (~2 s on the with-neuro calibration). Pareto k
+#: is noisy at this size: a posterior 1.2x as wide as its Gaussian (k 0.31) is flagged 8% of the
+#: time, one 2x as wide (k 0.75) 63% (`python benchmarks/pareto_k_noise.py`, RESULTS.md), so a
+#: flag is a prompt for more draws or NUTS, and a pass is no proof.
+IMPORTANCE_DRAWS = 200
+
+#: Log importance weights spread less than this are equal (`laplace_check`): the Gaussian is the
+#: posterior up to a constant, and there is no tail for PSIS to fit.
+EQUAL_LOG_WEIGHTS = 1e-9
+
 #: Batches of 4 x draws from the Laplace Gaussian, at most, to find draws with ordered cutpoints
 #: (uninformed cutpoints between informed ones discard most: 75% on the with-neuro calibration).
 TRUNCATED_BATCHES = 25
@@ -97,7 +108,9 @@ class AggregateFit:
         Observed vs predicted rates at the posterior median, with Monte-Carlo errors.
     settings : dict
         Design, solver, method options, wall times (s), the MAP's rounds (``map_rounds``),
-        the unconstrained coordinates of the last stage (``coordinates``), notes.
+        the unconstrained coordinates of the last stage (``coordinates``), the check of the
+        Laplace Gaussian against the posterior (``laplace_check``: Pareto k of the importance
+        weights, see `laplace_check`), notes.
     idata : arviz.InferenceData or None
         NUTS draws (``method="nuts"``).
     """
@@ -202,6 +215,7 @@ def calibrate(
     seed: int = 0,
     refresh_rounds: int = 3,
     mc_replicates: int = 0,
+    importance_draws: int = IMPORTANCE_DRAWS,
     progressbar: bool = False,
     **likelihood_options: Any,
 ) -> AggregateFit:
@@ -233,6 +247,11 @@ def calibrate(
         them held fixed); stops early when no virtual patient's doses change.
     mc_replicates : int, optional
         Independent Sobol scramblings for the RQMC error report at the posterior median.
+    importance_draws : int, optional
+        Laplace: the log-posterior is evaluated at this many of the Gaussian's draws and the
+        Pareto k of the importance weights (posterior over Gaussian, PSIS) says whether the
+        Gaussian represents the posterior (`laplace_check`; a note when it does not). 0 skips
+        the check.
     progressbar : bool, optional
         Print a line on stderr per MAP iteration and per stage (and nutpie's progress bar).
     **likelihood_options
@@ -359,7 +378,7 @@ def calibrate(
         notes.extend(n for n in (step_note, note) if n)
         # The prior excludes unordered cutpoints (potential -inf): the Laplace posterior is the
         # Gaussian truncated to ordered cutpoints.
-        samples, kept = _truncated_gaussian(
+        xs, samples, kept = _truncated_gaussian(
             np.random.default_rng(seed),
             x,
             cov,
@@ -375,6 +394,22 @@ def calibrate(
         if samples.shape[0] < draws:
             notes.append(f"Laplace: only {samples.shape[0]} valid draws of {draws}")
         timing["laplace"] = time.perf_counter() - t0
+        check = None
+        n_check = min(importance_draws, xs.shape[0])
+        if n_check > 0 and not any("INVALID" in n for n in notes):
+            t0 = time.perf_counter()
+            report(f"Laplace: the log-posterior at {n_check} of its draws (Pareto k)")
+            check = laplace_check(target.log_density, xs[:n_check], x, cov)
+            timing["laplace_check"] = time.perf_counter() - t0
+            if check["pareto_k"] > check["k_threshold"]:
+                notes.append(
+                    f"Laplace: Pareto k {check['pareto_k']:.2f} of the importance weights "
+                    f"(posterior over the Gaussian) at {n_check} of its draws, above "
+                    f"{check['k_threshold']:.2f} (the threshold for that many draws; k's own "
+                    f"sampling error is large below ~1000): the Gaussian may misrepresent a "
+                    f"skewed or heavier-tailed posterior, and its intervals are doubtful "
+                    f"(importance_draws=1000 or method='nuts' settles it)"
+                )
     else:
         from pkpd.inference.sample import _sample_nutpie
 
@@ -429,6 +464,7 @@ def calibrate(
         "seed": seed,
         "map_rounds": rounds,
         "coordinates": list(target.names),
+        "laplace_check": check if method == "laplace" else None,
         "nuts_diagnostics": nuts_diagnostics if method == "nuts" else None,
         "wall_time": timing,
         "notes": notes,
@@ -499,6 +535,7 @@ class UnconstrainedPosterior:
             return -(logprior(*args)[0] + loglik(natural(*args)[0], data))
 
         self.neg = neg
+        self._neg: Callable[..., jax.Array] | None = None
         self._neg_vg = jax.jit(jax.value_and_grad(neg))
         self._to_natural = jax.jit(lambda x: natural(*self.unflatten(x))[0])
 
@@ -561,6 +598,16 @@ class UnconstrainedPosterior:
         if not np.isfinite(v) or not np.all(np.isfinite(g)):
             return np.inf, np.zeros_like(x)
         return v, g
+
+    def log_density(self, x: np.ndarray) -> float:
+        """Evaluate the log-posterior (up to a constant) at ``x`` with the current data.
+
+        ``-inf`` outside the support. No gradient (compiled on first use).
+        """
+        if self._neg is None:
+            self._neg = jax.jit(self.neg)
+        v = float(self._neg(jnp.asarray(x), self.lik.data))
+        return -v if np.isfinite(v) else -np.inf
 
     def gradient(self, x: np.ndarray) -> np.ndarray:
         """Evaluate the gradient at ``x``; NaN outside the support (for `_fd_hessian`)."""
@@ -716,23 +763,91 @@ def _truncated_gaussian(
     transform: Callable[[np.ndarray], np.ndarray],
     keep: Callable[[np.ndarray], np.ndarray],
     max_batches: int = TRUNCATED_BATCHES,
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, np.ndarray, float]:
     """``n`` draws of ``transform(x)``, ``x ~ N(mean, cov)``, kept where ``keep`` is true.
 
     Batches of ``4 n`` are drawn until ``n`` are kept or ``max_batches`` were drawn (then fewer
-    are returned); the first batch is the same whatever follows. Returns the draws and the share
-    of all draws that were kept.
+    are returned); the first batch is the same whatever follows. Returns the kept ``x``, their
+    transforms and the share of all draws that were kept.
     """
-    out, kept, drawn = [], 0, 0
+    xs, out, kept, drawn = [], [], 0, 0
     for _ in range(max_batches):
-        samples = transform(rng.multivariate_normal(mean, cov, size=4 * n))
+        x = rng.multivariate_normal(mean, cov, size=4 * n)
+        samples = transform(x)
         ok = np.asarray(keep(samples), bool)
+        xs.append(x[ok])
         out.append(samples[ok])
         kept += int(ok.sum())
         drawn += ok.size
         if kept >= n:
             break
-    return np.concatenate(out)[:n], kept / drawn
+    return np.concatenate(xs)[:n], np.concatenate(out)[:n], kept / drawn
+
+
+def laplace_check(
+    log_density: Callable[[np.ndarray], float],
+    xs: np.ndarray,
+    mean: np.ndarray,
+    cov: np.ndarray,
+) -> dict[str, Any]:
+    """How well a Gaussian ``N(mean, cov)`` represents a posterior, from draws of the Gaussian.
+
+    The importance weights ``p(x) / q(x)`` of the posterior ``p`` (known up to a constant) over
+    the Gaussian ``q`` at its draws ``xs``, Pareto-smoothed (PSIS, ArviZ's `psislw`): their
+    Pareto k estimates the tail of the weights. Below the sample-size threshold
+    ``min(1 - 1 / log10(S), 0.7)`` (Vehtari et al. 2024, JMLR 25(72)) the weights are
+    reliable and ``q`` covers ``p``; above it ``p`` has mass where ``q`` has little (a skewed or
+    heavier-tailed posterior) and ``q``'s intervals misstate it. Draws ``q`` gives outside
+    ``p``'s support (``log_density`` ``-inf``) get weight 0. With truncated draws (only those in
+    ``p``'s support kept) the truncation constant cancels in the normalised weights.
+
+    Parameters
+    ----------
+    log_density : callable
+        ``x -> log p(x)`` up to a constant (``-inf`` outside the support).
+    xs : numpy.ndarray
+        ``(S, d)`` draws of the Gaussian (unconstrained scale).
+    mean, cov : numpy.ndarray
+        The Gaussian.
+
+    Returns
+    -------
+    dict
+        ``draws`` S, ``pareto_k`` (``-inf`` where the log weights agree to
+        `EQUAL_LOG_WEIGHTS`: ``q`` is ``p``; ``inf`` where every draw is outside ``p``'s
+        support), ``k_threshold``, ``ess`` (of the smoothed, normalised weights:
+        ``1 / sum w^2``), ``outside_support`` (draws with ``p = 0``).
+    """
+    import arviz as az
+
+    xs = np.atleast_2d(np.asarray(xs, float))
+    lp = np.array([log_density(x) for x in xs], float)
+    d = xs - mean
+    chol = np.linalg.cholesky(cov)
+    z = np.linalg.solve(chol, d.T)
+    lq = -0.5 * np.sum(z * z, axis=0)
+    lw = np.where(np.isfinite(lp), lp - lq, -np.inf)
+    n = xs.shape[0]
+    inside = np.isfinite(lw)
+    if not np.any(inside):
+        k, ess = np.inf, 0.0
+    elif np.ptp(lw[inside]) < EQUAL_LOG_WEIGHTS:
+        # p is q up to a constant: no tail to fit (PSIS's fit returns inf on equal weights)
+        k, ess = -np.inf, float(inside.sum())
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PSIS's own Pareto-k warning: reported here
+            smoothed, k = az.psislw(lw - np.max(lw[np.isfinite(lw)]))
+        w = np.exp(np.asarray(smoothed, float))
+        ess = float(1.0 / np.sum(w**2))
+        k = float(k)
+    return {
+        "draws": n,
+        "pareto_k": k,
+        "k_threshold": float(min(1.0 - 1.0 / np.log10(n), 0.7)) if n > 10 else 0.0,
+        "ess": ess,
+        "outside_support": int(np.sum(~np.isfinite(lp))),
+    }
 
 
 def _fd_hessian(
