@@ -162,7 +162,7 @@ def calibration_problem(
 def check_line(check: dict | None) -> str:
     """The Laplace check (`pkpd.inference.calibration.laplace_check`) in one line."""
     if check is None:
-        return "Laplace check: not run (--importance-draws 0, or an INVALID Gaussian)."
+        return "Laplace check: not run (--importance-draws 0)."
     verdict = "flagged" if check["pareto_k"] > check["k_threshold"] else "passed"
     return (
         f"Laplace check: Pareto k {check['pareto_k']:.2f} of the importance weights (posterior "

@@ -396,7 +396,7 @@ def calibrate(
         timing["laplace"] = time.perf_counter() - t0
         check = None
         n_check = min(importance_draws, xs.shape[0])
-        if n_check > 0 and not any("INVALID" in n for n in notes):
+        if n_check > 0:  # importance weights are valid for any Gaussian, INVALID ones too
             t0 = time.perf_counter()
             report(f"Laplace: the log-posterior at {n_check} of its draws (Pareto k)")
             check = laplace_check(target.log_density, xs[:n_check], x, cov)
@@ -837,7 +837,7 @@ def laplace_check(
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PSIS's own Pareto-k warning: reported here
-            smoothed, k = az.psislw(lw - np.max(lw[np.isfinite(lw)]))
+            smoothed, k = az.psislw(lw - lw[inside].max())
         w = np.exp(np.asarray(smoothed, float))
         ess = float(1.0 / np.sum(w**2))
         k = float(k)
