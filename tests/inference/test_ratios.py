@@ -111,11 +111,18 @@ def test_a_fit_records_it_and_finds_the_same_mode():
     )
     assert rat.settings.ratio_parameterization == {"CL": ["V"]}
     assert ref.settings.ratio_parameterization == {}
+    # Corresponding points have equal log-densities (unit Jacobian), so the two maxima are equal.
+    # Each run stops when one iteration's relative decrease is below ftol = 2.2e-9 (3.6e-7 at
+    # logp -162.6), which can leave it short of the mode along a flat direction: 1e-4 measured
+    # (jax 0.10.2, pymc 5.28.5). The bound is ten times that.
+    assert rat.extra["map"]["logp"] == pytest.approx(ref.extra["map"]["logp"], abs=1e-3)
     for name in ("ka", "CL", "V", "omega_CL", "sigma_add"):
         a = float(ref.idata.posterior[name].values.ravel()[0])
         b = float(rat.idata.posterior[name].values.ravel()[0])
-        # Both L-BFGS optima of one density: equal to the optimiser's tolerance.
-        assert b == pytest.approx(a, rel=1e-3), name
+        # A log-density gap d along a direction of posterior SD s is a distance s * sqrt(2 d):
+        # at d = 1e-3 that is 0.045 s; ka's SD on the log scale is ~0.3 (omega_ka ~1.1 over
+        # 12 subjects), so 1.4% of ka. Measured: ka 0.34% apart, the others below 0.2%.
+        assert b == pytest.approx(a, rel=2e-2), name
 
 
 def test_options_are_checked():
