@@ -1119,6 +1119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    from pkpd._jax import host_cpu
+
     args = build_parser().parse_args()
     global GRADE_NOISE
     GRADE_NOISE = args.grade_noise
@@ -1223,7 +1225,8 @@ def main() -> None:
             "from `pkpd.data.virtual` "
             "(cart_crs at its typical values, IIV, rescue drugs); fitted with "
             "`pkpd.inference.profiles.fit_staged`. Machine: "
-            f"{platform.machine()}, {os.cpu_count()} CPUs, JAX {jax.devices()[0]}, jax "
+            f"{platform.machine()} ({host_cpu()}), {os.cpu_count()} CPUs, "
+            f"JAX {jax.devices()[0]}, jax "
             f"{jax.__version__}; load average {load_before[0]:.1f} before, "
             f"{load_after[0]:.1f} after (1-min).\n\n"
         )

@@ -934,6 +934,8 @@ def report(rows: dict, args) -> str:
     """The whole markdown entry."""
     import jax
 
+    from pkpd._jax import host_cpu
+
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     versions = ", ".join(
         f"{n} {_version(n)}"
@@ -950,7 +952,8 @@ def report(rows: dict, args) -> str:
         )
     )
     machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, JAX {jax.devices()[0]}"
+        f"{platform.machine()} ({host_cpu()}), {os.cpu_count()} CPUs, {platform.system()}, "
+        f"JAX {jax.devices()[0]}"
     )
     parts = [
         f"### fit benchmark (T/B/I, issue #3), {now}",
@@ -1002,6 +1005,8 @@ def report(rows: dict, args) -> str:
 
 def main(argv=None) -> None:
     """Command line."""
+    from pkpd._jax import host_cpu
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--only",
@@ -1056,7 +1061,7 @@ def main(argv=None) -> None:
             f"--profile`: one log-density gradient of pkpd's T/B/I model (20 subjects, "
             f"rtol {RTOL:g}, atol {ATOL:g} unless stated), median over 10 points near the "
             f"truth; load average {os.getloadavg()[0]:.1f} at the start; machine "
-            f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}; jax "
+            f"{platform.machine()} ({host_cpu()}), {os.cpu_count()} CPUs, {platform.system()}; jax "
             f"{_version('jax')}, diffrax {_version('diffrax')}, nutpie {_version('nutpie')}."
             f"\n\n{profile(args)}\n"
         )

@@ -95,6 +95,8 @@ def run(args, label: str, scale: float | None) -> dict:
 
 
 def main() -> None:
+    from pkpd._jax import host_cpu
+
     sys.path.insert(0, str(HERE))
     from recovery import markdown  # a sibling script
 
@@ -119,7 +121,7 @@ def main() -> None:
             f"\n## Grades with and without noise per record under NUTS ({dt.date.today()})\n\n"
             f"`python benchmarks/grade_noise.py --patients {args.patients} --days {args.days} "
             f"--scale {args.scale} --chains {args.chains} --tune {args.tune} --draws "
-            f"{args.draws} --seed {args.seed}`; machine {platform.machine()}, "
+            f"{args.draws} --seed {args.seed}`; machine {platform.machine()} ({host_cpu()}), "
             f"{os.cpu_count()} cores. Truth {TRUTH}, IIV SDs {OMEGA}; each cohort simulated "
             "with the grade model it is fitted with; a parameter's posterior median, (x) where "
             "its 90% interval misses the truth.\n\n" + table + "\n"

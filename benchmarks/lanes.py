@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pkpd  # noqa: E402
+from pkpd._jax import host_cpu  # noqa: E402
 from pkpd.events import BOLUS, INFUSION_END, INFUSION_START  # noqa: E402
 from pkpd.solve import Solver  # noqa: E402
 from pkpd.solve.engine import event_arrays, solve_batch  # noqa: E402
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> str:
         "6-hourly grid, CAR-T bolus + 1 h tocilizumab infusion, Tsit5 rtol 1e-6 atol 1e-9; "
         "engine = vmapped `solve_batch` (chunks of 512 on a CPU), lanes = `solve_lanes` (one "
         "batch); best of 3 after the first (compiling) call\n\n"
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, JAX {jax.devices()[0]}, "
+        f"machine: {platform.machine()} ({host_cpu()}), {os.cpu_count()} CPUs, "
+        f"JAX {jax.devices()[0]}, "
         f"jax {jax.__version__}, load average {load:.2f} (1 min, after the run)\n\n"
         "| subjects | engine first (s) | engine (s) | lanes first (s) | lanes (s) | speed-up | "
         "lanes solves/min | max difference / state max |\n|---|---|---|---|---|---|---|---|\n"

@@ -69,6 +69,8 @@ def line_scan(
 
 
 def main(argv: list[str] | None = None) -> str:
+    from pkpd._jax import host_cpu
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--patients", type=int, default=512, help="virtual patients per arm")
     ap.add_argument("--seed", type=int, default=1)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> str:
         f"benchmarks/aggregate_calibration.py ({', '.join(parameters)}), {args.patients} "
         f"virtual patients per arm. Mode: {res.nit} L-BFGS-B iterations, negative log-posterior "
         f"{res.fun:.6f}, largest gradient component {np.abs(res.jac).max():.2g} ({t_map:.0f} s). "
-        f"Machine: {platform.machine()}, total {total:.0f} s.",
+        f"Machine: {platform.machine()} ({host_cpu()}), total {total:.0f} s.",
         "",
         "| difference step | smallest eigenvalue | largest eigenvalue |",
         "|---|---|---|",

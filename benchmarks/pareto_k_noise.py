@@ -59,6 +59,8 @@ def noise_table(reps: int, seed: int, scales=SCALES, sizes=SIZES) -> list[dict[s
 
 
 def main(argv: list[str] | None = None) -> str:
+    from pkpd._jax import host_cpu
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> str:
         f"### Pareto k of the Laplace check, {now}",
         "",
         f"`{cmd.strip()}` ({args.reps} checks per row; q = N(0, 1), p = N(0, s^2); "
-        f"machine {platform.machine()}):",
+        f"machine {platform.machine()} ({host_cpu()})):",
         "",
         "| posterior SD s | true k | draws S | k-hat median | k-hat 5-95% | flagged | "
         "relative ESS |",

@@ -121,6 +121,8 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def main() -> None:
+    from pkpd._jax import host_cpu
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicates", type=int, default=20)
     parser.add_argument("--subjects", type=int, default=24)
@@ -173,7 +175,8 @@ def main() -> None:
     n_ok = sum(r["ok"] for r in rows)
     header = (
         f"## Recovery: 90% CrI coverage ({dt.date.today().isoformat()})\n\n"
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}; "
+        f"Machine: {platform.machine()} ({host_cpu()}), {os.cpu_count()} CPUs, "
+        f"{platform.system()}; "
         f"Python {platform.python_version()}. "
         f"`python benchmarks/recovery.py --replicates {args.replicates} --subjects "
         f"{args.subjects}`: pk_1cmt_oral, {args.subjects} subjects x {len(TIMES)} samples, "

@@ -31,6 +31,7 @@ from scipy.integrate import solve_ivp  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pkpd._jax import host_cpu  # noqa: E402
 from pkpd.events import DoseRecords, build_event_table  # noqa: E402
 from pkpd.model import load_model  # noqa: E402
 from pkpd.solve import Solver, solve  # noqa: E402
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> str:
     speedup = scipy_time / steady
 
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
+    machine = f"{platform.machine()} ({host_cpu()})"
     devices = ", ".join(str(d) for d in jax.devices())
     extrap = "" if m == n else f" (timed on {m}, scaled)"
     table = "\n".join(

@@ -1,9 +1,32 @@
-"""JAX configuration shared by every pkpd module that touches JAX."""
+"""JAX configuration shared by every pkpd module that touches JAX, and the host CPU's name."""
 
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
+
+
+def host_cpu() -> str:
+    """Name the CPU model of this machine, e.g. ``"AMD EPYC"`` (``platform.processor()`` off Linux).
+
+    XLA compiles for the host's instruction set (AVX2, AVX-512, ...), so the last digits of a
+    log-density, and an optimiser's or sampler's path through them, can differ between CPUs:
+    the same seed gives the same numbers on the same kind of CPU.
+
+    Returns
+    -------
+    str
+        ``"unknown"`` when the system does not say.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def enable_x64() -> None:

@@ -352,13 +352,17 @@ def demo_cmd(
 
 @app.command("version")
 def version_cmd() -> None:
-    """Print the versions of pkpd and its engine."""
+    """Print the versions of pkpd and its engine, and the CPU (results can differ between CPUs)."""
     import diffrax
     import jax
 
     import pkpd
+    from pkpd._jax import host_cpu
 
-    typer.echo(f"pkpd {pkpd.__version__} (jax {jax.__version__}, diffrax {diffrax.__version__})")
+    typer.echo(
+        f"pkpd {pkpd.__version__} (jax {jax.__version__}, diffrax {diffrax.__version__}; "
+        f"CPU {host_cpu()})"
+    )
 
 
 def _register_subcommands() -> None:

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 import pkpd
+from pkpd._jax import host_cpu
 from pkpd.cli import app
 from pkpd.model import list_models
 from pkpd.solve import Solver
@@ -53,6 +54,7 @@ def test_version():
     result = invoke("version")
     assert result.exit_code == 0
     assert result.output.startswith(f"pkpd {pkpd.__version__} (jax ")
+    assert f"; CPU {host_cpu()})" in result.output
 
 
 def test_models_lists_the_library():

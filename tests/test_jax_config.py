@@ -1,4 +1,4 @@
-"""pkpd._jax: float64 and the persistent compilation cache."""
+"""pkpd._jax: float64, the persistent compilation cache and the host CPU's name."""
 
 from __future__ import annotations
 
@@ -62,3 +62,23 @@ def test_the_command_line_uses_the_cache_unless_told_not_to(tmp_path):
     env["XDG_CACHE_HOME"] = str(tmp_path / "on")
     assert "pkpd" in _fresh("-m", "pkpd.cli", "version", env=env)
     assert (tmp_path / "on" / "pkpd" / "jax").is_dir()
+
+
+def test_host_cpu_names_the_processor(monkeypatch, tmp_path):
+    from pkpd import _jax
+
+    assert _jax.host_cpu() != ""
+    # Linux: the first "model name" of /proc/cpuinfo; elsewhere platform.processor().
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\nmodel name\t: other\n")
+    real_open = open
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k),
+    )
+    assert _jax.host_cpu() == "Some CPU 9000"
+    cpuinfo.unlink()
+    monkeypatch.setattr(_jax.platform, "processor", lambda: "arm")
+    assert _jax.host_cpu() == "arm"
+    monkeypatch.setattr(_jax.platform, "processor", lambda: "")
+    assert _jax.host_cpu() == "unknown"

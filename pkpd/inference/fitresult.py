@@ -7,7 +7,7 @@ the model file, ``omega_<name>``, ``eta (chain, draw, subject, iiv)``; ``sample_
 
 - the InferenceData groups, with provenance in the attributes of the ``posterior`` group
   (``pkpd_*``): the text of every model file and the model hash, a hash of the dataset, the
-  versions of pkpd and its numerical stack, the seed and the sampler settings;
+  versions of pkpd and its numerical stack, the CPU model, the seed and the sampler settings;
 - the cohort (group ``pkpd_cohort``), so plots and predictive checks work from the file alone.
 
 Writes are atomic (a temporary file in the same folder, then `os.replace`): an interrupted save
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pkpd._jax import host_cpu
 from pkpd.errors import PkpdError
 
 #: Attribute prefix of pkpd's provenance in the posterior group.
@@ -61,7 +62,7 @@ def dataset_hash(cohort: Any) -> str:
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of Python, pkpd and the numerical stack.
+    """Versions of Python, pkpd and the numerical stack, and the CPU (`host_cpu`).
 
     Returns
     -------
@@ -69,7 +70,7 @@ def package_versions() -> dict[str, str]:
     """
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), "cpu": host_cpu()}
     for name in (
         "pkpd",
         "numpy",

@@ -10,6 +10,7 @@ import xarray as xr
 
 import pkpd
 from pkpd.inference import ModelChangedError, fit, load_fit
+from pkpd.inference.fitresult import host_cpu
 from pkpd.model.library import library_path
 
 
@@ -39,7 +40,8 @@ def test_round_trip(short_fit, tmp_path):
     prov = loaded.provenance
     assert prov["model_hash"] == short_fit.spec.hash
     assert prov["seed"] == 2 and prov["sampler"] == short_fit.settings.sampler
-    assert set(prov["versions"]) >= {"pkpd", "jax", "diffrax", "pymc", "pytensor", "arviz"}
+    assert set(prov["versions"]) >= {"pkpd", "jax", "diffrax", "pymc", "pytensor", "arviz", "cpu"}
+    assert prov["versions"]["cpu"] == host_cpu() != ""
     assert "pk_1cmt_oral" in next(iter(__import__("json").loads(prov["model_files"])))
     assert loaded.diagnostics()["rhat_max"] == short_fit.diagnostics()["rhat_max"]
     # The re-attached model predicts exactly as the original.
