@@ -38,11 +38,13 @@ from types import SimpleNamespace
 
 import jax
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pkpd  # noqa: E402
+from pkpd._jax import host_cpu  # noqa: E402
 from pkpd.data.trials import Outcome, published_trials  # noqa: E402
 from pkpd.inference.aggregate import AggregateWarning, VirtualDesign  # noqa: E402
 from pkpd.inference.calibration import (  # noqa: E402
@@ -159,6 +161,49 @@ def calibration_problem(
     )
 
 
+def parameter_table(summary: pd.DataFrame, importance: bool) -> list[str]:
+    """The calibrated parameters; with ``importance``, the reweighted median and interval too."""
+    head = "| parameter | prior | MAP | median | 95% interval | "
+    rule = "|---|---|---|---|---|"
+    if importance:
+        head += "reweighted median [95%] | "
+        rule += "---|"
+    lines = [head + "posterior SD / prior SD |", rule + "---|"]
+    for name, row in summary.iterrows():
+        extra = ""
+        if importance:
+            extra = (
+                "not reweighted (check flagged or not run) | "
+                if np.isnan(row["median_is"])
+                else f"{row['median_is']:.3g} [{row['lower_is']:.3g}, {row['upper_is']:.3g}] | "
+            )
+        lines.append(
+            f"| {name} | {row['prior']} | {row['map']:.3g} | {row['median']:.3g} | "
+            f"[{row['lower']:.3g}, {row['upper']:.3g}] | {extra}{row['sd_ratio']:.2f} |"
+        )
+    return lines
+
+
+def predictive_rows(table: pd.DataFrame, uninformed: set[str]) -> list[str]:
+    """The posterior predictive table (`posterior_predictive`) in markdown."""
+    lines = [
+        "| role | cohort | outcome | N | observed | predicted rate | predictive 95% | p | inside |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in table.iterrows():
+        role = "calibration" if r["trial"] in CALIBRATION else "validation"
+        star = "*" if r["derived"] else ""
+        if set(filter(None, r["cutpoints"].split(","))) & uninformed:
+            star += "†"
+        lines.append(
+            f"| {role} | {r['trial']} | {r['outcome']}{star} | {r['n']:.0f} | "
+            f"{_fmt(r['observed'])} | {_fmt(r['rate'])} [{_fmt(r['rate_lower'])}, "
+            f"{_fmt(r['rate_upper'])}] | [{_fmt(r['pred_lower'])}, {_fmt(r['pred_upper'])}] | "
+            f"{r['p_value']:.2f} | {'yes' if r['inside'] else 'NO'} |"
+        )
+    return lines
+
+
 def check_line(check: dict | None) -> str:
     """The Laplace check (`pkpd.inference.calibration.laplace_check`) in one line."""
     if check is None:
@@ -203,6 +248,12 @@ def main(argv: list[str] | None = None) -> str:
         default=IMPORTANCE_DRAWS,
         help="Laplace draws at which the log-posterior is evaluated for the Pareto k check "
         f"(default {IMPORTANCE_DRAWS}; ~2 s each with --with-neuro; 0: no check)",
+    )
+    ap.add_argument(
+        "--importance",
+        action="store_true",
+        help="also report the Laplace draws reweighted to the posterior (importance weights of "
+        "the check, when it passed): parameter intervals and a second predictive pass",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 patients, 20 draws")
@@ -249,6 +300,18 @@ def main(argv: list[str] | None = None) -> str:
             extra=extra,
         )
         t_pred = time.perf_counter() - t0
+        reweighted = None
+        if args.importance and fit.importance_weights is not None:
+            t0 = time.perf_counter()
+            reweighted = posterior_predictive(
+                fit,
+                published_trials(*CALIBRATION) + validation,
+                n_draws=args.draws,
+                seed=args.seed,
+                extra=extra,
+                importance=True,
+            )
+            t_pred_is = time.perf_counter() - t0
         # Share of virtual patients given tocilizumab at the posterior median.
         treated = None
         if treatment is not None:
@@ -287,21 +350,17 @@ def main(argv: list[str] | None = None) -> str:
     )
     lines.append("")
     lines.append(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, JAX "
+        f"machine: {platform.machine()} ({host_cpu()}), {os.cpu_count()} CPUs, JAX "
         f"{jax.devices()[0]}, jax {jax.__version__}; calibration {t_cal:.0f} s, "
-        f"predictive ({args.draws} draws) {t_pred:.0f} s, total {total:.0f} s "
+        f"predictive ({args.draws} draws) {t_pred:.0f} s, "
+        + ("" if reweighted is None else f"reweighted predictive {t_pred_is:.0f} s, ")
+        + f"total {total:.0f} s "
         f"(wall times: {', '.join(f'{k} {v:.0f} s' for k, v in fit.settings['wall_time'].items())})"
     )
     lines.append("")
     lines.append("Calibrated parameters (posterior median and 95% interval, Laplace):")
     lines.append("")
-    lines.append("| parameter | prior | MAP | median | 95% interval | posterior SD / prior SD |")
-    lines.append("|---|---|---|---|---|---|")
-    for name, row in fit.summary.iterrows():
-        lines.append(
-            f"| {name} | {row['prior']} | {row['map']:.3g} | {row['median']:.3g} | "
-            f"[{row['lower']:.3g}, {row['upper']:.3g}] | {row['sd_ratio']:.2f} |"
-        )
+    lines.extend(parameter_table(fit.summary, args.importance))
     uninformed = _uninformed_cutpoints(fit.parameters, table)
     lines.append("")
     lines.append(
@@ -326,21 +385,20 @@ def main(argv: list[str] | None = None) -> str:
         "validation):"
     )
     lines.append("")
-    lines.append(
-        "| role | cohort | outcome | N | observed | predicted rate | predictive 95% | p | inside |"
-    )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
-    for _, r in table.iterrows():
-        role = "calibration" if r["trial"] in CALIBRATION else "validation"
-        star = "*" if r["derived"] else ""
-        if set(filter(None, r["cutpoints"].split(","))) & uninformed:
-            star += "†"
+    lines.extend(predictive_rows(table, uninformed))
+    if reweighted is not None:
+        lines.append("")
         lines.append(
-            f"| {role} | {r['trial']} | {r['outcome']}{star} | {r['n']:.0f} | "
-            f"{_fmt(r['observed'])} | {_fmt(r['rate'])} [{_fmt(r['rate_lower'])}, "
-            f"{_fmt(r['rate_upper'])}] | [{_fmt(r['pred_lower'])}, {_fmt(r['pred_upper'])}] | "
-            f"{r['p_value']:.2f} | {'yes' if r['inside'] else 'NO'} |"
+            f"The same with the {args.draws} draws taken from the first "
+            f"{fit.importance_weights.size} Laplace draws in proportion to their importance "
+            f"weights (the Gaussian corrected towards the posterior; ESS of the weights "
+            f"{fit.settings['laplace_check']['ess']:.0f}):"
         )
+        lines.append("")
+        lines.extend(predictive_rows(reweighted, uninformed))
+    elif args.importance:
+        lines.append("")
+        lines.append("Not reweighted: the Laplace check flagged its weights, or did not run.")
     lines.append("")
     mc = fit.rates
     lines.append(

@@ -829,3 +829,49 @@ def test_aggregate_calibration_check_line_says_passed_flagged_or_not_run():
     assert "k 0.70" in agg.check_line(check) and "flagged" in agg.check_line(check)
     assert "passed" in agg.check_line(dict(check, pareto_k=-np.inf))
     assert "not run" in agg.check_line(None)
+
+
+def test_aggregate_calibration_tables_with_and_without_reweighting():
+    import pandas as pd
+
+    agg = _load("aggregate_calibration")
+    summary = pd.DataFrame(
+        {
+            "prior": ["Normal(1, 1)", "Normal(2, 1)"],
+            "map": [1.0, 2.0],
+            "median": [1.1, 2.1],
+            "lower": [0.5, 1.5],
+            "upper": [1.7, 2.7],
+            "sd_ratio": [0.4, 0.9],
+            "median_is": [1.2, np.nan],
+            "lower_is": [0.6, np.nan],
+            "upper_is": [1.9, np.nan],
+        },
+        index=pd.Index(["c1", "c2"], name="parameter"),
+    )
+    plain = agg.parameter_table(summary, importance=False)
+    assert plain[2] == "| c1 | Normal(1, 1) | 1 | 1.1 | [0.5, 1.7] | 0.40 |"
+    both = agg.parameter_table(summary, importance=True)
+    assert "reweighted median [95%]" in both[0] and both[1].count("---") == 7
+    assert both[2] == "| c1 | Normal(1, 1) | 1 | 1.1 | [0.5, 1.7] | 1.2 [0.6, 1.9] | 0.40 |"
+    assert "not reweighted" in both[3]
+    row = dict(
+        trial="zuma1",
+        outcome="CRS >= 3",
+        cutpoints="c1",
+        n=108,
+        observed=0.13,
+        rate=0.12,
+        rate_lower=0.08,
+        rate_upper=0.2,
+        pred_lower=0.06,
+        pred_upper=0.22,
+        p_value=0.8,
+        inside=True,
+        derived=False,
+    )
+    table = pd.DataFrame([row, dict(row, trial="hay2017", inside=False)])
+    rows = agg.predictive_rows(table, {"c1"})
+    assert len(rows) == 4 and rows[0].startswith("| role |")
+    assert rows[2].startswith("| calibration | zuma1 | CRS >= 3† | 108 |")
+    assert rows[3].startswith("| validation | hay2017 |") and rows[3].endswith("| NO |")

@@ -103,7 +103,9 @@ class AggregateFit:
     draws : numpy.ndarray
         ``(S, P)`` posterior draws (natural scale).
     summary : pandas.DataFrame
-        Prior, posterior median and 95% interval per parameter.
+        Prior, posterior median and 95% interval per parameter; ``median_is``, ``lower_is``,
+        ``upper_is``: the same from the Laplace draws reweighted to the posterior (importance
+        sampling, see `importance_weights`), NaN where there are no valid weights.
     rates : pandas.DataFrame
         Observed vs predicted rates at the posterior median, with Monte-Carlo errors.
     settings : dict
@@ -129,6 +131,25 @@ class AggregateFit:
     def median(self) -> np.ndarray:
         """Posterior median of each parameter."""
         return np.median(self.draws, axis=0)
+
+    @property
+    def importance_weights(self) -> np.ndarray | None:
+        """Weights that make the first Laplace draws a sample of the posterior, or None.
+
+        The Pareto-smoothed importance weights (posterior over the Laplace Gaussian) of
+        ``draws[:S]``, ``S`` the check's ``importance_draws`` (`laplace_check`), normalised;
+        None for NUTS, without the check, or when its Pareto k is above the threshold (then the
+        weights are not reliable). Their ESS (``settings["laplace_check"]["ess"]``) says how
+        many independent posterior draws they are worth.
+        """
+        return _reliable_weights(self.settings.get("laplace_check"))
+
+
+def _reliable_weights(check: Mapping[str, Any] | None) -> np.ndarray | None:
+    """Return the check's importance weights where its Pareto k is at most the threshold."""
+    if check is None or not check["pareto_k"] <= check["k_threshold"]:
+        return None
+    return check["weights"]
 
 
 def _prior_model(
@@ -453,7 +474,8 @@ def calibrate(
         notes.append(str(w.message))
         warnings.warn(w.message, AggregateWarning, stacklevel=2)
     timing["mc_error"] = time.perf_counter() - t0
-    summary = _summary(lik, vec_map, samples)
+    weights = _reliable_weights(check) if method == "laplace" else None
+    summary = _summary(lik, vec_map, samples, weights)
     settings = {
         "design": dataclasses.asdict(lik.design) | {"covariates": None, "base": None},
         "solver": repr(lik.solver),
@@ -816,7 +838,11 @@ def laplace_check(
         ``draws`` S, ``pareto_k`` (``-inf`` where the log weights agree to
         `EQUAL_LOG_WEIGHTS`: ``q`` is ``p``; ``inf`` where every draw is outside ``p``'s
         support), ``k_threshold``, ``ess`` (of the smoothed, normalised weights:
-        ``1 / sum w^2``), ``outside_support`` (draws with ``p = 0``).
+        ``1 / sum w^2``), ``outside_support`` (draws with ``p = 0``), ``weights`` (``(S,)``,
+        the smoothed weights normalised to sum 1, 0 outside the support; all 0 when every
+        draw is outside it). Below the threshold, weighted averages over ``xs`` estimate
+        expectations under ``p`` (`weighted_quantile`, ``posterior_predictive(importance=
+        True)``).
     """
     import arviz as az
 
@@ -829,16 +855,19 @@ def laplace_check(
     lw = np.where(np.isfinite(lp), lp - lq, -np.inf)
     n = xs.shape[0]
     inside = np.isfinite(lw)
+    w = np.zeros(n)
     if not np.any(inside):
         k, ess = np.inf, 0.0
     elif np.ptp(lw[inside]) < EQUAL_LOG_WEIGHTS:
         # p is q up to a constant: no tail to fit (PSIS's fit returns inf on equal weights)
         k, ess = -np.inf, float(inside.sum())
+        w[inside] = 1.0 / inside.sum()
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PSIS's own Pareto-k warning: reported here
             smoothed, k = az.psislw(lw - lw[inside].max())
         w = np.exp(np.asarray(smoothed, float))
+        w /= w.sum()  # normalised by psislw already; again against rounding
         ess = float(1.0 / np.sum(w**2))
         k = float(k)
     return {
@@ -847,7 +876,39 @@ def laplace_check(
         "k_threshold": float(min(1.0 - 1.0 / np.log10(n), 0.7)) if n > 10 else 0.0,
         "ess": ess,
         "outside_support": int(np.sum(~np.isfinite(lp))),
+        "weights": w,
     }
+
+
+def weighted_quantile(x: np.ndarray, weights: np.ndarray, q: Any) -> np.ndarray:
+    """Quantiles of ``x`` under normalised weights (importance-weighted draws).
+
+    The weighted empirical distribution with each draw's mass centred on it (the weighted form
+    of the "hazen" rule), interpolated linearly between draws: with equal weights it is
+    ``numpy.quantile(x, q, method="hazen")``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(S,)`` draws.
+    weights : numpy.ndarray
+        ``(S,)`` non-negative weights; draws of weight 0 are ignored.
+    q : float or array_like
+        Probabilities in [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    x, w = np.asarray(x, float), np.asarray(weights, float)
+    keep = w > 0
+    if not np.any(keep):
+        raise ValueError("weighted_quantile: every weight is 0")
+    order = np.argsort(x[keep])
+    xs, ws = x[keep][order], w[keep][order]
+    ws = ws / ws.sum()
+    cdf = np.cumsum(ws) - ws / 2
+    return np.interp(q, cdf, xs)
 
 
 def _fd_hessian(
@@ -912,15 +973,26 @@ def _covariance(hess: np.ndarray) -> tuple[np.ndarray, str]:
     return (v / w) @ v.T, note
 
 
-def _summary(lik: AggregateLikelihood, vec_map: np.ndarray, samples: np.ndarray) -> pd.DataFrame:
+def _summary(
+    lik: AggregateLikelihood,
+    vec_map: np.ndarray,
+    samples: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Prior, MAP, posterior median and interval, and ``sd_ratio`` (posterior / prior SD).
 
     ``sd_ratio`` is on the sampling scale (log for LogNormal priors); near 1: the data did not
-    inform the parameter. NaN for prior families without a closed-form SD here.
+    inform the parameter. NaN for prior families without a closed-form SD here. With importance
+    ``weights`` of the first draws: their weighted median and interval (``*_is``), else NaN.
     """
     rows = []
     for i, p in enumerate(lik.parameters):
         lo, med, hi = np.nanquantile(samples[:, i], [0.025, 0.5, 0.975])
+        lo_is = med_is = hi_is = np.nan
+        if weights is not None:
+            lo_is, med_is, hi_is = weighted_quantile(
+                samples[: weights.size, i], weights, [0.025, 0.5, 0.975]
+            )
         prior = lik.priors.get(p)
         ratio = np.nan
         if prior is not None and prior.family in ("Normal", "LogNormal"):
@@ -936,6 +1008,9 @@ def _summary(lik: AggregateLikelihood, vec_map: np.ndarray, samples: np.ndarray)
                 "lower": lo,
                 "upper": hi,
                 "sd_ratio": ratio,
+                "median_is": med_is,
+                "lower_is": lo_is,
+                "upper_is": hi_is,
             }
         )
     return pd.DataFrame(rows).set_index("parameter")
@@ -954,6 +1029,7 @@ def posterior_predictive(
     seed: int = 0,
     extra: Mapping[str, Sequence[Outcome]] | None = None,
     mass: float = 0.95,
+    importance: bool = False,
     **likelihood_options: Any,
 ) -> pd.DataFrame:
     """Predicted rates of other cohorts over a calibration's posterior, next to the observed.
@@ -973,6 +1049,11 @@ def posterior_predictive(
         distribution), marked as derived.
     mass : float, optional
         Interval mass.
+    importance : bool, optional
+        Draw the ``n_draws`` (with replacement) from the first Laplace draws in proportion to
+        their importance weights (`AggregateFit.importance_weights`): the Laplace Gaussian
+        corrected towards the posterior. Only as many distinct draws as the weights' ESS, about;
+        a ValueError when the fit has no reliable weights.
     **likelihood_options
         Overrides of the calibration's likelihood options (e.g. ``treatment`` by trial id).
 
@@ -986,6 +1067,19 @@ def posterior_predictive(
         observed count), ``inside`` (observed within the predictive interval), ``derived``,
         ``cutpoints`` (the cutpoint parameters the row depends on).
     """
+    weights = fit.importance_weights
+    if importance and weights is None:
+        check = fit.settings.get("laplace_check")
+        if fit.method != "laplace":
+            why = f"method {fit.method!r}: its draws are the posterior's already"
+        elif check is None:
+            why = "no Laplace check: importance_draws=0"
+        else:
+            why = f"Pareto k {check['pareto_k']:.2f} above {check['k_threshold']:.2f}"
+        raise ValueError(
+            f"posterior_predictive(importance=True): the fit has no reliable importance "
+            f"weights ({why})"
+        )
     src = fit.likelihood
     trials = list(trials)
     if extra:
@@ -1007,7 +1101,10 @@ def posterior_predictive(
     opts.update(likelihood_options)
     lik = AggregateLikelihood(src.model, trials, src.parameters, **opts)
     rng = np.random.default_rng(seed)
-    pick = rng.choice(fit.draws.shape[0], size=min(n_draws, fit.draws.shape[0]), replace=False)
+    if importance:
+        pick = rng.choice(weights.size, size=n_draws, replace=True, p=weights)
+    else:
+        pick = rng.choice(fit.draws.shape[0], size=min(n_draws, fit.draws.shape[0]), replace=False)
     probs = lik.probabilities_many(fit.draws[pick])  # (S, R)
     alpha = (1 - mass) / 2
     out = []
