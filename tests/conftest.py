@@ -19,7 +19,8 @@ from compiled_code import release_compiled_code
 JAX_CACHE = "jax-compilation-cache"
 #: Bytes the cache may hold; JAX evicts the least recently used entries past it (with a file lock
 #: around every read and write, so the workers never read a half-written entry: filelock, a
-#: development dependency).
+#: development dependency). pkpd's default (`pkpd._jax.COMPILATION_CACHE_BYTES`), not imported:
+#: importing pkpd imports JAX, before this file has set its flags.
 JAX_CACHE_MAX_SIZE = 2 * 1024**3
 
 
