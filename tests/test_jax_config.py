@@ -82,3 +82,11 @@ def test_host_cpu_names_the_processor(monkeypatch, tmp_path):
     assert _jax.host_cpu() == "arm"
     monkeypatch.setattr(_jax.platform, "processor", lambda: "")
     assert _jax.host_cpu() == "unknown"
+
+
+def test_the_suite_caches_as_much_as_pkpd_does():
+    from conftest import JAX_CACHE_MAX_SIZE
+
+    from pkpd._jax import COMPILATION_CACHE_BYTES
+
+    assert JAX_CACHE_MAX_SIZE == COMPILATION_CACHE_BYTES
