@@ -112,7 +112,8 @@ class AggregateFit:
         Design, solver, method options, wall times (s), the MAP's rounds (``map_rounds``),
         the unconstrained coordinates of the last stage (``coordinates``), the check of the
         Laplace Gaussian against the posterior (``laplace_check``: Pareto k of the importance
-        weights, see `laplace_check`), notes.
+        weights, see `laplace_check`, and ``moved``: where they move each parameter, see
+        `weighted_moves`), notes.
     idata : arviz.InferenceData or None
         NUTS draws (``method="nuts"``).
     """
@@ -422,14 +423,16 @@ def calibrate(
             report(f"Laplace: the log-posterior at {n_check} of its draws (Pareto k)")
             check = laplace_check(target.log_density, xs[:n_check], x, cov)
             timing["laplace_check"] = time.perf_counter() - t0
+            check["moved"] = weighted_moves(samples[:n_check], check["weights"], lik.parameters)
             if check["pareto_k"] > check["k_threshold"]:
+                settle = "method='nuts'" if n_check >= 1000 else "importance_draws=1000 or NUTS"
                 notes.append(
                     f"Laplace: Pareto k {check['pareto_k']:.2f} of the importance weights "
                     f"(posterior over the Gaussian) at {n_check} of its draws, above "
                     f"{check['k_threshold']:.2f} (the threshold for that many draws; k's own "
                     f"sampling error is large below ~1000): the Gaussian may misrepresent a "
                     f"skewed or heavier-tailed posterior, and its intervals are doubtful "
-                    f"(importance_draws=1000 or method='nuts' settles it)"
+                    f"({settle} settles it)" + _moves_text(check["moved"])
                 )
     else:
         from pkpd.inference.sample import _sample_nutpie
@@ -878,6 +881,65 @@ def laplace_check(
         "outside_support": int(np.sum(~np.isfinite(lp))),
         "weights": w,
     }
+
+
+#: A parameter whose reweighted mean moves by more than this many of its Laplace SDs, or whose
+#: SD changes by more than this factor either way, is named in the note of a flagged check (the
+#: `MOVES_NAMED` largest).
+MOVE_SD, MOVE_SD_RATIO, MOVES_NAMED = 0.2, 1.25, 4
+
+
+def weighted_moves(
+    samples: np.ndarray, weights: np.ndarray, names: Sequence[str]
+) -> dict[str, tuple[float, float]]:
+    """Where the importance weights move each parameter: the posterior against the Gaussian.
+
+    Parameters
+    ----------
+    samples : numpy.ndarray
+        ``(S, P)`` draws of the Laplace Gaussian (natural scale).
+    weights : numpy.ndarray
+        ``(S,)`` their normalised importance weights (`laplace_check`).
+    names : sequence of str
+        The ``P`` parameters.
+
+    Returns
+    -------
+    dict of str to (float, float)
+        Per parameter: the weighted mean minus the unweighted mean, in the draws' SD, and the
+        weighted SD over the unweighted SD. Under a flagged check (Pareto k above the
+        threshold) these are not estimates of the posterior, only where the heaviest weights
+        sit: the direction in which the Gaussian misses it.
+    """
+    x = np.asarray(samples, float)
+    w = np.asarray(weights, float)
+    mean, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+    out = {}
+    for j, name in enumerate(names):
+        if not np.isfinite(sd[j]) or sd[j] == 0 or w.sum() <= 0:
+            continue
+        m_w = float(np.sum(w * x[:, j]) / w.sum())
+        sd_w = float(np.sqrt(np.sum(w * (x[:, j] - m_w) ** 2) / w.sum()))
+        out[str(name)] = ((m_w - mean[j]) / sd[j], sd_w / sd[j])
+    return out
+
+
+def _moves_text(moved: Mapping[str, tuple[float, float]]) -> str:
+    """Name the parameters the weights move most (`MOVE_SD`, `MOVE_SD_RATIO`), for a note."""
+    big = {
+        n: (d, r)
+        for n, (d, r) in moved.items()
+        if abs(d) > MOVE_SD or not 1 / MOVE_SD_RATIO < r < MOVE_SD_RATIO
+    }
+    if not big:
+        return ""
+    order = sorted(big, key=lambda n: -max(abs(big[n][0]), abs(np.log(big[n][1]))))
+    order = order[:MOVES_NAMED]
+    return (
+        "; reweighted, "
+        + ", ".join(f"{n} moves {big[n][0]:+.1f} SD (its SD x{big[n][1]:.2f})" for n in order)
+        + " (where the heaviest weights sit: a direction, not an estimate, at this k)"
+    )
 
 
 def weighted_quantile(x: np.ndarray, weights: np.ndarray, q: Any) -> np.ndarray:

@@ -15,6 +15,8 @@ from pkpd.data.trials import parse_trials
 from pkpd.inference.aggregate import AggregateLikelihood, AggregateWarning
 from pkpd.inference.calibration import (
     MAP_GRADIENT_TOLERANCE,
+    MOVE_SD,
+    MOVE_SD_RATIO,
     UnconstrainedPosterior,
     calibrate,
     posterior_predictive,
@@ -339,7 +341,7 @@ def test_importance_weights_correct_the_gaussian_towards_the_posterior():
     upper end 0.25 and 0.7 from p's."""
     from scipy import stats
 
-    from pkpd.inference.calibration import laplace_check, weighted_quantile
+    from pkpd.inference.calibration import laplace_check, weighted_moves, weighted_quantile
 
     xs = np.random.default_rng(5).normal(size=(4000, 1))
     p = stats.norm(0.3, 1.2)
@@ -353,6 +355,9 @@ def test_importance_weights_correct_the_gaussian_towards_the_posterior():
     assert hi == pytest.approx(p.ppf(0.975), abs=0.2)
     raw = np.quantile(xs[:, 0], [0.025, 0.5, 0.975])
     assert np.all(np.abs(raw - p.ppf([0.025, 0.5, 0.975]))[1:] > 0.2)
+    # The same weights move the mean by +0.3 of q's SD and widen it 1.2x (SEs ~0.02 and 0.02).
+    (shift, ratio) = weighted_moves(xs, w, ["x"])["x"]
+    assert shift == pytest.approx(0.3, abs=0.07) and ratio == pytest.approx(1.2, abs=0.07)
     # Equal weights are numpy's "hazen" quantiles; weight-0 draws are ignored.
     np.testing.assert_allclose(
         weighted_quantile(xs[:101, 0], np.ones(101), [0.1, 0.5, 0.9]),
@@ -374,6 +379,13 @@ def test_the_laplace_check_flags_the_log_gap_tail_that_nuts_does_not_have(wall_f
     assert check["pareto_k"] > check["k_threshold"] and check["ess"] < 500
     assert any("Pareto k" in n and "doubtful" in n for n in wall_fit.settings["notes"])
     assert "laplace_check" in wall_fit.settings["wall_time"]
+    # Reweighted, c2 moves down and narrows: the Gaussian's long upper tail in the log gap
+    # (-0.40 SD, SD x0.73 on 2026-12-07); c1 and c3 stay (within 0.05 SD and 5%).
+    shift, ratio = check["moved"]["c2"]
+    assert shift < -MOVE_SD and ratio < 1 / MOVE_SD_RATIO
+    assert all(abs(check["moved"][c][0]) < MOVE_SD for c in ("c1", "c3"))
+    notes = wall_fit.settings["notes"]
+    assert any("; reweighted, c2 moves -0.4 SD (its SD x0.7" in n for n in notes)
     # Weights above the threshold are not used: no corrected summary, no corrected predictive.
     assert wall_fit.importance_weights is None
     assert wall_fit.summary[["median_is", "lower_is", "upper_is"]].isna().all().all()
