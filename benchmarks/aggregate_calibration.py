@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import sys
@@ -291,26 +292,21 @@ def main(argv: list[str] | None = None) -> str:
         t_cal = time.perf_counter() - t_start
         validation = published_trials(*VALIDATION)
         extra = {t.id: _cumulative(t) for t in validation}
-        t0 = time.perf_counter()
-        table = posterior_predictive(
+        predict = functools.partial(
+            posterior_predictive,
             fit,
             published_trials(*CALIBRATION) + validation,
             n_draws=args.draws,
             seed=args.seed,
             extra=extra,
         )
+        t0 = time.perf_counter()
+        table = predict()
         t_pred = time.perf_counter() - t0
         reweighted = None
         if args.importance and fit.importance_weights is not None:
             t0 = time.perf_counter()
-            reweighted = posterior_predictive(
-                fit,
-                published_trials(*CALIBRATION) + validation,
-                n_draws=args.draws,
-                seed=args.seed,
-                extra=extra,
-                importance=True,
-            )
+            reweighted = predict(importance=True)
             t_pred_is = time.perf_counter() - t0
         # Share of virtual patients given tocilizumab at the posterior median.
         treated = None
