@@ -913,15 +913,17 @@ def weighted_moves(
     """
     x = np.asarray(samples, float)
     w = np.asarray(weights, float)
+    total = w.sum()
+    if total <= 0:
+        return {}
     mean, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
-    out = {}
-    for j, name in enumerate(names):
-        if not np.isfinite(sd[j]) or sd[j] == 0 or w.sum() <= 0:
-            continue
-        m_w = float(np.sum(w * x[:, j]) / w.sum())
-        sd_w = float(np.sqrt(np.sum(w * (x[:, j] - m_w) ** 2) / w.sum()))
-        out[str(name)] = ((m_w - mean[j]) / sd[j], sd_w / sd[j])
-    return out
+    m_w = w @ x / total
+    sd_w = np.sqrt(w @ (x - m_w) ** 2 / total)
+    return {
+        str(name): (float((m_w[j] - mean[j]) / sd[j]), float(sd_w[j] / sd[j]))
+        for j, name in enumerate(names)
+        if np.isfinite(sd[j]) and sd[j] > 0
+    }
 
 
 def _moves_text(moved: Mapping[str, tuple[float, float]]) -> str:
