@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pkpd._jax import default_compilation_cache
 
 # A fresh process that compiles one program with pkpd's cache and reports the cache hits.
@@ -84,9 +86,15 @@ def test_host_cpu_names_the_processor(monkeypatch, tmp_path):
     assert _jax.host_cpu() == "unknown"
 
 
-def test_the_suite_caches_as_much_as_pkpd_does():
-    from conftest import JAX_CACHE_MAX_SIZE
-
+def test_the_suite_caches_as_much_as_pkpd_does(pytestconfig: pytest.Config):
+    # Found through pytest, not `from conftest import`: that name is whichever conftest.py was
+    # imported last (tests/solve/conftest.py in CI, 2026-12-07), not this folder's.
     from pkpd._jax import COMPILATION_CACHE_BYTES
 
-    assert JAX_CACHE_MAX_SIZE == COMPILATION_CACHE_BYTES
+    root = pytestconfig.rootpath / "tests" / "conftest.py"
+    (suite,) = [
+        plugin
+        for plugin in pytestconfig.pluginmanager.get_plugins()
+        if getattr(plugin, "__file__", None) and Path(plugin.__file__) == root
+    ]
+    assert suite.JAX_CACHE_MAX_SIZE == COMPILATION_CACHE_BYTES
