@@ -212,7 +212,8 @@ def check_line(check: dict | None) -> str:
     verdict = "flagged" if check["pareto_k"] > check["k_threshold"] else "passed"
     return (
         f"Laplace check: Pareto k {check['pareto_k']:.2f} of the importance weights (posterior "
-        f"over the Gaussian) at {check['draws']} of its draws, threshold "
+        f"over the {check.get('proposal', 'Gaussian')}) at {check['draws']} of its draws, "
+        f"threshold "
         f"{check['k_threshold']:.2f}: {verdict}; ESS of the weights {check['ess']:.0f}, "
         f"{check['outside_support']} outside the support (benchmarks/pareto_k_noise.py: how "
         "noisy k is at that size)."
@@ -251,6 +252,14 @@ def main(argv: list[str] | None = None) -> str:
         f"(default {IMPORTANCE_DRAWS}; ~2 s each with --with-neuro; 0: no check)",
     )
     ap.add_argument(
+        "--importance-df",
+        type=float,
+        default=None,
+        help="draw the check's --importance-draws from a multivariate Student-t with this many "
+        "degrees of freedom (4 is a good first choice) at the mode with the Laplace covariance "
+        "as scale, instead of from the Gaussian (calibrate's importance_df)",
+    )
+    ap.add_argument(
         "--importance",
         action="store_true",
         help="also report the Laplace draws reweighted to the posterior (importance weights of "
@@ -286,6 +295,7 @@ def main(argv: list[str] | None = None) -> str:
             seed=args.seed,
             mc_replicates=args.replicates,
             importance_draws=args.importance_draws,
+            importance_df=args.importance_df,
             progressbar=args.progress,
             **options,
         )
@@ -385,9 +395,10 @@ def main(argv: list[str] | None = None) -> str:
     if reweighted is not None:
         lines.append("")
         lines.append(
-            f"The same with the {args.draws} draws taken from the first "
-            f"{fit.importance_weights.size} Laplace draws in proportion to their importance "
-            f"weights (the Gaussian corrected towards the posterior; ESS of the weights "
+            f"The same with the {args.draws} draws taken from the "
+            f"{fit.importance_weights.size} draws of the check's proposal "
+            f"({fit.settings['laplace_check']['proposal']}) in proportion to their importance "
+            f"weights (the proposal corrected towards the posterior; ESS of the weights "
             f"{fit.settings['laplace_check']['ess']:.0f}):"
         )
         lines.append("")

@@ -829,6 +829,9 @@ def test_aggregate_calibration_check_line_says_passed_flagged_or_not_run():
     assert "k 0.70" in agg.check_line(check) and "flagged" in agg.check_line(check)
     assert "passed" in agg.check_line(dict(check, pareto_k=-np.inf))
     assert "not run" in agg.check_line(None)
+    assert "over the Gaussian)" in agg.check_line(check)  # fits from before the proposal option
+    t_check = dict(check, proposal="Student-t (df 4)")
+    assert "over the Student-t (df 4))" in agg.check_line(t_check)
 
 
 def test_aggregate_calibration_tables_with_and_without_reweighting():

@@ -83,6 +83,13 @@ IMPORTANCE_DRAWS = 200
 #: posterior up to a constant, and there is no tail for PSIS to fit.
 EQUAL_LOG_WEIGHTS = 1e-9
 
+#: Degrees of freedom of the Student-t importance proposal that `calibrate`'s ``importance_df``
+#: suggests when the check of the Gaussian is flagged: tails heavy enough to cover a posterior
+#: wider than the Gaussian in some direction (variance 2x the Gaussian's at the same scale), not
+#: so heavy that most draws land where the posterior is negligible (Geweke 1989, Econometrica
+#: 57(6), on t proposals at the mode for importance sampling).
+IMPORTANCE_DF = 4.0
+
 #: Batches of 4 x draws from the Laplace Gaussian, at most, to find draws with ordered cutpoints
 #: (uninformed cutpoints between informed ones discard most: 75% on the with-neuro calibration).
 TRUNCATED_BATCHES = 25
@@ -104,8 +111,8 @@ class AggregateFit:
         ``(S, P)`` posterior draws (natural scale).
     summary : pandas.DataFrame
         Prior, posterior median and 95% interval per parameter; ``median_is``, ``lower_is``,
-        ``upper_is``: the same from the Laplace draws reweighted to the posterior (importance
-        sampling, see `importance_weights`), NaN where there are no valid weights.
+        ``upper_is``: the same from the importance draws reweighted to the posterior
+        (importance sampling, see `importance_weights`), NaN where there are no valid weights.
     rates : pandas.DataFrame
         Observed vs predicted rates at the posterior median, with Monte-Carlo errors.
     settings : dict
@@ -135,15 +142,26 @@ class AggregateFit:
 
     @property
     def importance_weights(self) -> np.ndarray | None:
-        """Weights that make the first Laplace draws a sample of the posterior, or None.
+        """Weights that make `importance_samples` a sample of the posterior, or None.
 
-        The Pareto-smoothed importance weights (posterior over the Laplace Gaussian) of
-        ``draws[:S]``, ``S`` the check's ``importance_draws`` (`laplace_check`), normalised;
-        None for NUTS, without the check, or when its Pareto k is above the threshold (then the
-        weights are not reliable). Their ESS (``settings["laplace_check"]["ess"]``) says how
-        many independent posterior draws they are worth.
+        The Pareto-smoothed importance weights (posterior over the proposal: the Laplace
+        Gaussian, or the Student-t of ``importance_df``) of the check's ``S`` draws
+        (`laplace_check`), normalised; None for NUTS, without the check, or when its Pareto k
+        is above the threshold (then the weights are not reliable). Their ESS
+        (``settings["laplace_check"]["ess"]``) says how many independent posterior draws they
+        are worth.
         """
         return _reliable_weights(self.settings.get("laplace_check"))
+
+    @property
+    def importance_samples(self) -> np.ndarray | None:
+        """``(S, P)`` draws (natural scale) that `importance_weights` weigh, or None without them.
+
+        ``draws[:S]`` for the Gaussian proposal; the Student-t's own draws with ``importance_df``.
+        """
+        if self.importance_weights is None:
+            return None
+        return self.settings["laplace_check"]["samples"]
 
 
 def _reliable_weights(check: Mapping[str, Any] | None) -> np.ndarray | None:
@@ -238,6 +256,7 @@ def calibrate(
     refresh_rounds: int = 3,
     mc_replicates: int = 0,
     importance_draws: int = IMPORTANCE_DRAWS,
+    importance_df: float | None = None,
     progressbar: bool = False,
     **likelihood_options: Any,
 ) -> AggregateFit:
@@ -274,6 +293,14 @@ def calibrate(
         Pareto k of the importance weights (posterior over Gaussian, PSIS) says whether the
         Gaussian represents the posterior (`laplace_check`; a note when it does not). 0 skips
         the check.
+    importance_df : float, optional
+        Laplace: the check's ``importance_draws`` come from a multivariate Student-t with this
+        many degrees of freedom (`IMPORTANCE_DF` = 4 is a good first choice) at the mode, with
+        the Laplace covariance as its scale matrix, instead of from the Gaussian: heavier tails
+        that cover a posterior wider than the Gaussian (where the Gaussian's check fails). When
+        its check passes, the weighted Student-t draws are the posterior sample of the ``*_is``
+        summary columns and of ``posterior_predictive(importance=True)``; ``draws`` stay the
+        Gaussian's. None (default): the Gaussian's own first draws.
     progressbar : bool, optional
         Print a line on stderr per MAP iteration and per stage (and nutpie's progress bar).
     **likelihood_options
@@ -287,6 +314,8 @@ def calibrate(
     """
     if method not in ("laplace", "nuts"):
         raise ValueError(f"method must be 'laplace' or 'nuts', got {method!r}")
+    if importance_df is not None and not importance_df > 0:
+        raise ValueError(f"importance_df must be positive (or None), got {importance_df!r}")
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     lik = AggregateLikelihood(
@@ -400,7 +429,7 @@ def calibrate(
         notes.extend(n for n in (step_note, note) if n)
         # The prior excludes unordered cutpoints (potential -inf): the Laplace posterior is the
         # Gaussian truncated to ordered cutpoints.
-        xs, samples, kept = _truncated_gaussian(
+        xs, samples, kept = _truncated_draws(
             np.random.default_rng(seed),
             x,
             cov,
@@ -417,22 +446,56 @@ def calibrate(
             notes.append(f"Laplace: only {samples.shape[0]} valid draws of {draws}")
         timing["laplace"] = time.perf_counter() - t0
         check = None
-        n_check = min(importance_draws, xs.shape[0])
+        n_check = min(importance_draws, draws if importance_df is not None else xs.shape[0])
         if n_check > 0:  # importance weights are valid for any Gaussian, INVALID ones too
             t0 = time.perf_counter()
-            report(f"Laplace: the log-posterior at {n_check} of its draws (Pareto k)")
-            check = laplace_check(target.log_density, xs[:n_check], x, cov)
+            proposal = "Gaussian" if importance_df is None else f"Student-t (df {importance_df:g})"
+            if importance_df is None:
+                q_xs, q_samples, q_kept = xs[:n_check], samples[:n_check], kept
+            else:
+                # Its own stream: the Gaussian's draws are those of the same seed without it.
+                q_xs, q_samples, q_kept = _truncated_draws(
+                    np.random.default_rng((seed, 1)),
+                    x,
+                    cov,
+                    n_check,
+                    lambda xs: np.asarray(jax.vmap(to_natural)(jnp.asarray(xs))),
+                    lik.ordered,
+                    df=importance_df,
+                )
+                n_check = q_xs.shape[0]
+            report(f"Laplace: the log-posterior at {n_check} {proposal} draws (Pareto k)")
+            check = laplace_check(target.log_density, q_xs, x, cov, df=importance_df)
             timing["laplace_check"] = time.perf_counter() - t0
-            check["moved"] = weighted_moves(samples[:n_check], check["weights"], lik.parameters)
+            check["proposal"] = proposal
+            check["df"] = importance_df
+            check["kept"] = q_kept
+            check["samples"] = q_samples
+            check["moved"] = weighted_moves(
+                q_samples, check["weights"], lik.parameters, reference=samples
+            )
             if check["pareto_k"] > check["k_threshold"]:
-                settle = "method='nuts'" if n_check >= 1000 else "importance_draws=1000 or NUTS"
+                settle = (
+                    "importance_df=4 (a heavier-tailed proposal) or method='nuts'"
+                    if importance_df is None
+                    else "method='nuts'"
+                )
+                if n_check < 1000:
+                    settle = "importance_draws=1000, " + settle
                 notes.append(
                     f"Laplace: Pareto k {check['pareto_k']:.2f} of the importance weights "
-                    f"(posterior over the Gaussian) at {n_check} of its draws, above "
+                    f"(posterior over the {proposal} proposal) at {n_check} of its draws, above "
                     f"{check['k_threshold']:.2f} (the threshold for that many draws; k's own "
-                    f"sampling error is large below ~1000): the Gaussian may misrepresent a "
-                    f"skewed or heavier-tailed posterior, and its intervals are doubtful "
-                    f"({settle} settles it)" + _moves_text(check["moved"])
+                    f"sampling error is large below ~1000): "
+                    + (
+                        "the Gaussian may misrepresent a skewed or heavier-tailed posterior, "
+                        "and its intervals are doubtful"
+                        if importance_df is None
+                        else "the posterior has mass even the heavier tails miss, the Gaussian's "
+                        "intervals are doubtful and the weights are not used"
+                    )
+                    + f" ({settle} may settle it)"
+                    + _moves_text(check["moved"])
                 )
     else:
         from pkpd.inference.sample import _sample_nutpie
@@ -478,7 +541,9 @@ def calibrate(
         warnings.warn(w.message, AggregateWarning, stacklevel=2)
     timing["mc_error"] = time.perf_counter() - t0
     weights = _reliable_weights(check) if method == "laplace" else None
-    summary = _summary(lik, vec_map, samples, weights)
+    summary = _summary(
+        lik, vec_map, samples, weights, check["samples"] if weights is not None else None
+    )
     settings = {
         "design": dataclasses.asdict(lik.design) | {"covariates": None, "base": None},
         "solver": repr(lik.solver),
@@ -780,7 +845,7 @@ def _map_round(res: Any, grad: np.ndarray, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _truncated_gaussian(
+def _truncated_draws(
     rng: np.random.Generator,
     mean: np.ndarray,
     cov: np.ndarray,
@@ -788,9 +853,14 @@ def _truncated_gaussian(
     transform: Callable[[np.ndarray], np.ndarray],
     keep: Callable[[np.ndarray], np.ndarray],
     max_batches: int = TRUNCATED_BATCHES,
+    df: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """``n`` draws of ``transform(x)``, ``x ~ N(mean, cov)``, kept where ``keep`` is true.
 
+    The Laplace posterior truncated to the support (ordered cutpoints), or the check's proposal.
+
+    With ``df``: ``x`` from the multivariate Student-t with ``df`` degrees of freedom, location
+    ``mean`` and scale matrix ``cov`` (a Gaussian draw divided by ``sqrt(chi2_df / df)``).
     Batches of ``4 n`` are drawn until ``n`` are kept or ``max_batches`` were drawn (then fewer
     are returned); the first batch is the same whatever follows. Returns the kept ``x``, their
     transforms and the share of all draws that were kept.
@@ -798,6 +868,8 @@ def _truncated_gaussian(
     xs, out, kept, drawn = [], [], 0, 0
     for _ in range(max_batches):
         x = rng.multivariate_normal(mean, cov, size=4 * n)
+        if df is not None:
+            x = mean + (x - mean) / np.sqrt(rng.chisquare(df, size=(4 * n, 1)) / df)
         samples = transform(x)
         ok = np.asarray(keep(samples), bool)
         xs.append(x[ok])
@@ -814,6 +886,7 @@ def laplace_check(
     xs: np.ndarray,
     mean: np.ndarray,
     cov: np.ndarray,
+    df: float | None = None,
 ) -> dict[str, Any]:
     """How well a Gaussian ``N(mean, cov)`` represents a posterior, from draws of the Gaussian.
 
@@ -826,14 +899,21 @@ def laplace_check(
     ``p``'s support (``log_density`` ``-inf``) get weight 0. With truncated draws (only those in
     ``p``'s support kept) the truncation constant cancels in the normalised weights.
 
+    With ``df`` the proposal ``q`` is the multivariate Student-t with ``df`` degrees of freedom,
+    location ``mean`` and scale matrix ``cov`` instead: its heavier tails cover a posterior that
+    is wider than the Gaussian in some direction (where the Gaussian's check fails), and the
+    weights then make ``xs`` a sample of ``p`` when the check passes.
+
     Parameters
     ----------
     log_density : callable
         ``x -> log p(x)`` up to a constant (``-inf`` outside the support).
     xs : numpy.ndarray
-        ``(S, d)`` draws of the Gaussian (unconstrained scale).
+        ``(S, d)`` draws of the proposal (unconstrained scale).
     mean, cov : numpy.ndarray
-        The Gaussian.
+        The Gaussian (or the Student-t's location and scale matrix).
+    df : float, optional
+        Degrees of freedom of a Student-t proposal; None: the Gaussian.
 
     Returns
     -------
@@ -854,7 +934,11 @@ def laplace_check(
     d = xs - mean
     chol = np.linalg.cholesky(cov)
     z = np.linalg.solve(chol, d.T)
-    lq = -0.5 * np.sum(z * z, axis=0)
+    lq = (
+        -0.5 * np.sum(z * z, axis=0)
+        if df is None
+        else -0.5 * (df + xs.shape[1]) * np.log1p(np.sum(z * z, axis=0) / df)
+    )
     lw = np.where(np.isfinite(lp), lp - lq, -np.inf)
     n = xs.shape[0]
     inside = np.isfinite(lw)
@@ -890,7 +974,10 @@ MOVE_SD, MOVE_SD_RATIO, MOVES_NAMED = 0.2, 1.25, 4
 
 
 def weighted_moves(
-    samples: np.ndarray, weights: np.ndarray, names: Sequence[str]
+    samples: np.ndarray,
+    weights: np.ndarray,
+    names: Sequence[str],
+    reference: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Where the importance weights move each parameter: the posterior against the Gaussian.
 
@@ -902,12 +989,15 @@ def weighted_moves(
         ``(S,)`` their normalised importance weights (`laplace_check`).
     names : sequence of str
         The ``P`` parameters.
+    reference : numpy.ndarray, optional
+        ``(S', P)`` draws of the Laplace Gaussian to compare with when ``samples`` are another
+        proposal's (a Student-t's, whose own spread is not the Gaussian's); default ``samples``.
 
     Returns
     -------
     dict of str to (float, float)
-        Per parameter: the weighted mean minus the unweighted mean, in the draws' SD, and the
-        weighted SD over the unweighted SD. Under a flagged check (Pareto k above the
+        Per parameter: the weighted mean minus the unweighted mean of ``reference``, in its SD,
+        and the weighted SD over its SD. Under a flagged check (Pareto k above the
         threshold) these are not estimates of the posterior, only where the heaviest weights
         sit: the direction in which the Gaussian misses it.
     """
@@ -916,7 +1006,8 @@ def weighted_moves(
     total = w.sum()
     if total <= 0:
         return {}
-    mean, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+    ref = x if reference is None else np.asarray(reference, float)
+    mean, sd = np.nanmean(ref, axis=0), np.nanstd(ref, axis=0)
     m_w = w @ x / total
     sd_w = np.sqrt(w @ (x - m_w) ** 2 / total)
     return {
@@ -1042,21 +1133,23 @@ def _summary(
     vec_map: np.ndarray,
     samples: np.ndarray,
     weights: np.ndarray | None = None,
+    weighted: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Prior, MAP, posterior median and interval, and ``sd_ratio`` (posterior / prior SD).
 
     ``sd_ratio`` is on the sampling scale (log for LogNormal priors); near 1: the data did not
     inform the parameter. NaN for prior families without a closed-form SD here. With importance
-    ``weights`` of the first draws: their weighted median and interval (``*_is``), else NaN.
+    ``weights`` of the draws ``weighted`` (default: the first of ``samples``): their weighted
+    median and interval (``*_is``), else NaN.
     """
+    if weights is not None and weighted is None:
+        weighted = samples[: weights.size]
     rows = []
     for i, p in enumerate(lik.parameters):
         lo, med, hi = np.nanquantile(samples[:, i], [0.025, 0.5, 0.975])
         lo_is = med_is = hi_is = np.nan
         if weights is not None:
-            lo_is, med_is, hi_is = weighted_quantile(
-                samples[: weights.size, i], weights, [0.025, 0.5, 0.975]
-            )
+            lo_is, med_is, hi_is = weighted_quantile(weighted[:, i], weights, [0.025, 0.5, 0.975])
         prior = lik.priors.get(p)
         ratio = np.nan
         if prior is not None and prior.family in ("Normal", "LogNormal"):
@@ -1114,10 +1207,10 @@ def posterior_predictive(
     mass : float, optional
         Interval mass.
     importance : bool, optional
-        Draw the ``n_draws`` (with replacement) from the first Laplace draws in proportion to
-        their importance weights (`AggregateFit.importance_weights`): the Laplace Gaussian
-        corrected towards the posterior. Only as many distinct draws as the weights' ESS, about;
-        a ValueError when the fit has no reliable weights.
+        Draw the ``n_draws`` (with replacement) from the check's draws in proportion to their
+        importance weights (`AggregateFit.importance_samples`, `importance_weights`): the
+        proposal corrected towards the posterior. Only as many distinct draws as the weights'
+        ESS, about; a ValueError when the fit has no reliable weights.
     **likelihood_options
         Overrides of the calibration's likelihood options (e.g. ``treatment`` by trial id).
 
@@ -1167,9 +1260,11 @@ def posterior_predictive(
     rng = np.random.default_rng(seed)
     if importance:
         pick = rng.choice(weights.size, size=n_draws, replace=True, p=weights)
+        chosen = fit.importance_samples[pick]
     else:
         pick = rng.choice(fit.draws.shape[0], size=min(n_draws, fit.draws.shape[0]), replace=False)
-    probs = lik.probabilities_many(fit.draws[pick])  # (S, R)
+        chosen = fit.draws[pick]
+    probs = lik.probabilities_many(chosen)  # (S, R)
     alpha = (1 - mass) / 2
     out = []
     for r, row in enumerate(lik.rows):
