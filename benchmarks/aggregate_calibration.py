@@ -167,7 +167,7 @@ def parameter_table(summary: pd.DataFrame, importance: bool) -> list[str]:
     head = "| parameter | prior | MAP | median | 95% interval | "
     rule = "|---|---|---|---|---|"
     if importance:
-        head += "reweighted median [95%] | "
+        head += "reweighted median [95%] +- MC SE (median; ends) | "
         rule += "---|"
     lines = [head + "posterior SD / prior SD |", rule + "---|"]
     for name, row in summary.iterrows():
@@ -176,13 +176,24 @@ def parameter_table(summary: pd.DataFrame, importance: bool) -> list[str]:
             extra = (
                 "not reweighted (check flagged or not run) | "
                 if np.isnan(row["median_is"])
-                else f"{row['median_is']:.3g} [{row['lower_is']:.3g}, {row['upper_is']:.3g}] | "
+                else f"{row['median_is']:.3g} [{row['lower_is']:.3g}, {row['upper_is']:.3g}]"
+                + _mcse_text(row)
+                + " | "
             )
         lines.append(
             f"| {name} | {row['prior']} | {row['map']:.3g} | {row['median']:.3g} | "
             f"[{row['lower']:.3g}, {row['upper']:.3g}] | {extra}{row['sd_ratio']:.2f} |"
         )
     return lines
+
+
+def _mcse_text(row: pd.Series) -> str:
+    """`` +- a (b, c)``: the reweighted quantiles' Monte Carlo errors, where the summary has
+    them."""
+    errors = [row.get(f"mcse_{c}_is", np.nan) for c in ("median", "lower", "upper")]
+    if not np.all(np.isfinite(errors)):
+        return ""
+    return f" +- {errors[0]:.2g} ({errors[1]:.2g}, {errors[2]:.2g})"
 
 
 def predictive_rows(table: pd.DataFrame, uninformed: set[str]) -> list[str]:

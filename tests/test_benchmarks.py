@@ -849,6 +849,9 @@ def test_aggregate_calibration_tables_with_and_without_reweighting():
             "median_is": [1.2, np.nan],
             "lower_is": [0.6, np.nan],
             "upper_is": [1.9, np.nan],
+            "mcse_median_is": [0.013, np.nan],
+            "mcse_lower_is": [0.04, np.nan],
+            "mcse_upper_is": [0.052, np.nan],
         },
         index=pd.Index(["c1", "c2"], name="parameter"),
     )
@@ -856,7 +859,13 @@ def test_aggregate_calibration_tables_with_and_without_reweighting():
     assert plain[2] == "| c1 | Normal(1, 1) | 1 | 1.1 | [0.5, 1.7] | 0.40 |"
     both = agg.parameter_table(summary, importance=True)
     assert "reweighted median [95%]" in both[0] and both[1].count("---") == 7
-    assert both[2] == "| c1 | Normal(1, 1) | 1 | 1.1 | [0.5, 1.7] | 1.2 [0.6, 1.9] | 0.40 |"
+    assert both[2] == (
+        "| c1 | Normal(1, 1) | 1 | 1.1 | [0.5, 1.7] | "
+        "1.2 [0.6, 1.9] +- 0.013 (0.04, 0.052) | 0.40 |"
+    )
+    # a summary without the errors (before 2026-12-07 23:50) prints the quantiles alone
+    older = summary.drop(columns=["mcse_median_is", "mcse_lower_is", "mcse_upper_is"])
+    assert "| 1.2 [0.6, 1.9] | 0.40 |" in agg.parameter_table(older, importance=True)[2]
     assert "not reweighted" in both[3]
     row = dict(
         trial="zuma1",
