@@ -52,6 +52,17 @@ def wall_fit(toy, trials):
         )
 
 
+def assert_reweighted_near_nuts(fit, nuts, gaussian, names, within=0.15):
+    """The reweighted median and interval ends (``*_is``) of ``fit`` are NUTS's within
+    ``within`` of the Gaussian's 95% interval width (``gaussian``: a Laplace summary)."""
+    for name in names:
+        width = gaussian.loc[name, "upper"] - gaussian.loc[name, "lower"]
+        for col in ("median", "lower", "upper"):
+            assert abs(nuts.summary.loc[name, col] - fit.summary.loc[name, col + "_is"]) < (
+                within * width
+            ), (name, col)
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pkpd.inference.aggregate.AggregateWarning")
 def test_calibration_recovers_known_values_from_synthetic_summaries(toy):
@@ -123,12 +134,7 @@ def test_nuts_and_laplace_agree_on_cutpoints(toy, trials):
     # The check passed, so its weights correct the Gaussian: the reweighted median and interval
     # ends agree with NUTS's too (at most 6% of the width apart on 2026-12-07: c4's upper end).
     assert laplace.importance_weights is not None and laplace.importance_weights.size == 1000
-    for name in cuts:
-        width = laplace.summary.loc[name, "upper"] - laplace.summary.loc[name, "lower"]
-        for col in ("median", "lower", "upper"):
-            assert abs(nuts.summary.loc[name, col] - laplace.summary.loc[name, col + "_is"]) < (
-                0.15 * width
-            ), (name, col)
+    assert_reweighted_near_nuts(laplace, nuts, laplace.summary, cuts)
     reweighted = posterior_predictive(laplace, one, n_draws=20, seed=3, importance=True)
     plain = posterior_predictive(laplace, one, n_draws=20, seed=3)
     assert list(reweighted.columns) == list(plain.columns) and len(reweighted) == len(plain)
@@ -188,12 +194,7 @@ def test_laplace_in_ordered_coordinates_agrees_with_nuts_near_the_constraint(toy
     np.testing.assert_array_equal(t_fit.draws, laplace.draws)  # the Gaussian's, unchanged
     width = laplace.summary.loc["c2", "upper"] - laplace.summary.loc["c2", "lower"]
     assert laplace.summary.loc["c2", "upper"] - nuts.summary.loc["c2", "upper"] > 0.15 * width
-    for name in cuts:
-        width = laplace.summary.loc[name, "upper"] - laplace.summary.loc[name, "lower"]
-        for col in ("median", "lower", "upper"):
-            assert abs(nuts.summary.loc[name, col] - t_fit.summary.loc[name, col + "_is"]) < (
-                0.15 * width
-            ), (name, col)
+    assert_reweighted_near_nuts(t_fit, nuts, laplace.summary, cuts)
     # Monte Carlo errors of the reweighted quantiles: positive, and small against the width
     errors = t_fit.summary[["mcse_median_is", "mcse_lower_is", "mcse_upper_is"]]
     assert (errors.to_numpy() > 0).all()
