@@ -121,8 +121,9 @@ class AggregateFit:
         Design, solver, method options, wall times (s), the MAP's rounds (``map_rounds``),
         the unconstrained coordinates of the last stage (``coordinates``), the check of the
         Laplace Gaussian against the posterior (``laplace_check``: Pareto k of the importance
-        weights, see `laplace_check`, and ``moved``: where they move each parameter, see
-        `weighted_moves`), notes.
+        weights, see `laplace_check`; ``proposal``, ``df``, ``samples``: the proposal its draws
+        came from and those draws on the natural scale; ``moved``: where the weights move each
+        parameter, see `weighted_moves`), notes.
     idata : arviz.InferenceData or None
         NUTS draws (``method="nuts"``).
     """
