@@ -1099,13 +1099,11 @@ def weighted_quantile_mcse(x: np.ndarray, weights: np.ndarray, q: Any) -> np.nda
     x, w = np.asarray(x, float), np.asarray(weights, float)
     w = w / w.sum()
     qs = np.atleast_1d(np.asarray(q, float))
-    out = np.empty(qs.shape)
-    for k, qk in enumerate(qs):
-        below = x <= weighted_quantile(x, w, qk)
-        sd = float(np.sqrt(np.sum(w**2 * (below - qk) ** 2)))
-        lo, hi = weighted_quantile(x, w, np.clip([qk - sd, qk + sd], 0.0, 1.0))
-        out[k] = (hi - lo) / 2
-    return out.reshape(np.shape(q))
+    below = x[:, None] <= weighted_quantile(x, w, qs)[None, :]
+    sd = np.sqrt(w**2 @ (below - qs) ** 2)
+    lo = weighted_quantile(x, w, np.clip(qs - sd, 0.0, 1.0))
+    hi = weighted_quantile(x, w, np.clip(qs + sd, 0.0, 1.0))
+    return ((hi - lo) / 2).reshape(np.shape(q))
 
 
 def _fd_hessian(
